@@ -34,7 +34,7 @@ class Backend:
     __slots__ = (
         "pool_name", "config", "id", "address", "host", "port", "region", "weight", "source",
         "healthy", "ejected_until", "ejections", "consecutive_failures",
-        "draining", "drain_deadline", "removed", "joined_at",
+        "draining", "drain_deadline", "removed", "joined_at", "ramp_start",
         "active_requests", "websockets", "idle", "open_connections",
         "upstream_errors", "health_checks", "ejections_total", "requests_total",
         "label_key",
@@ -51,6 +51,8 @@ class Backend:
         # Left its pool (reload / Consul): also draining, and dropped once its users are gone.
         self.removed = False
         self.joined_at = time.monotonic() if now is None else now
+        # When slow start began (join after start-up, or recovery); 0.0 = full weight.
+        self.ramp_start = 0.0
         self.active_requests = 0
         self.websockets = 0
         self.idle: list[UpstreamConnection] = []  # keep-alive connections, most recent last
