@@ -1,0 +1,324 @@
+"""Backend health: active checks (aiohttp / TCP probes) and passive outlier ejection.
+
+Active checks (`HealthChecker`) run one task per backend of a pool and flip `Backend.healthy`
+after `healthy_threshold` / `unhealthy_threshold` consecutive results, so one lost probe never
+takes a backend out and one lucky probe never brings a dead one back.
+
+Passive checks (`record_success` / `record_failure`) are called by the data plane on every
+upstream result. They eject a backend after `outlier.consecutive_failures` errors in a row, for
+`base_ejection x ejections so far`, capped at `max_ejection` (Envoy's scheme), and never eject
+more than `max_ejected_percent` of a pool's usable backends.
+
+`effective_weight` scales a backend's weight during slow start, after it joins or recovers.
+
+All state lives on `Backend` / `Pool` so it survives reloads; this module only changes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import aiohttp
+
+from .config import HealthCheckConfig
+from .pool import Backend, Pool
+
+log = logging.getLogger("balancer.health")
+
+SUCCESS = "success"
+FAILURE = "failure"
+
+# Probe spacing varies by +-10% so the checks of many backends (and of several balancer
+# instances) do not synchronise into bursts.
+JITTER = 0.1
+# A backend in slow start begins at this share of its weight: zero would starve it of the very
+# traffic that warms it up, and a ramp from zero makes the first seconds all-or-nothing.
+SLOW_START_MIN_SHARE = 0.1
+# The "outlier ejection suppressed" warning is logged at most this often per pool: under a
+# failure storm it would otherwise be logged for every failed request.
+PANIC_LOG_INTERVAL = 5.0
+USER_AGENT = "casino-edge-balancer/health-check"
+
+_last_panic_log: dict[str, float] = {}
+
+
+# -- passive outlier detection (hot path: no logging, no allocation on success) ------------
+
+
+def record_success(backend: Backend) -> None:
+    """An upstream exchange worked: the failure streak is broken."""
+    backend.consecutive_failures = 0
+
+
+def record_failure(pool: Pool, backend: Backend, now: float) -> bool:
+    """Count an upstream failure (connect error, reset, timeout, 5xx); eject at the threshold.
+
+    `now` is `time.monotonic()`. Returns True when this call ejected the backend.
+    """
+    if backend.ejected_until > now:
+        # Requests that were in flight when it was ejected fail too; they say nothing new and
+        # must not stretch the ejection or count as a second one (Envoy ignores them as well).
+        return False
+    failures = backend.consecutive_failures + 1
+    outlier = pool.config.outlier
+    if failures < outlier.consecutive_failures:
+        backend.consecutive_failures = failures
+        return False
+    backend.consecutive_failures = 0
+    if not _may_eject(pool, backend, now):
+        pool.panics_total += 1
+        _log_suppressed(pool, backend, now)
+        return False
+    _eject(pool, backend, now)
+    return True
+
+
+def _may_eject(pool: Pool, backend: Backend, now: float) -> bool:
+    """Would ejecting `backend` keep the ejected share of usable backends within the limit?
+
+    Same arithmetic as `Pool.eligible`'s panic mode, so an ejection allowed here is never
+    undone at selection time.
+    """
+    if backend.draining or not backend.healthy:
+        # Not counted among the usable backends, so ejecting it takes nothing from the pool.
+        return True
+    usable = 0
+    ejected = 1  # this one
+    for b in pool.members:
+        if b.draining or not b.healthy:
+            continue
+        usable += 1
+        if b.ejected_until > now and b is not backend:
+            ejected += 1
+    return ejected * 100 <= usable * pool.config.outlier.max_ejected_percent
+
+
+def _eject(pool: Pool, backend: Backend, now: float) -> None:
+    outlier = pool.config.outlier
+    if backend.ejections and now - backend.ejected_until >= outlier.max_ejection:
+        # Well-behaved for a long time since the last ejection: an old flap must not make the
+        # next ejection long (Envoy decays the multiplier likewise).
+        backend.ejections = 0
+    backend.ejections += 1
+    duration = min(outlier.base_ejection * backend.ejections, outlier.max_ejection)
+    backend.ejected_until = now + duration
+    backend.ejections_total += 1
+    if pool.config.slow_start > 0:
+        # Ramp from when it comes back, not from now: the ejection itself is no warm-up.
+        backend.ramp_start = backend.ejected_until
+    log.warning(
+        "backend %s/%s (%s) ejected for %.1fs after %d consecutive failures (ejection #%d)",
+        pool.name, backend.id, backend.address, duration,
+        outlier.consecutive_failures, backend.ejections,
+    )
+
+
+def _log_suppressed(pool: Pool, backend: Backend, now: float) -> None:
+    last = _last_panic_log.get(pool.name)
+    if last is not None and now - last < PANIC_LOG_INTERVAL:
+        return
+    _last_panic_log[pool.name] = now
+    log.warning(
+        "pool %s: not ejecting backend %s (%s): over max_ejected_percent=%d%% of the pool "
+        "would be ejected (panic mode)",
+        pool.name, backend.id, backend.address,
+        pool.config.outlier.max_ejected_percent,
+    )
+
+
+# -- slow start ----------------------------------------------------------------------------
+
+
+def effective_weight(backend: Backend, now: float, slow_start: float) -> float:
+    """The backend's weight, ramped linearly from 10% to 100% over `slow_start` seconds after
+    `backend.ramp_start`. Before the ramp starts (ejection not over yet) it is at the minimum."""
+    ramp_start = backend.ramp_start
+    if not ramp_start or slow_start <= 0:
+        return backend.weight
+    elapsed = now - ramp_start
+    if elapsed >= slow_start:
+        return backend.weight
+    if elapsed <= 0:
+        return backend.weight * SLOW_START_MIN_SHARE
+    return backend.weight * (SLOW_START_MIN_SHARE + (1 - SLOW_START_MIN_SHARE) * elapsed / slow_start)
+
+
+# -- active checks -------------------------------------------------------------------------
+
+
+class _ProbeStreak:
+    """Consecutive probe results of one backend; kept per checker, the verdict on the Backend."""
+
+    __slots__ = ("successes", "failures")
+
+    def __init__(self) -> None:
+        self.successes = 0
+        self.failures = 0
+
+
+class HealthChecker:
+    """Probes every member of one pool and keeps `Backend.healthy` up to date.
+
+    Owns its tasks and its aiohttp session: `start()` once, `sync()` after every membership or
+    config change of the pool, `await stop()` on shutdown or when a reload replaces it.
+    The config is read afresh before every probe, so a reload that edits `health_check` in
+    place takes effect at the next probe without resetting anyone's state.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self._tasks: dict[Backend, asyncio.Task[None]] = {}
+        # Cancelled by sync() but maybe not finished yet: stop() still waits for them.
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._streaks: dict[Backend, _ProbeStreak] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._started = False
+        self._stopped = False
+
+    @property
+    def config(self) -> HealthCheckConfig | None:
+        return self.pool.config.health_check
+
+    def start(self) -> None:
+        """Begin probing (needs a running event loop). Without `health_check`, does nothing."""
+        self._started = True
+        self.sync()
+
+    def sync(self) -> None:
+        """Match the probe tasks to the pool's current members and config."""
+        if not self._started or self._stopped:
+            return
+        if self.config is None:
+            self._disable()
+            return
+        members = set(self.pool.members)
+        for backend in [b for b in self._tasks if b not in members]:
+            self._retire(self._tasks.pop(backend))
+            self._streaks.pop(backend, None)
+        for backend in self.pool.members:
+            if backend not in self._tasks:
+                self._tasks[backend] = asyncio.get_running_loop().create_task(
+                    self._run(backend), name=f"health-check {self.pool.name}/{backend.id}"
+                )
+
+    async def stop(self) -> None:
+        """Cancel every probe and close the session. Backend state is left as it is, so a
+        checker that replaces this one (reload) carries on from it."""
+        self._stopped = True
+        tasks = [*self._tasks.values(), *self._retiring]
+        self._tasks.clear()
+        self._retiring.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_session()
+
+    def _disable(self) -> None:
+        """`health_check` was removed by a reload: nothing would ever bring a backend that is
+        down back, and without active checks a backend counts as healthy (PRODUCT.md §3)."""
+        for task in self._tasks.values():
+            self._retire(task)
+        self._tasks.clear()
+        self._streaks.clear()
+        for backend in self.pool.members:
+            if not backend.healthy:
+                backend.healthy = True
+                log.info("backend %s/%s (%s) is healthy: health check removed from config",
+                         self.pool.name, backend.id, backend.address)
+
+    def _retire(self, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _run(self, backend: Backend) -> None:
+        streak = self._streaks.setdefault(backend, _ProbeStreak())
+        while True:
+            config = self.config
+            if config is None:
+                return
+            ok, detail = await self._probe(backend, config)
+            self._apply(backend, streak, config, ok, detail)
+            await asyncio.sleep(config.interval * random.uniform(1 - JITTER, 1 + JITTER))
+
+    async def _probe(self, backend: Backend, config: HealthCheckConfig) -> tuple[bool, str]:
+        """One probe within `timeout`. Returns (passed, why it failed)."""
+        try:
+            async with asyncio.timeout(config.timeout):
+                if config.tcp or config.path is None:
+                    return await self._probe_tcp(backend)
+                return await self._probe_http(backend, config)
+        except TimeoutError:
+            return False, f"no answer within {config.timeout:g}s"
+        except (OSError, aiohttp.ClientError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a probe must never kill its task
+            log.exception("health check of %s/%s raised unexpectedly", self.pool.name, backend.id)
+            return False, f"{type(exc).__name__}: {exc}"
+
+    async def _probe_tcp(self, backend: Backend) -> tuple[bool, str]:
+        _reader, writer = await asyncio.open_connection(backend.host, backend.port)
+        writer.close()
+        await writer.wait_closed()
+        return True, ""
+
+    async def _probe_http(self, backend: Backend, config: HealthCheckConfig) -> tuple[bool, str]:
+        url = f"http://{backend.address}{config.path}"
+        # Redirects are not followed: a 3xx is the backend's own answer (200-399 by default).
+        async with self._get_session().get(url, allow_redirects=False) as response:
+            lo, hi = config.expect_status
+            if lo <= response.status <= hi:
+                return True, ""
+            return False, f"status {response.status}, expected {lo}-{hi}"
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # A fresh connection per probe: a reused keep-alive connection can hide a backend
+            # that no longer accepts new ones (full backlog, crashed acceptor, firewall).
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=0),
+                headers={"User-Agent": USER_AGENT},
+                timeout=aiohttp.ClientTimeout(total=None),  # the probe's own timeout rules
+            )
+        return self._session
+
+    def _apply(
+        self, backend: Backend, streak: _ProbeStreak, config: HealthCheckConfig, ok: bool, detail: str
+    ) -> None:
+        """Count the probe and flip the backend's health once a threshold is reached."""
+        key = SUCCESS if ok else FAILURE
+        backend.health_checks[key] = backend.health_checks.get(key, 0) + 1
+        if ok:
+            streak.failures = 0
+            streak.successes += 1
+            if not backend.healthy and streak.successes >= config.healthy_threshold:
+                self._mark_healthy(backend, streak.successes)
+        else:
+            streak.successes = 0
+            streak.failures += 1
+            if backend.healthy and streak.failures >= config.unhealthy_threshold:
+                self._mark_unhealthy(backend, streak.failures, detail)
+
+    def _mark_unhealthy(self, backend: Backend, failures: int, detail: str) -> None:
+        backend.healthy = False
+        log.warning("backend %s/%s (%s) is down: %d consecutive failed health checks (last: %s)",
+                    self.pool.name, backend.id, backend.address, failures, detail)
+
+    def _mark_healthy(self, backend: Backend, successes: int) -> None:
+        backend.healthy = True
+        # Failures seen by real traffic while it was down belong to the outage, not to the
+        # recovered backend.
+        backend.consecutive_failures = 0
+        if self.pool.config.slow_start > 0:
+            backend.ramp_start = time.monotonic()
+        log.info("backend %s/%s (%s) is back: %d consecutive passed health checks",
+                 self.pool.name, backend.id, backend.address, successes)
