@@ -1,0 +1,855 @@
+#!/usr/bin/env python3
+"""Side-by-side throughput/latency benchmark: balancer vs HAProxy vs direct-to-backend.
+
+`make bench` runs this file. It starts, on loopback ports chosen at run time:
+
+- two nginx backends (1 worker each, tiny ``ok`` response, ``X-Backend: a|b`` header),
+- HAProxy 1 thread (``balance leastconn``, ``http-reuse always``) in front of them,
+- the balancer (``python -m balancer run --config FILE``) once per selected variant,
+
+then drives each target with ``wrk -t1 -c64 --latency``, interleaving the targets round by
+round (the machine is shared and noisy), and reports medians and *same-run* ratios against
+HAProxy and direct. See benchmarks/README.md for the method.
+
+Only the standard library is needed (PyYAML is used for prettier configs when present).
+Every process started here is stopped on exit, on Ctrl-C and on exceptions; every load run is
+bounded by wrk's own ``-d`` plus a hard timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import datetime as _dt
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+OUT_DIR_DEFAULT = REPO / "benchmarks" / "out"
+
+# Issue targets, as ratios to HAProxy measured in the same run.
+# variant -> (min throughput ratio, max p99 ratio or None)
+TARGETS: dict[str, tuple[float, float | None]] = {
+    "spine": (0.80, 1.50),
+    "full": (0.65, None),
+}
+
+STICKY_COOKIE = "LB_BENCH"
+STICKY_SECRET = "bench-secret-not-for-production-0123456789"
+PLUGIN_HEADER = "X-Bench-Plugins"
+COUNTRY_HEADER = "CF-IPCountry"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Processes:
+    """Owns every child process; stops them all (process group first TERM, then KILL)."""
+
+    def __init__(self) -> None:
+        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], *, log: Path, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        logf = open(log, "wb")
+        try:
+            proc = subprocess.Popen(
+                argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, cwd=cwd, start_new_session=True,  # own process group: workers die too
+            )
+        finally:
+            logf.close()
+        self._procs.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # Kill whatever is left in the group (e.g. a worker that outlived its master).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+        self._procs = [(n, p) for n, p in self._procs if p is not proc]
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(list(self._procs)):
+            self.stop(proc)
+
+
+PROCS = Processes()
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def find_tool(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
+        cand = Path(d) / name
+        if cand.exists() and os.access(cand, os.X_OK):
+            return str(cand)
+    return None
+
+
+def ensure_tools() -> dict[str, str]:
+    """haproxy, nginx and wrk; installs them with apt-get when one is missing."""
+    names = ("haproxy", "nginx", "wrk")
+    tools = {n: find_tool(n) for n in names}
+    missing = [n for n, p in tools.items() if not p]
+    if missing:
+        log(f"missing {', '.join(missing)}: installing haproxy nginx-light wrk with apt-get")
+        prefix: list[str] = []
+        if os.geteuid() != 0:
+            if not shutil.which("sudo"):
+                raise SystemExit(f"need {missing} and not root (no sudo): install them by hand")
+            prefix = ["sudo", "-n"]
+        # RUNLEVEL=1 keeps invoke-rc.d from starting the packaged services on port 80.
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", RUNLEVEL="1")
+        install = prefix + ["apt-get", "install", "-y", "-q", "haproxy", "nginx-light", "wrk"]
+        if subprocess.run(install, env=env).returncode != 0:
+            log("apt-get install failed: running apt-get update and retrying")
+            subprocess.run(prefix + ["apt-get", "update", "-q"], env=env, check=False)
+            subprocess.run(install, env=env, check=True)
+        tools = {n: find_tool(n) for n in names}
+        still = [n for n, p in tools.items() if not p]
+        if still:
+            raise SystemExit(f"still missing after install: {', '.join(still)}")
+    return {n: str(p) for n, p in tools.items()}
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (r.stdout + r.stderr).strip().splitlines()
+    return text[0].strip() if text else "?"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+def http_get(port: int, path: str = "/", headers: dict[str, str] | None = None,
+             timeout: float = 5.0) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": "bench.local", **(headers or {})})
+        r = conn.getresponse()
+        return Response(r.status, r.getheaders(), r.read())
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- backends / haproxy
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /health {{ return 200 "ok\\n"; }}
+        location / {{
+            add_header X-Backend {name} always;
+            default_type text/plain;
+            return 200 "ok\\n";
+        }}
+    }}
+}}
+"""
+
+HAPROXY_CFG = """\
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 2s
+    timeout client 60s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend nginx
+
+backend nginx
+    balance leastconn
+{servers}
+"""
+
+
+def start_nginx(tools: dict[str, str], work: Path, name: str) -> tuple[int, subprocess.Popen[bytes]]:
+    d = work / f"nginx-{name}"
+    d.mkdir()
+    d.chmod(0o755)
+    port = free_port()
+    conf = d / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=d, port=port, name=name))
+    proc = PROCS.start(f"nginx-{name}", [tools["nginx"], "-p", str(d), "-c", str(conf)],
+                       log=d / "stdout.log")
+    if not wait_for_port(port, proc, 10):
+        raise SystemExit(f"nginx backend {name} did not start:\n{tail(d / 'stdout.log')}\n"
+                         f"{tail(d / 'error.log')}")
+    return port, proc
+
+
+def start_haproxy(tools: dict[str, str], work: Path, backends: dict[str, int]) -> tuple[int, subprocess.Popen[bytes]]:
+    d = work / "haproxy"
+    d.mkdir()
+    port = free_port()
+    servers = "\n".join(f"    server {n} 127.0.0.1:{p}" for n, p in backends.items())
+    cfg = d / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
+    proc = PROCS.start("haproxy", [tools["haproxy"], "-db", "-f", str(cfg)], log=d / "stdout.log")
+    if not wait_for_port(port, proc, 10):
+        raise SystemExit(f"haproxy did not start:\n{tail(d / 'stdout.log')}")
+    return port, proc
+
+
+# --------------------------------------------------------------------------- balancer variants
+
+
+@dataclass
+class Ports:
+    listener: int
+    admin: int
+    backends: dict[str, int]
+
+
+def _base_config(p: Ports, *, workers: int = 1) -> dict[str, Any]:
+    return {
+        "listeners": [{"name": "bench", "address": f"127.0.0.1:{p.listener}"}],
+        "admin": {"address": f"127.0.0.1:{p.admin}"},
+        "workers": workers,
+        "shutdown_timeout": "2s",
+        "routes": [{"name": "all", "match": {"path_prefix": "/"}, "pool": "web"}],
+        "pools": {
+            "web": {
+                "balance": "least_conn",
+                "backends": [{"id": n, "address": f"127.0.0.1:{port}"}
+                             for n, port in p.backends.items()],
+            }
+        },
+    }
+
+
+def config_spine(p: Ports) -> dict[str, Any]:
+    return _base_config(p)
+
+
+def config_workers2(p: Ports) -> dict[str, Any]:
+    return _base_config(p, workers=2)
+
+
+def config_full(p: Ports) -> dict[str, Any]:
+    cfg = _base_config(p)
+    cfg["trusted_proxies"] = ["127.0.0.0/8"]
+    cfg["geo"] = {
+        "country_header": COUNTRY_HEADER,
+        "regions": {"eu-west": ["DE", "GB", "NL"], "na-east": ["US", "CA"]},
+        "fallback": {"eu-west": ["na-east"], "na-east": ["eu-west"]},
+        "default_region": "eu-west",
+    }
+    pool = cfg["pools"]["web"]
+    pool["geo"] = True
+    pool["sticky"] = {"cookie": STICKY_COOKIE, "ttl": "8h", "secret_env": "STICKY_SECRET",
+                      "on_failure": "rebalance"}
+    for b in pool["backends"]:
+        b["region"] = "eu-west"
+    return cfg
+
+
+def config_plugins(p: Ports) -> dict[str, Any]:
+    cfg = _base_config(p)
+    cfg["routes"][0]["plugins"] = [
+        {"request_id": {"header": "X-Request-Id"}},
+        {"ip_filter": {"allow": ["127.0.0.0/8"]}},
+        # Never empties during a run: measures the bucket bookkeeping, not 429s.
+        {"rate_limit": {"rate": "10000000/s", "burst": 10000000, "key": "client_ip"}},
+        {"headers": {"response": {"set": {PLUGIN_HEADER: "on"}}}},
+    ]
+    return cfg
+
+
+class ProbeError(Exception):
+    """The balancer answered, but not as this variant needs (a feature is missing)."""
+
+
+def _probe_basic(port: int, headers: dict[str, str] | None = None) -> Response:
+    r = http_get(port, "/", headers)
+    backend = r.header("X-Backend")
+    if r.status != 200 or backend not in ("a", "b"):
+        raise ProbeError(f"GET / answered {r.status} with X-Backend={backend!r}, "
+                         f"body {r.body[:200]!r}")
+    return r
+
+
+def probe_spine(port: int, admin: int) -> dict[str, str]:
+    _probe_basic(port)
+    return {}
+
+
+def probe_full(port: int, admin: int) -> dict[str, str]:
+    """Returns the extra wrk headers: a real sticky cookie and a trusted country header."""
+    r = _probe_basic(port, {COUNTRY_HEADER: "DE"})
+    cookie = None
+    for sc in r.all("Set-Cookie"):
+        name, _, rest = sc.partition("=")
+        if name.strip() == STICKY_COOKIE:
+            cookie = f"{STICKY_COOKIE}={rest.split(';', 1)[0]}"
+    if cookie is None:
+        raise ProbeError(f"no {STICKY_COOKIE} sticky cookie issued (sticky not implemented?)")
+    first = r.header("X-Backend")
+    for _ in range(4):
+        again = _probe_basic(port, {COUNTRY_HEADER: "DE", "Cookie": cookie})
+        if again.header("X-Backend") != first:
+            raise ProbeError("sticky cookie not honoured: backend changed")
+    try:
+        m = http_get(admin, "/metrics")
+    except OSError as exc:
+        raise ProbeError(f"admin /metrics unreachable: {exc}") from exc
+    if m.status != 200 or b"balancer_requests_total" not in m.body:
+        raise ProbeError(f"admin /metrics answered {m.status} without balancer_requests_total")
+    return {COUNTRY_HEADER: "DE", "Cookie": cookie}
+
+
+def probe_plugins(port: int, admin: int) -> dict[str, str]:
+    r = _probe_basic(port)
+    if r.header(PLUGIN_HEADER) != "on":
+        raise ProbeError(f"headers plugin did not set {PLUGIN_HEADER} (plugins not implemented?)")
+    return {}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    config: Callable[[Ports], dict[str, Any]]
+    probe: Callable[[int, int], dict[str, str]]  # -> extra request headers for wrk
+    env: dict[str, str] = field(default_factory=dict)
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("spine", "least_conn, no sticky/geo/plugins, 1 worker", config_spine, probe_spine),
+        Variant("full", "least_conn + signed sticky cookie + geo (trusted CF-IPCountry) + metrics, "
+                "1 worker", config_full, probe_full, {"STICKY_SECRET": STICKY_SECRET}),
+        Variant("plugins", "spine + request_id, ip_filter, rate_limit (never empties), headers "
+                "plugins on the route", config_plugins, probe_plugins),
+        Variant("workers2", "spine with workers: 2 (SO_REUSEPORT)", config_workers2, probe_spine),
+    )
+}
+
+
+def dump_config(cfg: dict[str, Any]) -> str:
+    try:
+        import yaml  # type: ignore[import-untyped]
+    except ImportError:  # JSON is valid YAML
+        return json.dumps(cfg, indent=2) + "\n"
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+@dataclass
+class Target:
+    name: str
+    kind: str  # direct | haproxy | balancer
+    port: int
+    headers: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    status: str = "ok"  # ok | failed: ... | skipped: ...
+    log: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    admin: int | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    metrics_after: dict[str, Any] | None = None
+
+
+def start_balancer(variant: Variant, python: str, work: Path, backends: dict[str, int],
+                   startup_timeout: float) -> Target:
+    d = work / f"balancer-{variant.name}"
+    d.mkdir()
+    ports = Ports(free_port(), free_port(), backends)
+    cfg_path = d / "config.yaml"
+    cfg_path.write_text(dump_config(variant.config(ports)))
+    target = Target(variant.name, "balancer", ports.listener, description=variant.description,
+                    log=d / "balancer.log", admin=ports.admin)
+    env = dict(os.environ, **variant.env)
+    env.pop("BALANCER_ADMIN_TOKEN", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [python, "-m", "balancer", "run", "--config", str(cfg_path)]
+    proc = PROCS.start(f"balancer-{variant.name}", argv, log=target.log, env=env, cwd=REPO)
+    target.proc = proc
+    if not wait_for_port(ports.listener, proc, startup_timeout):
+        code = proc.poll()
+        why = f"exited with {code}" if code is not None else f"not listening after {startup_timeout:.0f}s"
+        target.status = f"failed: balancer did not start ({why})"
+        detail = tail(target.log, 8)
+        if detail:
+            target.status += "\n      " + detail.replace("\n", "\n      ")
+        PROCS.stop(proc)
+        return target
+    # The listener may accept before the pools are wired: retry the probe briefly.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            target.headers = variant.probe(ports.listener, ports.admin)
+            break
+        except (ProbeError, OSError, http.client.HTTPException) as exc:
+            if time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.3)
+                continue
+            kind = "skipped: feature missing" if isinstance(exc, ProbeError) else "failed: probe"
+            target.status = f"{kind}: {exc}"
+            PROCS.stop(proc)
+            return target
+    return target
+
+
+# --------------------------------------------------------------------------- wrk
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """wrk latency like '835.21us', '1.53ms', '2.00s', '1.02m' -> seconds."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(us|ms|s|m|h)\s*", text)
+    if not m:
+        raise ValueError(f"bad wrk duration {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    rps = re.search(r"^Requests/sec:\s*([0-9.]+)", output, re.M)
+    p99 = re.search(r"^\s*99(?:\.0+)?%\s+([0-9.]+\s*(?:us|ms|s|m|h))\s*$", output, re.M)
+    p50 = re.search(r"^\s*50(?:\.0+)?%\s+([0-9.]+\s*(?:us|ms|s|m|h))\s*$", output, re.M)
+    total = re.search(r"^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m|h)", output, re.M)
+    if not rps or not p99:
+        raise ValueError("could not parse wrk output:\n" + output)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = dict(zip(("connect", "read", "write", "timeout"),
+                             map(int, sock.groups()))) if sock else {}
+    return {
+        "rps": float(rps.group(1)),
+        "p99_s": parse_duration(p99.group(1)),
+        "p50_s": parse_duration(p50.group(1)) if p50 else None,
+        "requests": int(total.group(1)) if total else None,
+        "socket_errors": socket_errors,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": sum(socket_errors.values()) + (int(non2xx.group(1)) if non2xx else 0),
+    }
+
+
+def run_wrk(wrk: str, target: Target, *, duration: float, threads: int, connections: int,
+            log_path: Path) -> dict[str, Any]:
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency",
+            "--timeout", "2s"]
+    for k, v in target.headers.items():
+        argv += ["-H", f"{k}: {v}"]
+    argv.append(f"http://127.0.0.1:{target.port}/")
+    proc = PROCS.start("wrk", argv, log=log_path)
+    try:
+        proc.wait(timeout=duration + 30)  # wrk stops itself at -d; this is the hard bound
+    except subprocess.TimeoutExpired:
+        PROCS.stop(proc)
+        raise RuntimeError(f"wrk against {target.name} did not finish in {duration + 30:g}s")
+    PROCS.stop(proc)
+    out = log_path.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited {proc.returncode}: {out[-500:]}")
+    return parse_wrk(out)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_rps(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def fmt_lat(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v < 1e-3:
+        return f"{v * 1e6:.0f}us"
+    if v < 1:
+        return f"{v * 1e3:.2f}ms"
+    return f"{v:.2f}s"
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def summarize(t: Target) -> dict[str, Any]:
+    if not t.runs:
+        return {"rps": None, "p99_s": None, "errors": None}
+    return {
+        "rps": statistics.median(r["rps"] for r in t.runs),
+        "p99_s": statistics.median(r["p99_s"] for r in t.runs),
+        "errors": sum(r["errors"] for r in t.runs),
+        "non_2xx": sum(r["non_2xx"] for r in t.runs),
+        "socket_errors": {k: sum(r["socket_errors"].get(k, 0) for r in t.runs)
+                          for k in ("connect", "read", "write", "timeout")},
+    }
+
+
+def paired_ratio(a: Target, b: Target | None, key: str) -> float | None:
+    """Median over rounds of a/b, each pair measured in the same round (adjacent in time)."""
+    if b is None or not a.runs or not b.runs:
+        return None
+    # Pair by round number: a round one side failed in is left out, never mis-paired.
+    other = {r["round"]: r for r in b.runs}
+    pairs = [ra[key] / other[ra["round"]][key] for ra in a.runs
+             if ra["round"] in other and other[ra["round"]][key]]
+    return statistics.median(pairs) if pairs else None
+
+
+def evaluate(name: str, thr: float | None, p99: float | None) -> tuple[bool | None, str]:
+    if name not in TARGETS:
+        return None, "no target"
+    min_thr, max_p99 = TARGETS[name]
+    want = f">={min_thr:.2f}x thr" + (f", <={max_p99:.2f}x p99" if max_p99 else "")
+    if thr is None:
+        return False, f"NOT MET ({want}; not measured)"
+    ok = thr >= min_thr and (max_p99 is None or (p99 is not None and p99 <= max_p99))
+    return ok, f"{'met' if ok else 'NOT MET'} ({want})"
+
+
+def print_table(targets: list[Target], by_name: dict[str, Target], max_errors: int) -> dict[str, Any]:
+    hap, direct = by_name.get("haproxy"), by_name.get("direct")
+    header = (f"{'target':<10} {'req/s':>9} {'p99':>9} {'errors':>7}  {'thr/haproxy':>11} "
+              f"{'p99/haproxy':>11} {'thr/direct':>10}  issue target")
+    print()
+    print(header)
+    print("-" * (len(header) + 10))
+    evaluations: dict[str, Any] = {}
+    for t in targets:
+        s = summarize(t)
+        if t.status != "ok" or not t.runs:
+            print(f"{t.name:<10} {'-':>9} {'-':>9} {'-':>7}  {t.status}")
+            if t.kind == "balancer":
+                ok, text = evaluate(t.name, None, None)
+                evaluations[t.name] = {"met": ok if t.name in TARGETS else None, "text": text}
+            continue
+        err = s["errors"]
+        err_txt = f"{err}" + ("!" if err > max_errors else "")
+        if t.kind == "balancer":
+            thr_h = paired_ratio(t, hap, "rps")
+            p99_h = paired_ratio(t, hap, "p99_s")
+            thr_d = paired_ratio(t, direct, "rps")
+            ok, text = evaluate(t.name, thr_h, p99_h)
+            evaluations[t.name] = {"met": ok, "text": text, "thr_vs_haproxy": thr_h,
+                                   "p99_vs_haproxy": p99_h, "thr_vs_direct": thr_d}
+            print(f"{t.name:<10} {fmt_rps(s['rps']):>9} {fmt_lat(s['p99_s']):>9} {err_txt:>7}  "
+                  f"{fmt_ratio(thr_h):>11} {fmt_ratio(p99_h):>11} {fmt_ratio(thr_d):>10}  {text}")
+        else:
+            thr_d = paired_ratio(t, direct, "rps") if t is not direct else None
+            print(f"{t.name:<10} {fmt_rps(s['rps']):>9} {fmt_lat(s['p99_s']):>9} {err_txt:>7}  "
+                  f"{'':>11} {'':>11} {fmt_ratio(thr_d):>10}")
+    noisy = [t.name for t in targets if t.runs and summarize(t)["errors"] > max_errors]
+    if noisy:
+        print(f"\n! errors (non-2xx + socket errors) above --max-errors={max_errors}: "
+              f"{', '.join(noisy)}; those numbers are not trustworthy")
+    print()
+    return evaluations
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description="Benchmark the balancer side by side with HAProxy and direct-to-backend.")
+    ap.add_argument("--variants", default="all",
+                    help="comma-separated balancer variants: "
+                    f"{', '.join(VARIANTS)}; 'all' (default) tries every one and reports those "
+                    "whose features are missing as skipped; 'none' runs only direct and haproxy")
+    ap.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="interleaved rounds; medians are reported (default 2)")
+    ap.add_argument("--warmup", type=float, default=2, help="warm-up seconds per target (default 2)")
+    ap.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
+    ap.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+    ap.add_argument("--max-errors", type=int, default=10,
+                    help="errors per target (summed over rounds) tolerated before flagging (default 10)")
+    ap.add_argument("--python", default=None,
+                    help="interpreter for the balancer (default: .venv/bin/python of the repo)")
+    ap.add_argument("--startup-timeout", type=float, default=20,
+                    help="seconds a balancer may take to listen (default 20)")
+    ap.add_argument("--out", type=Path, default=OUT_DIR_DEFAULT,
+                    help="directory for results-<variant>.json (default benchmarks/out)")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep configs and logs (prints the path)")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 1 when a selected variant fails or misses its issue target")
+    ap.add_argument("--list", action="store_true", help="list variants and exit")
+    args = ap.parse_args(argv)
+    v = args.variants.strip().lower()
+    if v == "all":
+        args.variant_names = list(VARIANTS)
+    elif v in ("none", ""):
+        args.variant_names = []
+    else:
+        args.variant_names = [x.strip() for x in v.split(",") if x.strip()]
+        unknown = [x for x in args.variant_names if x not in VARIANTS]
+        if unknown:
+            ap.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    if args.duration <= 0 or args.rounds < 1:
+        ap.error("--duration must be > 0 and --rounds >= 1")
+    return args
+
+
+def git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                           capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for v in VARIANTS.values():
+            tgt = TARGETS.get(v.name)
+            tt = (f" [target >= {tgt[0]:.2f}x HAProxy thr" + (f", p99 <= {tgt[1]:.2f}x" if tgt[1] else "")
+                  + "]") if tgt else ""
+            print(f"{v.name:<9} {v.description}{tt}")
+        return 0
+
+    # Explicit: a shell starting us in the background would leave SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    atexit.register(PROCS.stop_all)
+
+    tools = ensure_tools()
+    python = args.python or (str(REPO / ".venv" / "bin" / "python")
+                             if (REPO / ".venv" / "bin" / "python").exists() else sys.executable)
+    work = Path(tempfile.mkdtemp(prefix="balancer-bench-"))
+    work.chmod(0o755)  # nginx workers may run as another user
+    started = _dt.datetime.now(_dt.timezone.utc)
+    try:
+        log(f"work dir {work}")
+        backends = {}
+        for name in ("a", "b"):
+            backends[name], _ = start_nginx(tools, work, name)
+        log(f"nginx backends a={backends['a']} b={backends['b']}")
+        hport, _ = start_haproxy(tools, work, backends)
+        log(f"haproxy on {hport}")
+
+        targets: list[Target] = [
+            Target("direct", "direct", backends["a"], description="wrk -> nginx a"),
+            Target("haproxy", "haproxy", hport, description="HAProxy nbthread 1, leastconn"),
+        ]
+        for t in targets:  # sanity: everything answers 200 with the backend header
+            try:
+                _probe_basic(t.port)
+            except (ProbeError, OSError, http.client.HTTPException) as exc:
+                raise SystemExit(f"{t.name} does not answer as expected: {exc}")
+
+        for name in args.variant_names:
+            log(f"starting balancer variant {name}")
+            t = start_balancer(VARIANTS[name], python, work, backends, args.startup_timeout)
+            log(f"  {name}: {t.status.splitlines()[0]}" + (f" on {t.port}" if t.status == "ok" else ""))
+            targets.append(t)
+
+        live = [t for t in targets if t.status == "ok"]
+        logs = work / "wrk"
+        logs.mkdir()
+        if args.warmup > 0:
+            for t in live:
+                log(f"warm-up {t.name} {args.warmup:g}s")
+                try:
+                    run_wrk(tools["wrk"], t, duration=args.warmup, threads=args.threads,
+                            connections=args.connections, log_path=logs / f"warmup-{t.name}.txt")
+                except (RuntimeError, ValueError) as exc:
+                    t.status = f"failed: warm-up: {str(exc)[:300]}"
+            live = [t for t in live if t.status == "ok"]
+
+        for rnd in range(args.rounds):
+            # Rotate the order each round so no target always runs first/last.
+            order = live[rnd % len(live):] + live[: rnd % len(live)] if live else []
+            for t in order:
+                if t.status != "ok":
+                    continue
+                if t.proc is not None and t.proc.poll() is not None:
+                    t.status = f"failed: balancer exited ({t.proc.returncode}) during the run"
+                    continue
+                log(f"round {rnd + 1}/{args.rounds}: {t.name} {args.duration:g}s")
+                try:
+                    res = run_wrk(tools["wrk"], t, duration=args.duration, threads=args.threads,
+                                  connections=args.connections,
+                                  log_path=logs / f"round{rnd + 1}-{t.name}.txt")
+                except (RuntimeError, ValueError) as exc:
+                    t.status = f"failed: {str(exc)[:300]}"
+                    continue
+                res["round"] = rnd + 1
+                t.runs.append(res)
+                log(f"  {fmt_rps(res['rps'])} req/s, p99 {fmt_lat(res['p99_s'])}, "
+                    f"errors {res['errors']}")
+            time.sleep(0.5)
+
+        # After the load, scrape /metrics once: a sanity check that the admin side survived.
+        for t in targets:
+            if t.kind == "balancer" and t.status == "ok" and t.admin:
+                try:
+                    m = http_get(t.admin, "/metrics")
+                    t.metrics_after = {"status": m.status, "bytes": len(m.body),
+                                       "has_requests_total": b"balancer_requests_total" in m.body}
+                except (OSError, http.client.HTTPException) as exc:
+                    t.metrics_after = {"error": str(exc)}
+
+        by_name = {t.name: t for t in targets}
+        print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, "
+              f"{args.rounds} interleaved round(s), medians; ratios are medians of same-round "
+              f"pairs; {os.cpu_count()} cores")
+        evaluations = print_table(targets, by_name, args.max_errors)
+
+        env_info = {
+            "started": started.isoformat(timespec="seconds"),
+            "commit": git_commit(),
+            "cpus": os.cpu_count(),
+            "loadavg_before": os.getloadavg(),
+            "python": platform.python_version(),
+            "haproxy": tool_version([tools["haproxy"], "-v"]),
+            "nginx": tool_version([tools["nginx"], "-v"]),
+            "wrk": tool_version([tools["wrk"], "-v"]),
+        }
+        method = {"duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup,
+                  "threads": args.threads, "connections": args.connections,
+                  "ratio": "median over rounds of same-round pairs"}
+
+        def target_json(t: Target) -> dict[str, Any]:
+            return {"name": t.name, "kind": t.kind, "description": t.description,
+                    "status": t.status, "median": summarize(t), "runs": t.runs,
+                    "metrics_after": t.metrics_after,
+                    "headers": {k: ("<cookie>" if k == "Cookie" else v) for k, v in t.headers.items()}}
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        baselines = [target_json(by_name["direct"]), target_json(by_name["haproxy"])]
+        written = []
+        names = args.variant_names or ["baselines"]
+        for name in names:
+            doc: dict[str, Any] = {"variant": name, "env": env_info, "method": method,
+                                   "targets": list(baselines)}
+            if name in by_name:
+                doc["targets"].append(target_json(by_name[name]))
+                doc["ratios"] = evaluations.get(name)
+                if name in TARGETS:
+                    doc["issue_target"] = {"min_thr_vs_haproxy": TARGETS[name][0],
+                                           "max_p99_vs_haproxy": TARGETS[name][1]}
+            path = args.out / f"results-{name}.json"
+            path.write_text(json.dumps(doc, indent=2) + "\n")
+            written.append(str(path.relative_to(REPO) if path.is_relative_to(REPO) else path))
+        print("results: " + ", ".join(written))
+
+        if args.strict:
+            bad = [n for n in args.variant_names
+                   if by_name[n].status != "ok" or evaluations.get(n, {}).get("met") is False]
+            if bad:
+                print(f"strict: failed or below target: {', '.join(bad)}")
+                return 1
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        PROCS.stop_all()
+        if args.keep_tmp:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
