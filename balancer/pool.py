@@ -37,7 +37,7 @@ class Backend:
         "draining", "drain_deadline", "removed", "joined_at", "ramp_start",
         "active_requests", "websockets", "idle", "open_connections",
         "upstream_errors", "health_checks", "ejections_total", "requests_total",
-        "label_key",
+        "label_key", "tunnels",
     )
 
     def __init__(self, pool_name: str, config: BackendConfig, now: float | None = None) -> None:
@@ -55,7 +55,8 @@ class Backend:
         self.ramp_start = 0.0
         self.active_requests = 0
         self.websockets = 0
-        self.idle: list[UpstreamConnection] = []  # keep-alive connections, most recent last
+        self.idle: list[UpstreamConnection] = []
+        self.tunnels: set = set()  # open WebSocket exchanges, closed when a drain runs out  # keep-alive connections, most recent last
         self.open_connections = 0
         self.upstream_errors: dict[str, int] = {}
         self.health_checks: dict[str, int] = {}
@@ -103,48 +104,123 @@ class Backend:
 
 
 class Pool:
-    """The backends of one pool, keyed by id, in config order."""
+    """The backends of one pool, keyed by id. Static backends come from the config, discovered
+    ones from Consul; a backend that leaves either drains instead of being cut (PRODUCT.md §9)."""
 
-    __slots__ = ("name", "config", "backends", "members", "panics_total")
+    __slots__ = ("name", "config", "backends", "members", "panics_total", "retries_total",
+                 "_static", "_discovered", "created")
 
     def __init__(self, config: PoolConfig) -> None:
         self.name = config.name
         self.config = config
         self.backends: dict[str, Backend] = {}
-        # Backends that take part in balancing (not removed); rebuilt on every membership change.
+        # Backends that take part in balancing (not removed); a new list on every change, so
+        # its identity tells caches (sticky token index) that membership moved.
         self.members: list[Backend] = []
         self.panics_total = 0
-        for backend_config in config.backends:
-            self.backends[backend_config.id] = Backend(self.name, backend_config)
-        self._rebuild()
+        self.retries_total = 0
+        self._static: tuple[BackendConfig, ...] = ()
+        self._discovered: tuple[BackendConfig, ...] = ()
+        self.created = time.monotonic()
+        self.reconfigure(config)
 
-    def _rebuild(self) -> None:
+    # -- membership -----------------------------------------------------------------------
+
+    def reconfigure(self, config: PoolConfig) -> None:
+        """A reload: new settings and static backends; discovered backends are kept."""
+        self.config = config
+        self._static = config.backends
+        self._merge()
+
+    def set_discovered(self, backends: list[BackendConfig]) -> None:
+        """A Consul update: the discovered part of the pool is now exactly `backends`."""
+        self._discovered = tuple(backends)
+        self._merge()
+
+    def _merge(self) -> None:
+        now = time.monotonic()
+        wanted: dict[str, BackendConfig] = {}
+        for backend_config in self._static + self._discovered:
+            wanted.setdefault(backend_config.id, backend_config)  # static wins a clash
+        for backend_id, backend_config in wanted.items():
+            backend = self.backends.get(backend_id)
+            if backend is None:
+                backend = Backend(self.name, backend_config, now)
+                if self.config.slow_start > 0 and now - self.created > 1.0:
+                    backend.ramp_start = now  # joined a running pool: ramp up
+                self.backends[backend_id] = backend
+            else:
+                backend.update(backend_config)
+                if backend.removed:  # came back before its drain ended
+                    backend.removed = False
+                    backend.draining = False
+        for backend_id, backend in list(self.backends.items()):
+            if backend_id not in wanted and not backend.removed:
+                backend.removed = True
+                self.start_drain(backend, now)
+        self.forget_drained(now)
         self.members = [b for b in self.backends.values() if not b.removed]
+
+    def start_drain(self, backend: Backend, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if not backend.draining:
+            backend.draining = True
+            backend.drain_deadline = now + self.config.drain_timeout
+            log.info("pool %s: backend %s draining (up to %.0fs)", self.name, backend.id,
+                     self.config.drain_timeout)
+
+    def stop_drain(self, backend: Backend) -> None:
+        if backend.draining and not backend.removed:
+            backend.draining = False
+            log.info("pool %s: backend %s undrained", self.name, backend.id)
+
+    def forget_drained(self, now: float) -> list[Backend]:
+        """Drop removed backends whose users are gone or whose drain ran out; returns the ones
+        whose deadline passed with WebSockets still open (the caller closes those)."""
+        overdue: list[Backend] = []
+        for backend_id, backend in list(self.backends.items()):
+            if not backend.draining:
+                continue
+            expired = now >= backend.drain_deadline
+            if expired and backend.tunnels:
+                overdue.append(backend)
+            if backend.removed and (expired or backend.load == 0):
+                del self.backends[backend_id]
+                for conn in backend.idle:
+                    conn.close()
+                backend.idle.clear()
+        return overdue
 
     def get(self, backend_id: str) -> Backend | None:
         return self.backends.get(backend_id)
 
-    def eligible(self, now: float) -> list[Backend]:
+    # -- choosing -------------------------------------------------------------------------
+
+    def eligible(self, now: float, allow_panic: bool = True) -> list[Backend]:
         """Backends that may take a new player: healthy, not ejected, not draining, not full.
 
         If ejection alone would leave more than `max_ejected_percent` of the pool out, the
         ejected ones come back (panic mode, as Envoy does): a pool that ejects everything
-        serves nobody, while a pool of flaky backends still serves most players.
+        serves nobody, while a pool of flaky backends still serves most players. A pinned
+        jurisdiction asks without panic: it fails closed.
         """
         limit = self.config.max_connections_per_backend
         out: list[Backend] = []
-        ejected: list[Backend] = []
+        ejected: list[Backend] | None = None
         usable = 0
         for b in self.members:
             if b.draining or not b.healthy:
                 continue
             usable += 1
             if b.ejected_until > now:
+                if ejected is None:
+                    ejected = []
                 ejected.append(b)
                 continue
             if b.active_requests + b.websockets < limit:
                 out.append(b)
-        if ejected and usable and len(ejected) * 100 > usable * self.config.outlier.max_ejected_percent:
+        if (ejected and allow_panic
+                and len(ejected) * 100 > usable * self.config.outlier.max_ejected_percent):
             self.panics_total += 1
             out.extend(b for b in ejected if b.active_requests + b.websockets < limit)
         return out

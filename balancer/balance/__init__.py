@@ -1,0 +1,91 @@
+"""Balancing strategies: pure selection among candidate backends, no I/O.
+
+Each strategy is an object per pool (round robin keeps its smooth-weighted state there) with
+`pick(candidates, now) -> Backend`. Candidates are never empty. Weights are *effective*
+weights: slow start may scale a backend's configured weight down while it ramps up.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+from ..pool import Backend
+
+WeightFn = Callable[[Backend, float], float]
+
+
+def static_weight(backend: Backend, now: float) -> float:
+    return backend.weight
+
+
+class LeastConn:
+    """Fewest (active requests + open WebSockets) per unit of weight; ties broken at random,
+    so that several balancer instances do not all pile onto the same first backend."""
+
+    __slots__ = ("weight_of",)
+
+    def __init__(self, weight_of: WeightFn = static_weight) -> None:
+        self.weight_of = weight_of
+
+    def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
+        if len(candidates) == 1:
+            return candidates[0]
+        weight_of = self.weight_of
+        best: list[Backend] = []
+        best_score = float("inf")
+        for b in candidates:
+            score = (b.active_requests + b.websockets + 1) / weight_of(b, now)
+            if score < best_score:
+                best_score = score
+                best = [b]
+            elif score == best_score:
+                best.append(b)
+        return best[0] if len(best) == 1 else random.choice(best)
+
+
+class RoundRobin:
+    """Smooth weighted round robin (as nginx): each pick adds every weight to its backend's
+    running total and takes the largest, which interleaves heavy backends instead of bursting."""
+
+    __slots__ = ("weight_of", "_current")
+
+    def __init__(self, weight_of: WeightFn = static_weight) -> None:
+        self.weight_of = weight_of
+        self._current: dict[str, float] = {}
+
+    def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
+        if len(candidates) == 1:
+            return candidates[0]
+        current = self._current
+        if len(current) > 4 * len(candidates) + 16:
+            current.clear()  # forget backends that left long ago
+        total = 0.0
+        best: Backend | None = None
+        best_value = float("-inf")
+        for b in candidates:
+            w = self.weight_of(b, now)
+            total += w
+            value = current.get(b.id, 0.0) + w
+            current[b.id] = value
+            if value > best_value:
+                best_value = value
+                best = b
+        assert best is not None
+        current[best.id] = best_value - total
+        return best
+
+
+class Random:
+    """Weighted random choice."""
+
+    __slots__ = ("weight_of",)
+
+    def __init__(self, weight_of: WeightFn = static_weight) -> None:
+        self.weight_of = weight_of
+
+    def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
+        if len(candidates) == 1:
+            return candidates[0]
+        weights = [self.weight_of(b, now) for b in candidates]
+        return random.choices(candidates, weights)[0]

@@ -1,0 +1,135 @@
+"""The admin listener (aiohttp, off the hot path): /metrics /healthz /readyz /admin/*.
+
+It binds to loopback by default and is never reachable through a public listener. When the
+variable named by `admin.token_env` is set, /admin/* needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .metrics import BalancerCollector
+
+if TYPE_CHECKING:
+    from .app import App
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminServer:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(BalancerCollector(
+            stats=lambda: app.stats_for_scrape(),
+            pools=lambda: app.pools_for_scrape(),
+            consul=lambda: app.watches.values(),
+        ))
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.host = app.config.admin.address.host
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def web_app(self) -> web.Application:
+        webapp = web.Application(middlewares=[self._auth])
+        webapp.router.add_get("/metrics", self.metrics)
+        webapp.router.add_get("/healthz", self.healthz)
+        webapp.router.add_get("/readyz", self.readyz)
+        webapp.router.add_get("/admin/pools", self.pools)
+        webapp.router.add_post("/admin/pools/{pool}/backends/{backend}/drain", self.drain)
+        webapp.router.add_post("/admin/pools/{pool}/backends/{backend}/undrain", self.undrain)
+        webapp.router.add_post("/admin/reload", self.reload)
+        return webapp
+
+    async def start(self) -> None:
+        address = self.app.config.admin.address
+        self._runner = web.AppRunner(self.web_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, address.host, address.port, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- middleware -----------------------------------------------------------------------
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/admin"):
+            token = os.environ.get(self.app.config.admin.token_env)
+            if token:
+                given = request.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    return web.json_response({"error": "unauthorized"}, status=401,
+                                             headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        reasons = self.app.not_ready_reasons()
+        if reasons:
+            return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def pools(self, request: web.Request) -> web.Response:
+        return web.json_response({"pools": self.app.describe_pools()})
+
+    async def drain(self, request: web.Request) -> web.Response:
+        return await self._set_drain(request, True)
+
+    async def undrain(self, request: web.Request) -> web.Response:
+        return await self._set_drain(request, False)
+
+    async def _set_drain(self, request: web.Request, drain: bool) -> web.Response:
+        pool_name = request.match_info["pool"]
+        backend_id = request.match_info["backend"]
+        error = await self.app.set_drain(pool_name, backend_id, drain)
+        if error is not None:
+            return web.json_response({"error": error}, status=404)
+        return web.json_response({"result": "draining" if drain else "undrained",
+                                  "pool": pool_name, "backend": backend_id})
+
+    async def reload(self, request: web.Request) -> web.Response:
+        errors = await self.app.reload_everywhere()
+        if errors:
+            return web.json_response({"errors": errors}, status=400)
+        return web.json_response({"result": "reloaded"})
+
+
+def describe_pools(pools: dict, now: float | None = None) -> list[dict]:
+    """The /admin/pools document (PRODUCT.md §7)."""
+    now = time.monotonic() if now is None else now
+    out = []
+    for name, pool in pools.items():
+        backends = []
+        for b in pool.backends.values():
+            backends.append({
+                "id": b.id, "address": str(b.address), "region": b.region, "weight": b.weight,
+                "source": b.source, "state": b.state(now).value,
+                "active_requests": b.active_requests, "websockets": b.websockets,
+            })
+        out.append({"name": name, "backends": backends})
+    return out

@@ -1,0 +1,326 @@
+"""Wires listeners, admin, discovery, health, reload and shutdown; owns every background task.
+
+`App` keeps the state that outlives a config generation (pools with their backends, stats,
+listener sockets) and swaps the compiled `Runtime` atomically on reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import time
+from typing import Callable
+
+from .config import Config, ConfigError, ListenerConfig, load_config
+from .discovery.consul import ConsulRegistration, ConsulWatch
+from .health import HealthChecker
+from .metrics import Stats
+from .plugins import build_plugins
+from .pool import Pool
+from .runtime import Runtime
+from .server import ListenerServer
+from .sticky import secret_from_env
+from .tls import server_context
+
+log = logging.getLogger("balancer")
+
+SWEEP_INTERVAL = 1.0
+
+
+class App:
+    def __init__(self, config: Config, config_path: str | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.loop = loop or asyncio.get_event_loop()
+        self.stats = Stats()
+        self.pools: dict[str, Pool] = {}
+        self.listeners: dict[str, ListenerServer] = {}
+        self.health: dict[str, HealthChecker] = {}
+        self.watches: dict[str, ConsulWatch] = {}
+        self.registration: ConsulRegistration | None = None
+        self.admin = None
+        self._secrets: dict[str, bytes] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
+        self.started = False
+        self.runtime = self._compile(config)
+        # Listener sockets handed over by a parent process (workers); name -> socket.
+        self.inherited_sockets: dict = {}
+
+    # -- building -------------------------------------------------------------------------
+
+    def _secret(self, env_name: str) -> bytes:
+        """One secret per variable for the life of the process: a random fallback must not
+        change on reload, or every player would lose their cookie."""
+        secret = self._secrets.get(env_name)
+        if secret is None:
+            secret = self._secrets[env_name] = secret_from_env(env_name)
+        return secret
+
+    def _compile(self, config: Config) -> Runtime:
+        pools: dict[str, Pool] = {}
+        for name, pool_config in config.pools.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                pool = Pool(pool_config)
+            pools[name] = pool
+        return Runtime(config, pools, self.stats, self._secret, build_plugins)
+
+    def current_runtime(self) -> Runtime:
+        return self.runtime
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._adopt_pools(self.config)
+        for listener in self.config.listeners:
+            await self._start_listener(listener)
+        self._sync_background()
+        self._tasks.append(self.loop.create_task(self._sweep()))
+        from .admin import AdminServer
+
+        self.admin = AdminServer(self)
+        await self.admin.start()
+        if self.config.consul is not None and self.config.consul.register is not None:
+            await self._register()
+        self.started = True
+
+    def _adopt_pools(self, config: Config) -> None:
+        for name, pool_config in config.pools.items():
+            pool = self.runtime.pools[name].pool
+            if name in self.pools and self.pools[name] is pool:
+                pool.reconfigure(pool_config)
+            self.pools[name] = pool
+        for name in list(self.pools):
+            if name not in config.pools:
+                # The pool's in-flight requests finish on their old runtime; drain its backends.
+                for backend in self.pools[name].backends.values():
+                    self.pools[name].start_drain(backend)
+                del self.pools[name]
+
+    async def _start_listener(self, listener: ListenerConfig) -> None:
+        context = server_context(listener.tls) if listener.tls is not None else None
+        server = ListenerServer(listener, self.current_runtime, self.loop, context,
+                                reuse_port=self.config.workers != 1)
+        await server.start(self.inherited_sockets.get(listener.name))
+        self.listeners[listener.name] = server
+        log.info("listener %s on %s", listener.name, _where(server))
+
+    def _sync_background(self) -> None:
+        """Health checkers and Consul watches follow the pools of the current config."""
+        config = self.config
+        for name, pool in self.pools.items():
+            checker = self.health.get(name)
+            if checker is None:
+                checker = self.health[name] = HealthChecker(pool)
+                checker.start()
+            else:
+                checker.pool = pool
+                checker.sync()
+            discovery = pool.config.discovery
+            watch = self.watches.get(name)
+            if watch is not None and (discovery is None or watch.discovery != discovery
+                                      or watch.consul_config != config.consul):
+                self.loop.create_task(watch.stop())
+                del self.watches[name]
+                watch = None
+            if discovery is not None and watch is None:
+                watch = ConsulWatch(config.consul or _default_consul(), name, discovery,
+                                    self._discovered(name))
+                self.watches[name] = watch
+                self.loop.create_task(watch.start())
+        for name in list(self.health):
+            if name not in self.pools:
+                self.loop.create_task(self.health.pop(name).stop())
+        for name in list(self.watches):
+            if name not in self.pools:
+                self.loop.create_task(self.watches.pop(name).stop())
+
+    def _discovered(self, pool_name: str) -> Callable:
+        def on_change(backends: list) -> None:
+            pool = self.pools.get(pool_name)
+            if pool is None:
+                return
+            pool.set_discovered(backends)
+            checker = self.health.get(pool_name)
+            if checker is not None:
+                checker.sync()
+            log.info("pool %s: %d backends from Consul", pool_name, len(backends))
+        return on_change
+
+    async def _register(self) -> None:
+        consul = self.config.consul
+        assert consul is not None and consul.register is not None
+        first = next(iter(self.listeners.values()))
+        admin = self.admin
+        host = first.config.address.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        self.registration = ConsulRegistration(consul)
+        try:
+            await self.registration.register(host, first.port, admin.url if admin else "")
+        except Exception as exc:  # Consul down must not stop the balancer from serving
+            log.warning("consul registration failed: %s", exc)
+
+    async def _sweep(self) -> None:
+        """Once a second: forget drained backends, close WebSockets whose drain ran out."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for pool in list(self.pools.values()):
+                for backend in pool.forget_drained(now):
+                    for exchange in list(backend.tunnels):
+                        exchange.close_for_drain()
+                    log.info("pool %s: drain of %s ran out; closed its WebSockets", pool.name, backend.id)
+
+    # -- reload ---------------------------------------------------------------------------
+
+    async def reload(self) -> list[str]:
+        """Validate, then swap atomically. Returns the errors (empty on success)."""
+        if self.config_path is None:
+            return ["no config file to reload from"]
+        try:
+            config = load_config(self.config_path)
+            runtime = self._compile(config)
+        except ConfigError as exc:
+            self.stats.reloads["failure"] += 1
+            log.error("reload refused, nothing changed:\n%s", "\n".join(exc.lines()))
+            return exc.lines()
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            self.stats.reloads["failure"] += 1
+            log.error("reload refused, nothing changed: %s", exc)
+            return [f"{self.config_path}: {exc}"]
+        old_listeners = {l.name: l for l in self.config.listeners}
+        try:
+            for listener in config.listeners:
+                old = old_listeners.get(listener.name)
+                if old is not None and old == listener:
+                    continue
+                if old is not None:
+                    await self.listeners.pop(listener.name).stop_accepting()
+                await self._start_listener(listener)
+        except (OSError, ssl.SSLError) as exc:
+            self.stats.reloads["failure"] += 1
+            log.error("reload failed opening listeners: %s", exc)
+            return [f"{self.config_path}: listeners: {exc}"]
+        for name in list(self.listeners):
+            if name not in {l.name for l in config.listeners}:
+                # Stop accepting; its open connections finish on their own.
+                await self.listeners.pop(name).stop_accepting()
+        old_runtime = self.runtime
+        self.config = config
+        self.runtime = runtime
+        self._adopt_pools(config)
+        self._sync_background()
+        self.stats.reloads["success"] += 1
+        log.info("config reloaded from %s", self.config_path)
+        self.loop.call_later(60, old_runtime.close)  # in-flight requests may still use it
+        return []
+
+    # -- what the admin listener asks -----------------------------------------------------
+
+    def stats_for_scrape(self) -> Stats:
+        return self.stats
+
+    def pools_for_scrape(self) -> list[Pool]:
+        return list(self.pools.values())
+
+    def describe_pools(self) -> list[dict]:
+        from .admin import describe_pools
+
+        return describe_pools(self.pools)
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why this instance should not get traffic: a route whose pool has no eligible backend."""
+        now = time.monotonic()
+        reasons = []
+        for route in self.runtime.routes.routes:
+            pool = self.pools.get(route.pool_name)
+            if pool is None or not pool.eligible(now, allow_panic=False):
+                reasons.append(f"route {route.name}: pool {route.pool_name} has no eligible backend")
+        return reasons
+
+    async def set_drain(self, pool_name: str, backend_id: str, drain: bool) -> str | None:
+        pool = self.pools.get(pool_name)
+        if pool is None:
+            return f"no pool {pool_name}"
+        backend = pool.get(backend_id)
+        if backend is None:
+            return f"no backend {backend_id} in pool {pool_name}"
+        if drain:
+            pool.start_drain(backend)
+        else:
+            pool.stop_drain(backend)
+        return None
+
+    async def reload_everywhere(self) -> list[str]:
+        return await self.reload()
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, finish in-flight requests and drain WebSockets for up to
+        shutdown_timeout, then close what is left."""
+        for server in self.listeners.values():
+            await server.stop_accepting()
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        while time.monotonic() < deadline:
+            for server in self.listeners.values():
+                server.close_idle()
+            if not any(server.busy() for server in self.listeners.values()):
+                break
+            await asyncio.sleep(0.05)
+        for server in self.listeners.values():
+            for conn in list(server.connections):
+                conn.close()
+        if self.registration is not None:
+            try:
+                await self.registration.deregister()
+            except Exception as exc:
+                log.warning("consul deregistration failed: %s", exc)
+        for task in self._tasks:
+            task.cancel()
+        for checker in self.health.values():
+            await checker.stop()
+        for watch in self.watches.values():
+            await watch.stop()
+        if self.admin is not None:
+            await self.admin.stop()
+        for pool in self.pools.values():
+            for backend in pool.backends.values():
+                for conn in backend.idle:
+                    conn.close()
+                backend.idle.clear()
+        self.runtime.close()
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads."""
+        await self.start()
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        log.info("balancer ready (pid %d)", os.getpid())
+        await self.wait_stopped()
+        log.info("shutting down: finishing in-flight requests (up to %.0fs)", self.config.shutdown_timeout)
+        await self.shutdown()
+
+
+def _where(server: ListenerServer) -> str:
+    return f"{server.config.address.host}:{server.port}"
+
+
+def _default_consul():
+    from .config import ConsulConfig
+
+    return ConsulConfig()

@@ -1,0 +1,71 @@
+"""Command line: `balancer run|check|demo --config FILE` (PRODUCT.md §2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .config import ConfigError, check_main, load_config
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _event_loop_policy() -> None:
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run(config_path: str) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 2
+    if config.workers != 1:
+        from .workers import Supervisor
+
+        return Supervisor(config, config_path).run()
+    _event_loop_policy()
+    from .app import App
+
+    async def main() -> None:
+        app = App(config, config_path, asyncio.get_running_loop())
+        await app.serve()
+
+    asyncio.run(main())
+    return 0
+
+
+def demo(config_path: str) -> int:
+    from .demo import run_demo
+
+    _event_loop_policy()
+    return run_demo(config_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="balancer", description="Casino edge load balancer")
+    parser.add_argument("--log-level", default="info")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run the balancer"), ("check", "validate a config"),
+                       ("demo", "run the balancer with demo backends")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--config", required=True, help="YAML config file")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    if args.command == "check":
+        return check_main(args.config)
+    if args.command == "demo":
+        return demo(args.config)
+    return run(args.config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

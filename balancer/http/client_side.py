@@ -1,0 +1,282 @@
+"""The player's connection: an asyncio.Protocol wiring socket callbacks to the request reader.
+
+Pipelined requests are answered in order: while one exchange is in progress, the next ones
+are queued and reading pauses, so at most one read's worth of pipelined bytes is buffered.
+Backpressure runs both ways: a player who does not read pauses the backend, and a backend that
+does not read pauses the player.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .errors import RequestError, error_response
+from .exchange import Exchange
+from .headers import request_id_from
+from .parser import RequestHead, RequestReader
+from .timers import Deadline
+
+if TYPE_CHECKING:
+    from ..config import ListenerConfig
+    from ..runtime import Runtime
+
+# Why reading from the player is paused; reading resumes when no reason is left.
+_PIPELINE = 1
+_UPSTREAM = 2
+_TUNNEL_WAIT = 4
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "server", "listener", "loop", "transport", "reader", "client_ip", "peer_trusted",
+        "scheme", "exchange", "reading", "queue", "deadline", "_paused", "_write_paused",
+        "closed", "tunnel", "_batch", "_error", "_idle", "_received",
+    )
+
+    def __init__(self, server: "ListenerServer") -> None:
+        self.server = server
+        self.listener = server.config
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.reader = RequestReader(self, server.runtime().limits)
+        self.client_ip = ""
+        self.peer_trusted = False
+        self.scheme = b"https" if server.config.tls is not None else b"http"
+        self.exchange: Exchange | None = None  # the one being answered
+        self.reading: Exchange | None = None  # the one whose request is being read
+        self.queue: deque[Exchange] = deque()
+        self.deadline = Deadline(self.loop, self._on_deadline)
+        self._paused = 0
+        self._write_paused = False
+        self.closed = False
+        self.tunnel: Exchange | None = None
+        self._batch: list[bytes] | None = None
+        self._error: RequestError | None = None
+        self._idle = True  # between requests: no byte of the next request read yet
+        self._received = False  # any byte at all on this connection
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.set_client_ip(peer[0] if peer else "")
+        self.server.connection_opened(self)
+        # HAProxy's `timeout http-request`: the first request head is due from accept on.
+        self.deadline.set_in(self.server.runtime().limits.header_timeout)
+
+    def set_client_ip(self, ip: str) -> None:
+        self.client_ip = ip
+        self.peer_trusted = self.server.runtime().is_trusted(ip)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.deadline.cancel()
+        self.server.connection_closed(self)
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is not None:
+            exchange.client_lost()
+        for queued in self.queue:
+            queued.client_lost()
+        self.queue.clear()
+        tunnel = self.tunnel
+        if tunnel is not None and tunnel is not exchange:
+            tunnel.client_lost()
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.tunnel_from_client(data)
+            return
+        if self._error is not None or self.closed:
+            return
+        if self._idle:
+            # A new request begins: the idle timer becomes the header timer, once per request
+            # (re-arming it on every packet would let a slowloris trickle on for ever).
+            self._idle = False
+            if self._received:
+                self.deadline.set_in(self.server.runtime().limits.header_timeout)
+            self._received = True
+        try:
+            offset = self.reader.feed(data)
+        except RequestError as exc:
+            self._reject(exc)
+            return
+        if offset is not None:
+            self._upgrade_read(data[offset:])
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        exchange = self.tunnel or self.exchange
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        exchange = self.tunnel or self.exchange
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.resume_reading()
+
+    # -- request events from the reader ---------------------------------------------------
+
+    def request_started(self, head: RequestHead) -> None:
+        exchange = Exchange(self, head, self.server.runtime())
+        self.reading = exchange
+        if self.exchange is None:
+            self.deadline.clear()
+            self.exchange = exchange
+            self._begin(exchange)
+        else:
+            self.queue.append(exchange)
+            self._pause(_PIPELINE)
+
+    def request_body(self, data: bytes) -> None:
+        reading = self.reading
+        if reading is not None:
+            reading.request_body(data)
+
+    def request_ended(self) -> None:
+        reading = self.reading
+        if reading is not None:
+            reading.request_ended()
+
+    def _upgrade_read(self, rest: bytes) -> None:
+        """The reader stopped at an upgrade request's head: hold what follows until the 101."""
+        exchange = self.reading
+        if exchange is None:
+            return
+        exchange.request_done = True
+        if rest:
+            exchange.tunnel_from_client(rest)
+        if not exchange.tunnel:
+            self._pause(_TUNNEL_WAIT)
+
+    def _begin(self, exchange: Exchange) -> None:
+        try:
+            exchange.begin()
+        except RequestError as exc:
+            exchange.reply(exc.status, exc.message, close=exc.close)
+
+    # -- writing to the player ------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+        elif not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def begin_batch(self) -> None:
+        if self._batch is None:
+            self._batch = []
+
+    def flush(self) -> None:
+        batch = self._batch
+        if batch is not None:
+            self._batch = None
+            if batch and not self.closed:
+                self.transport.write(b"".join(batch) if len(batch) > 1 else batch[0])  # type: ignore[union-attr]
+
+    # -- exchange lifecycle -----------------------------------------------------------------
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        if exchange is not self.exchange:
+            return
+        if exchange.close_client or self._error is not None and not self.queue:
+            if self._error is not None and not exchange.close_client:
+                self._send_error(self._error)
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.exchange = nxt
+            if not self.queue:
+                self._resume(_PIPELINE)
+            self._begin(nxt)
+            return
+        self.exchange = None
+        if self._error is not None:
+            self._send_error(self._error)
+            self.close()
+            return
+        if self.reading is exchange and exchange.request_done:
+            self._idle = True
+            self.deadline.set_in(self.server.runtime().limits.client_idle_timeout)
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        self.tunnel = exchange
+        self.deadline.cancel()
+        self._resume(_TUNNEL_WAIT)
+
+    def count_rejected(self, reason: str) -> None:
+        self.server.count_rejected(reason)
+
+    # -- errors, timeouts, closing --------------------------------------------------------
+
+    def _reject(self, error: RequestError) -> None:
+        """The reader refused a request: answer in order, then close."""
+        reading = self.reading
+        self.reading = None
+        self._pause(_PIPELINE)
+        if reading is not None and reading is self.exchange:
+            if reading.response_started:
+                self.abort()
+                return
+            reading.abort_upstream()
+            reading.request_done = True
+            reading.reply(error.status, error.message, close=True)
+            self.flush()
+            return
+        if reading is not None and reading in self.queue:
+            self.queue.remove(reading)
+        if self.exchange is None:
+            self._send_error(error)
+            self.close()
+        else:
+            self._error = error  # answered after the requests before it
+
+    def _send_error(self, error: RequestError) -> None:
+        self.server.count_rejected_status(error.status)
+        self.write(error_response(error.status, error.message, request_id_from(None), True))
+        self.flush()
+
+    def _on_deadline(self) -> None:
+        if self.closed:
+            return
+        if self.exchange is None and (self._idle or not self._received):
+            self.close()  # keep-alive idle, or a silent connection: close quietly
+            return
+        self._reject(RequestError(408, "request timeout"))
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and not self.closed:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and not self.closed:
+                self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def pause_reading_for_upstream(self) -> None:
+        self._pause(_UPSTREAM)
+
+    def resume_reading_for_upstream(self) -> None:
+        self._resume(_UPSTREAM)
+
+    def close(self) -> None:
+        self.flush()
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self._batch = None
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
+
+
+from ..server import ListenerServer  # noqa: E402  (import cycle: the server builds these)

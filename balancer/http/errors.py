@@ -1,0 +1,69 @@
+"""The balancer's own answers: typed errors that carry their status, and their JSON bodies.
+
+Like h11's `RemoteProtocolError(error_status_hint=...)`, an error raised while reading a request
+knows the status to answer with, so the protocol class only has to catch and send.
+"""
+
+from __future__ import annotations
+
+import json
+
+REASONS: dict[int, bytes] = {
+    100: b"Continue", 101: b"Switching Protocols",
+    200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content",
+    206: b"Partial Content", 301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified",
+    307: b"Temporary Redirect", 308: b"Permanent Redirect",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 411: b"Length Required",
+    413: b"Content Too Large", 414: b"URI Too Long", 417: b"Expectation Failed",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+    451: b"Unavailable For Legal Reasons", 500: b"Internal Server Error",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}
+
+# Which rejection reason (metric label) a status of ours counts as.
+REJECT_REASON: dict[int, str] = {
+    400: "malformed", 411: "malformed", 501: "malformed", 505: "malformed",
+    413: "too_large", 414: "too_large", 431: "too_large",
+    408: "timeout", 451: "geo_blocked", 429: "rate_limited", 404: "no_route",
+}
+
+
+def reason_phrase(status: int) -> bytes:
+    return REASONS.get(status, b"Unknown")
+
+
+class RequestError(Exception):
+    """A request the balancer refuses. The connection is closed after the answer when the
+    framing can no longer be trusted (`close=True`), as RFC 9112 §11.2 advises for smuggling."""
+
+    def __init__(self, status: int, message: str, close: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.close = close
+
+
+def error_response(
+    status: int,
+    message: str,
+    request_id: str,
+    close: bool,
+    extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """A complete HTTP/1.1 response with the small JSON body of PRODUCT.md §5."""
+    body = json.dumps({"error": message, "request_id": request_id}).encode()
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)),
+        b"content-type: application/json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"x-request-id: %s\r\n" % request_id.encode(),
+    ]
+    for name, value in extra_headers:
+        lines.append(name + b": " + value + b"\r\n")
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)

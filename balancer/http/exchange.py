@@ -1,0 +1,543 @@
+"""One request cycle: route, choose a backend, stream the request, relay the response, retry
+what is safe to retry.
+
+The way of a request reads top to bottom here: `begin` (route -> plugins -> geo/sticky ->
+balance) -> `_attempt` (upstream connection) -> `response_*` callbacks -> `_finish`. Policy
+(which backend, whether a retry is allowed) is asked of the selector and retry rules; this
+class only moves bytes and keeps the counts honest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from .. import health
+from .errors import REJECT_REASON, RequestError, error_response, reason_phrase
+from .headers import HOP_BY_HOP, OWN_REQUEST_HEADERS, connection_tokens, forwarded_for, request_id_from
+from .parser import IDEMPOTENT_METHODS, RequestHead
+from .upstream import CONNECT, PROTOCOL, RESET, TIMEOUT, UpstreamConnection, connect, take_idle
+
+if TYPE_CHECKING:
+    from ..pool import Backend
+    from ..routing import Route
+    from ..runtime import PoolRuntime, Runtime
+    from .client_side import ClientConnection
+
+# Request body kept for a retry; past this a streamed body can no longer be replayed.
+RETRY_BUFFER = 64 * 1024
+# Unsent body held while the backend connection opens; past this the client is paused.
+PENDING_LIMIT = 256 * 1024
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
+        if len(_STATUS_LINES) < 512:
+            _STATUS_LINES[status] = line
+    return line
+
+
+class Exchange:
+    __slots__ = (
+        "client", "head", "runtime", "route", "pool", "backend", "upstream", "request_id",
+        "started", "tried", "body", "body_size", "unsent_from", "replayable", "request_done",
+        "response_started", "finished", "status", "chunked_out", "close_client",
+        "upstream_head", "set_cookie", "region", "country", "early_tunnel", "tunnel",
+        "_connecting", "_retry_statuses", "_head_only", "_response_plugins",
+    )
+
+    def __init__(self, client: ClientConnection, head: RequestHead, runtime: Runtime) -> None:
+        self.client = client
+        self.head = head
+        self.runtime = runtime
+        self.route: Route | None = None
+        self.pool: PoolRuntime | None = None
+        self.backend: Backend | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.request_id = ""
+        self.started = client.loop.time()
+        self.tried: list[Backend] = []
+        self.body: list[bytes] = []  # framed body chunks: unsent ones, plus sent ones for replay
+        self.body_size = 0
+        self.unsent_from = 0
+        self.replayable = True
+        self.request_done = not head.has_body
+        self.response_started = False
+        self.finished = False
+        self.status = 0
+        self.chunked_out = False
+        self.close_client = not head.keep_alive
+        self.upstream_head = b""
+        self.set_cookie: bytes | None = None
+        self.region: str | None = None
+        self.country: str | None = None
+        self.early_tunnel: bytes = b""
+        self.tunnel = False
+        self._connecting = False
+        self._retry_statuses: frozenset[int] = frozenset()
+        self._head_only = head.method == b"HEAD"
+        self._response_plugins: tuple = ()
+
+    # -- the way of a request -------------------------------------------------------------
+
+    def begin(self) -> None:
+        runtime = self.runtime
+        head = self.head
+        client = self.client
+        self.request_id = request_id_from(head.request_id)
+        if head.absolute and not runtime.routes.serves_host(head.host):
+            raise RequestError(400, "absolute-form target for a host that is not served")
+        route = runtime.routes.match(head.host, head.path, head.method, head.headers)
+        if route is None:
+            self.reply(404, "no route")
+            return
+        self.route = route
+        geo = runtime.geo
+        if geo is not None:
+            country = geo.country(client.client_ip, self._country_header(geo.header_name))
+            self.country = country
+            if geo.is_blocked(country):
+                self.reply(451, "unavailable in your jurisdiction")
+                return
+            self.region = geo.region_of(country)
+        if route.plugins:
+            asyncio.ensure_future(self._run_plugins(route))
+            return
+        self._choose()
+
+    def _country_header(self, lname: bytes) -> bytes | None:
+        if not self.client.peer_trusted:
+            return None
+        for name, _, value in self.head.headers:
+            if name == lname:
+                return value
+        return None
+
+    async def _run_plugins(self, route: Route) -> None:
+        try:
+            for plugin in route.plugins:
+                hook = plugin.on_request
+                if hook is None:
+                    continue
+                answer = hook(self)
+                if asyncio.iscoroutine(answer):
+                    answer = await answer
+                if answer is not None and not self.finished:
+                    self.reply_plugin(answer)
+                    return
+            self._response_plugins = tuple(p for p in route.plugins if p.on_response is not None)
+            if not self.finished:
+                self._choose()
+        except RequestError as exc:
+            self.reply(exc.status, exc.message)
+        self.client.flush()
+
+    def _choose(self) -> None:
+        route = self.route
+        assert route is not None
+        pool = self.runtime.pools[route.pool_name]
+        self.pool = pool
+        self._retry_statuses = pool.retry_statuses
+        choice = pool.choose(self, self.client.loop.time())
+        if choice.backend is None:
+            self.reply(503, choice.reason, retry_after=choice.retry_after)
+            return
+        self.set_cookie = choice.set_cookie
+        self.upstream_head = self._build_upstream_head()
+        self._attempt(choice.backend)
+
+    def _build_upstream_head(self) -> bytes:
+        head = self.head
+        client = self.client
+        drop = HOP_BY_HOP
+        if head.connection is not None:
+            drop = drop | connection_tokens(head.connection)
+        lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+        append = lines.append
+        for lname, name, value in head.headers:
+            if lname in drop or lname in OWN_REQUEST_HEADERS or lname == b"x-forwarded-for":
+                continue
+            append(name + b": " + value + b"\r\n")
+        if head.chunked:
+            append(b"transfer-encoding: chunked\r\n")
+        if head.upgrade is not None:
+            append(b"connection: upgrade\r\nupgrade: " + head.upgrade + b"\r\n")
+        append(b"x-forwarded-for: " + forwarded_for(head.forwarded_for, client.client_ip, client.peer_trusted)
+               + b"\r\nx-forwarded-proto: " + client.scheme
+               + b"\r\nx-request-id: " + self.request_id.encode())
+        if head.host_header is not None:
+            append(b"\r\nx-forwarded-host: " + head.host_header)
+        if self.region is not None:
+            append(b"\r\nx-client-region: " + self.region.encode())
+        append(b"\r\n\r\n")
+        return b"".join(lines)
+
+    def _attempt(self, backend: Backend) -> None:
+        self.backend = backend
+        self.tried.append(backend)
+        backend.active_requests += 1
+        pool = self.pool
+        assert pool is not None
+        loop = self.client.loop
+        timeouts = pool.config.timeouts
+        conn = take_idle(backend, loop.time(), timeouts.idle)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self._connecting = True
+            asyncio.ensure_future(self._connect(backend, timeouts.connect, timeouts.idle))
+
+    async def _connect(self, backend: Backend, timeout: float, idle: float) -> None:
+        loop = self.client.loop
+        try:
+            conn = await connect(backend, loop, timeout, idle)
+        except (OSError, asyncio.TimeoutError):
+            self._connecting = False
+            if not self.finished:  # else client_lost already released the backend
+                self.upstream_failed(None, CONNECT)
+                self.client.flush()
+            return
+        self._connecting = False
+        if self.finished:
+            conn.release(loop.time())  # the player left meanwhile; keep it for the next one
+            return
+        self._attach(conn)
+        self.client.flush()
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        body = self.body
+        data = self.upstream_head
+        if body:
+            data = data + b"".join(body[self.unsent_from:]) if self.unsent_from else data + b"".join(body)
+            self.unsent_from = len(body)
+            if self.body_size > RETRY_BUFFER:
+                self.replayable = False
+                body.clear()
+                self.unsent_from = 0
+        conn.deadline.set_in(self.pool.config.timeouts.response)  # type: ignore[union-attr]
+        conn.start(self, data, self._head_only)
+        self.client.resume_reading_for_upstream()
+        if self.early_tunnel:
+            conn.write(self.early_tunnel)
+
+    # -- request body from the client -----------------------------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        if self.head.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self._send_body(data)
+
+    def request_ended(self) -> None:
+        self.request_done = True
+        if self.finished:
+            return
+        if self.head.chunked:
+            self._send_body(b"0\r\n\r\n")
+
+    def _send_body(self, data: bytes) -> None:
+        conn = self.upstream
+        if conn is not None:
+            conn.write(data)
+            conn.deadline.set_in(self.pool.config.timeouts.response)  # type: ignore[union-attr]
+            if self.replayable:
+                self.body.append(data)
+                self.body_size += len(data)
+                self.unsent_from = len(self.body)
+                if self.body_size > RETRY_BUFFER:
+                    self.replayable = False
+                    self.body.clear()
+                    self.unsent_from = 0
+            return
+        self.body.append(data)
+        self.body_size += len(data)
+        if self.body_size > PENDING_LIMIT:
+            self.client.pause_reading_for_upstream()
+
+    # -- the response from the backend ----------------------------------------------------
+
+    def response_interim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """1xx (100 Continue, 103 Early Hints): relayed as is, the final answer follows."""
+        if self.response_started or self.finished:
+            return
+        out = [status_line(status, reason)]
+        for name, value in headers:
+            if name.lower() not in HOP_BY_HOP:
+                out.append(name + b": " + value + b"\r\n")
+        out.append(b"\r\n")
+        self.client.write(b"".join(out))
+
+    def response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
+                      headers: list[tuple[bytes, bytes]], chunked: bool, has_length: bool,
+                      bodiless: bool, backend_keep_alive: bool) -> None:
+        backend = self.backend
+        assert backend is not None
+        if status >= 500:
+            if status in self._retry_statuses and self._may_retry(str(status)):
+                self._count_failure(backend, None)
+                conn.close()
+                self._retry()
+                raise _Abandoned()
+            self._count_failure(backend, None)
+        else:
+            health.record_success(backend)
+        self.status = status
+        self.response_started = True
+        client = self.client
+        if not self.request_done:
+            self.close_client = True  # the rest of the request body is not worth reading
+        drop = HOP_BY_HOP
+        for name, value in headers:
+            if name.lower() == b"connection":
+                drop = drop | connection_tokens(value)
+        out = [status_line(status, reason)]
+        append = out.append
+        for name, value in headers:
+            lname = name.lower()
+            if lname in drop and not (status == 101 and lname == b"upgrade"):
+                continue
+            append(name + b": " + value + b"\r\n")
+        if status == 101:
+            append(b"connection: upgrade\r\n")
+        elif not bodiless and not has_length and not self._head_only:
+            if self.head.version == b"1.1":
+                self.chunked_out = True
+                append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.close_client = True  # HTTP/1.0 reads a close-delimited body
+        if self.set_cookie is not None:
+            append(b"set-cookie: " + self.set_cookie + b"\r\n")
+        for plugin in self._response_plugins:
+            plugin.on_response(self, out)
+        if self.close_client:
+            append(b"connection: close\r\n")
+        elif self.head.version == b"1.0":
+            append(b"connection: keep-alive\r\n")
+        append(b"\r\n")
+        client.write(b"".join(out))
+        if status == 101:
+            self._become_tunnel(conn)
+
+    def response_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        if self.chunked_out:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self.client.write(data)
+        conn = self.upstream
+        if conn is not None:
+            conn.deadline.set_in(self.pool.config.timeouts.response)  # type: ignore[union-attr]
+
+    def response_end(self, conn: UpstreamConnection, reusable: bool) -> None:
+        if self.finished:
+            return
+        if self.chunked_out:
+            self.client.write(b"0\r\n\r\n")
+        self.upstream = None
+        loop = self.client.loop
+        if reusable and self.request_done:
+            conn.release(loop.time())
+        else:
+            conn.close()
+        self._release_backend()
+        self._finish()
+
+    # -- failures and retries -------------------------------------------------------------
+
+    def upstream_failed(self, conn: UpstreamConnection | None, kind: str) -> None:
+        """The backend connection failed (connect, reset, timeout or protocol error)."""
+        if self.finished:
+            return
+        backend = self.backend
+        assert backend is not None
+        self.upstream = None
+        self._count_failure(backend, kind)
+        self._release_backend()
+        if self.response_started:
+            self.client.abort()  # half a response cannot be mended; the player must see it
+            self._finish(record=True)
+            return
+        if self._may_retry(kind):
+            self._retry()
+            return
+        if kind == TIMEOUT:
+            self.reply(504, "backend timed out")
+        else:
+            self.reply(502, "backend failed")
+
+    def _count_failure(self, backend: Backend, kind: str | None) -> None:
+        if kind is not None:
+            backend.count_error(kind)
+        pool = self.pool
+        assert pool is not None
+        health.record_failure(pool.pool, backend, time.monotonic())
+
+    def _may_retry(self, kind: str) -> bool:
+        pool = self.pool
+        assert pool is not None
+        retries = pool.config.retries
+        if len(self.tried) >= retries.attempts or self.tunnel:
+            return False
+        condition = {CONNECT: "connect_failure", RESET: "reset", TIMEOUT: "504",
+                     PROTOCOL: "reset"}.get(kind, kind)
+        if condition not in retries.on and not (kind == TIMEOUT and "timeout" in retries.on):
+            return False
+        if kind == CONNECT:
+            return True  # nothing was sent: safe for every method
+        # Anything else may have reached the backend: only what is safe to repeat, and only
+        # if every body byte sent is still here to send again (a bet is never sent twice).
+        head = self.head
+        if head.method not in IDEMPOTENT_METHODS and head.header(b"idempotency-key") is None:
+            return False
+        return self.replayable
+
+    def _retry(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        backend = pool.choose_again(self, self.client.loop.time())
+        if backend is None:
+            kind_status = 502
+            self.reply(kind_status, "backend failed")
+            return
+        pool.retries_total += 1
+        self.unsent_from = 0
+        self._attempt(backend)
+
+    def _release_backend(self) -> None:
+        backend = self.backend
+        if backend is not None and not self.tunnel:
+            backend.active_requests -= 1
+
+    # -- WebSocket tunnel -----------------------------------------------------------------
+
+    def _become_tunnel(self, conn: UpstreamConnection) -> None:
+        backend = self.backend
+        assert backend is not None and self.pool is not None
+        backend.active_requests -= 1
+        backend.websockets += 1
+        backend.tunnels.add(self)
+        self.tunnel = True
+        self.upstream = conn
+        conn.deadline.set_in(self.pool.config.timeouts.websocket_idle)
+        self.client.start_tunnel(self)
+        self._record()
+
+    def tunnel_from_client(self, data: bytes) -> None:
+        conn = self.upstream
+        if conn is not None:
+            conn.write(data)
+            conn.deadline.set_in(self.pool.config.timeouts.websocket_idle)  # type: ignore[union-attr]
+        elif not self.response_started:
+            self.early_tunnel += data  # before the 101: held until the backend agrees
+
+    def tunnel_from_backend(self, data: bytes) -> None:
+        self.client.write(data)
+        conn = self.upstream
+        if conn is not None:
+            conn.deadline.set_in(self.pool.config.timeouts.websocket_idle)  # type: ignore[union-attr]
+
+    def tunnel_closed(self) -> None:
+        """The backend side of a tunnel ended: end the player's side too."""
+        self._end_tunnel()
+        self.client.close()
+
+    def _end_tunnel(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        backend = self.backend
+        if backend is not None:
+            backend.websockets -= 1
+            backend.tunnels.discard(self)
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.close()
+
+    # -- endings --------------------------------------------------------------------------
+
+    def client_lost(self) -> None:
+        """The player's connection closed: stop the backend side, keep the counts honest."""
+        if self.tunnel:
+            self._end_tunnel()
+            return
+        if self.finished:
+            return
+        self.abort_upstream()
+        self.finished = True
+        if self.status == 0:
+            self.status = 499  # as nginx: the client went away before the answer
+        self._record()
+
+    def abort_upstream(self) -> None:
+        """The player's request turned out bad mid-way: whatever reached the backend is void."""
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.close()
+        if self.backend is not None and (conn is not None or self._connecting):
+            self._release_backend()
+            self.backend = None
+
+    def close_for_drain(self) -> None:
+        """Drain deadline passed: the tunnel to a draining backend is closed."""
+        self.client.close()
+        self._end_tunnel()
+
+    def reply(self, status: int, message: str, close: bool = False,
+              retry_after: int | None = None) -> None:
+        """Answer with one of the balancer's own JSON errors and end the exchange."""
+        if self.finished or self.response_started:
+            return
+        if not self.request_done or status in (400, 408, 413, 414, 431, 501):
+            close = True
+        self.close_client = self.close_client or close
+        self.status = status
+        self.response_started = True
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if retry_after is not None:
+            extra = ((b"retry-after", str(retry_after).encode()),)
+        if not self.request_id:
+            self.request_id = request_id_from(self.head.request_id)
+        self.client.write(error_response(status, message, self.request_id, self.close_client, extra))
+        reason = REJECT_REASON.get(status)
+        if reason is not None:
+            self.client.count_rejected(reason)
+        self._finish()
+
+    def reply_plugin(self, answer: object) -> None:
+        """A plugin answered the request itself (429, 403, 451...)."""
+        status = getattr(answer, "status", 403)
+        message = getattr(answer, "message", "refused")
+        retry_after = getattr(answer, "retry_after", None)
+        self.reply(status, message, retry_after=retry_after)
+
+    def _finish(self, record: bool = True) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if record:
+            self._record()
+        self.client.exchange_finished(self)
+
+    def _record(self) -> None:
+        route = self.route
+        pool = self.pool
+        backend = self.backend
+        self.runtime.stats.request(
+            route.name if route is not None else "",
+            pool.name if pool is not None else "",
+            backend.id if backend is not None else "",
+            self.head.method, self.status, self.client.loop.time() - self.started,
+        )
+
+
+class _Abandoned(Exception):
+    """Stops llhttp on a response that is being retried elsewhere."""

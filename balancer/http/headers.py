@@ -1,0 +1,43 @@
+"""Header rules for forwarding: hop-by-hop removal, X-Forwarded-*, request ids.
+
+RFC 9110 §7.6.1: `Connection` and every header it names are for one hop only. We strip the
+headers that `Connection` lists *before* adding our own X-Forwarded-* and X-Client-Region, so a
+client cannot make the balancer delete what it adds ("Connection: X-Forwarded-For").
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+# Always hop-by-hop (RFC 9110 §7.6.1 plus the de-facto Proxy-Connection and Keep-Alive).
+HOP_BY_HOP: frozenset[bytes] = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade",
+})
+
+# Headers the balancer sets itself towards the backend; a client's copies are replaced.
+OWN_REQUEST_HEADERS: frozenset[bytes] = frozenset({
+    b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"x-client-region",
+})
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+
+
+def request_id_from(value: bytes | None) -> str:
+    """Keep a well-formed incoming X-Request-Id (1-128 of A-Za-z0-9._-), else make a UUID4."""
+    if value is not None and _REQUEST_ID.fullmatch(value):
+        return value.decode("ascii")
+    return str(uuid.uuid4())
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """The header names listed in a Connection header value, lower-cased."""
+    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def forwarded_for(existing: bytes | None, peer_ip: str, peer_trusted: bool) -> bytes:
+    """X-Forwarded-For: append to a trusted peer's chain, replace an untrusted one's."""
+    if existing and peer_trusted:
+        return existing + b", " + peer_ip.encode()
+    return peer_ip.encode()

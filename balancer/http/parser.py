@@ -1,0 +1,265 @@
+"""Strict request framing on httptools (llhttp), sans-IO: bytes in, events out.
+
+llhttp in strict mode already refuses Content-Length with Transfer-Encoding, bad or repeated
+Content-Length, obs-fold, bare CR/LF, NUL and control bytes and bad chunk lines. What it lets
+through and a proxy must refuse itself (each a way to smuggle a request past the balancer or
+to make it an open proxy) is checked here: Host missing or repeated, versions other than
+HTTP/1.0 and 1.1, Transfer-Encoding other than a single `chunked`, Transfer-Encoding on
+HTTP/1.0, look-alike names such as `Transfer_Encoding`, CONNECT and unknown methods, and the
+URL, header size and header count limits. RFC 9112 §6.3 and §11.2 give the reasons.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httptools
+
+from ..config import Limits
+from .errors import RequestError
+
+ALLOWED_METHODS: frozenset[bytes] = frozenset(
+    {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"}
+)
+# RFC 9110 §9.2.2: these may be repeated without changing the outcome, so they may be retried.
+IDEMPOTENT_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+
+# Names a lenient backend might normalise into a framing header ("Transfer_Encoding").
+_FRAMING_LOOKALIKES = frozenset({b"transfer-encoding", b"content-length"})
+_HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789.-_:[]")
+
+
+class RequestHead:
+    """What the balancer knows about a request once its head is read."""
+
+    __slots__ = (
+        "method", "target", "path", "version", "headers", "host", "host_header",
+        "keep_alive", "chunked", "content_length", "upgrade", "expect_continue",
+        "connection", "forwarded_for", "request_id", "cookie", "absolute",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.path = b""  # target without the query
+        self.version = b"1.1"
+        # (lower-case name, name as sent, value), in order
+        self.headers: list[tuple[bytes, bytes, bytes]] = []
+        self.host = ""  # lower-case, without port; "" when absent (HTTP/1.0)
+        self.host_header: bytes | None = None
+        self.keep_alive = True
+        self.chunked = False
+        self.content_length: int | None = None
+        self.upgrade: bytes | None = None  # lower-case protocol when this is an upgrade
+        self.expect_continue = False
+        self.connection: bytes | None = None
+        self.forwarded_for: bytes | None = None
+        self.request_id: bytes | None = None
+        self.cookie: bytes | None = None
+        self.absolute = False  # the target was absolute-form (http://host/path)
+
+    def header(self, lname: bytes) -> bytes | None:
+        for name, _, value in self.headers:
+            if name == lname:
+                return value
+        return None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+class RequestEvents(Protocol):
+    """What the reader tells its owner (the client connection)."""
+
+    def request_started(self, head: RequestHead) -> None: ...
+    def request_body(self, data: bytes) -> None: ...
+    def request_ended(self) -> None: ...
+
+
+def split_host(value: bytes) -> str:
+    """Host header -> lower-case host without port; raises on anything that is not a host."""
+    host = value.strip().lower()
+    if not host or any(c not in _HOST_CHARS for c in host):
+        raise RequestError(400, "invalid Host header")
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        if end < 0:
+            raise RequestError(400, "invalid Host header")
+        rest = host[end + 1:]
+        if rest and not (rest.startswith(b":") and rest[1:].isdigit()):
+            raise RequestError(400, "invalid Host header")
+        return host[1:end].decode("ascii")
+    name, sep, port = host.partition(b":")
+    if sep and (not port.isdigit() or b":" in port) or not name:
+        raise RequestError(400, "invalid Host header")
+    return name.decode("ascii")
+
+
+class RequestReader:
+    """Feeds client bytes to llhttp and turns its callbacks into checked request events."""
+
+    __slots__ = (
+        "_events", "_limits", "_parser", "_head", "_url_bytes", "_head_size", "_head_bytes",
+        "_body_bytes", "_in_head", "_hosts",
+    )
+
+    def __init__(self, events: RequestEvents, limits: Limits) -> None:
+        self._events = events
+        self._limits = limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._head = RequestHead()
+        self._url_bytes = 0
+        self._head_size = 0  # request line + header lines, as parsed
+        self._head_bytes = 0  # bytes fed while the head is incomplete (bounds llhttp's buffering)
+        self._body_bytes = 0
+        self._in_head = False
+        self._hosts = 0
+
+    def feed(self, data: bytes) -> int | None:
+        """Parse `data`. Returns None, or for an upgrade the offset where tunnel bytes start.
+        Raises RequestError with the status to answer."""
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            return int(exc.args[0])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, RequestError):
+                raise cause from None
+            raise
+        except httptools.HttpParserInvalidMethodError:
+            raise RequestError(400, "invalid method") from None
+        except httptools.HttpParserError as exc:
+            raise RequestError(400, f"malformed request: {exc}") from None
+        if self._in_head and self._head_bytes > self._limits.max_header_bytes:
+            raise RequestError(431, "request header too large")
+        return None
+
+    # -- llhttp callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._head = RequestHead()
+        self._url_bytes = 0
+        self._head_size = 0
+        self._head_bytes = 0
+        self._body_bytes = 0
+        self._hosts = 0
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url_bytes += len(url)
+        self._head_size += len(url)
+        if self._url_bytes > self._limits.max_url_bytes:
+            raise RequestError(414, "request target too long")
+        self._head.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self._head
+        headers = head.headers
+        if len(headers) >= self._limits.max_header_count:
+            raise RequestError(431, "too many request headers")
+        lname = name.lower()
+        headers.append((lname, name, value))
+        # Cheap enough to keep exact: the running head size (name, value, ": ", CRLF).
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._limits.max_header_bytes:
+            raise RequestError(431, "request header too large")
+        if lname == b"host":
+            self._hosts += 1
+            if self._hosts > 1:
+                raise RequestError(400, "repeated Host header")
+            head.host_header = value
+        elif lname == b"transfer-encoding":
+            if head.chunked:
+                raise RequestError(400, "repeated Transfer-Encoding")
+            if value.strip().lower() != b"chunked":
+                raise RequestError(501, "unsupported transfer coding")
+            head.chunked = True
+        elif lname == b"content-length":
+            if head.content_length is not None:
+                raise RequestError(400, "repeated Content-Length")
+            if not value.isdigit() or len(value) > 18:
+                raise RequestError(400, "invalid Content-Length")
+            head.content_length = int(value)
+        elif lname == b"connection":
+            head.connection = value if head.connection is None else head.connection + b"," + value
+        elif lname == b"upgrade":
+            head.upgrade = value.strip().lower()
+        elif lname == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise RequestError(417, "unsupported expectation")
+            head.expect_continue = True
+        elif lname == b"x-forwarded-for":
+            head.forwarded_for = value if head.forwarded_for is None else head.forwarded_for + b", " + value
+        elif lname == b"x-request-id":
+            head.request_id = value
+        elif lname == b"cookie":
+            head.cookie = value if head.cookie is None else head.cookie + b"; " + value
+        elif b"_" in lname and lname.replace(b"_", b"-") in _FRAMING_LOOKALIKES:
+            raise RequestError(400, "invalid header name")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        head = self._head
+        parser = self._parser
+        head.method = method = parser.get_method()
+        head.version = version = parser.get_http_version().encode()
+        if version not in (b"1.1", b"1.0"):
+            raise RequestError(400, "unsupported HTTP version")
+        if method not in ALLOWED_METHODS:
+            raise RequestError(501, "method not supported")
+        if version == b"1.0" and head.chunked:
+            raise RequestError(400, "Transfer-Encoding on HTTP/1.0")
+        if head.content_length is not None and head.content_length > self._limits.max_body_bytes:
+            raise RequestError(413, "request body too large")
+        self._check_target(head)
+        if head.host_header is not None:
+            head.host = split_host(head.host_header)
+        elif version == b"1.1":
+            raise RequestError(400, "missing Host header")
+        head.keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade():
+            if head.upgrade != b"websocket":
+                raise RequestError(400, "only WebSocket upgrades are supported")
+            if head.has_body:
+                raise RequestError(400, "upgrade request with a body")
+        else:
+            head.upgrade = None
+        self._events.request_started(head)
+
+    def _check_target(self, head: RequestHead) -> None:
+        target = head.target
+        if target.startswith(b"/"):
+            query = target.find(b"?")
+            head.path = target if query < 0 else target[:query]
+            return
+        lower = target[:8].lower()
+        if lower.startswith(b"http://") or lower.startswith(b"https://"):
+            # Absolute form (RFC 9112 §3.2.2): the authority replaces Host. Whether that host is
+            # ours is for the router to say; a foreign one is refused there (no open proxy).
+            rest = target[target.index(b"//") + 2:]
+            slash = rest.find(b"/")
+            authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            if b"@" in authority or not authority:
+                raise RequestError(400, "invalid absolute-form target")
+            head.host_header = authority
+            head.headers = [h for h in head.headers if h[0] != b"host"]
+            head.headers.append((b"host", b"Host", authority))
+            head.target = path
+            query = path.find(b"?")
+            head.path = path if query < 0 else path[:query]
+            head.absolute = True
+            return
+        raise RequestError(400, "unsupported request target")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._limits.max_body_bytes:
+            raise RequestError(413, "request body too large")
+        self._events.request_body(body)
+
+    def on_message_complete(self) -> None:
+        self._events.request_ended()

@@ -1,0 +1,53 @@
+"""A lazily re-armed deadline: one timer handle per connection, not one per request.
+
+Moving a deadline later (the common case: every request, every body chunk) only stores a
+float; the armed handle notices on firing that the deadline moved and re-arms itself. This is
+how HAProxy and Envoy keep timeouts cheap on busy connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+
+class Deadline:
+    __slots__ = ("_loop", "_callback", "when", "_handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self.when = 0.0  # loop time; 0.0 = not set
+        self._handle: asyncio.TimerHandle | None = None
+
+    def set_in(self, seconds: float) -> None:
+        self.set_at(self._loop.time() + seconds)
+
+    def set_at(self, when: float) -> None:
+        self.when = when
+        handle = self._handle
+        if handle is None:
+            self._handle = self._loop.call_at(when, self._fire)
+        elif handle.when() > when:
+            handle.cancel()
+            self._handle = self._loop.call_at(when, self._fire)
+
+    def clear(self) -> None:
+        self.when = 0.0
+
+    def cancel(self) -> None:
+        self.when = 0.0
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        when = self.when
+        if when == 0.0:
+            return
+        if self._loop.time() < when:
+            self._handle = self._loop.call_at(when, self._fire)
+            return
+        self.when = 0.0
+        self._callback()

@@ -1,0 +1,279 @@
+"""Backend connections and their keep-alive pool.
+
+An `UpstreamConnection` carries one exchange at a time (no pipelining towards backends, so a
+failure is always attributable to one request). Between exchanges it waits in its backend's
+`idle` list with its last-used time. Taking one is synchronous and pure, as in httpcore: we
+drop expired ones and ones whose peer has closed (`connection_lost` already removed those, and
+`is_closing()` catches the rest) and nothing awaits between taking it and using it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httptools
+
+from .timers import Deadline
+
+if TYPE_CHECKING:
+    from ..pool import Backend
+    from .exchange import Exchange
+
+# Upstream failure kinds, as counted in balancer_upstream_errors_total{kind}.
+CONNECT, RESET, TIMEOUT, PROTOCOL = "connect", "reset", "timeout", "protocol"
+
+
+class _HeadResponseDone(Exception):
+    """Raised from the parser callback to stop llhttp after a HEAD response's head."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "backend", "loop", "transport", "parser", "exchange", "last_used", "closed",
+        "deadline", "_status_reason", "_headers", "_head_sent", "_until_close",
+        "_tunnel", "_reading_paused", "_writing_paused", "expect_head_only", "received",
+        "idle_timeout",
+    )
+
+    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
+        self.backend = backend
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.last_used = 0.0
+        self.closed = False
+        self.deadline = Deadline(loop, self._on_deadline)
+        self._status_reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_sent = False
+        self._until_close = False
+        self._tunnel = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self.expect_head_only = False
+        self.received = False  # any response byte for the current exchange
+        self.idle_timeout = 60.0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.backend.open_connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.backend.open_connections -= 1
+        self.deadline.cancel()
+        exchange = self.exchange
+        if exchange is None:
+            self._forget_idle()
+            return
+        self.exchange = None
+        if self._tunnel:
+            exchange.tunnel_closed()
+        elif self._until_close and self._head_sent:
+            exchange.response_end(self, reusable=False)  # close-delimited body ended
+        else:
+            exchange.upstream_failed(self, RESET)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost follows
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # A backend must not speak unasked; whatever it is, this connection is unusable.
+            self.close()
+            return
+        if self._tunnel:
+            exchange.tunnel_from_backend(data)
+            return
+        self.received = True
+        client = exchange.client
+        client.begin_batch()  # head and body of a small response leave in one write
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = int(exc.args[0])
+            rest = data[offset:]
+            if self.exchange is not None and self._tunnel and rest:
+                exchange.tunnel_from_backend(rest)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadResponseDone):
+                self.parser = httptools.HttpResponseParser(self)
+            elif self.exchange is exchange:
+                self._protocol_error(exchange)
+            # else: the exchange gave this connection up from a callback (retry elsewhere)
+        except httptools.HttpParserError:
+            self._protocol_error(exchange)
+        client.flush()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self.exchange is not None:
+            self.exchange.client.pause_reading_for_upstream()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.exchange is not None:
+            self.exchange.client.resume_reading_for_upstream()
+
+    # -- llhttp callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._status_reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._status_reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        headers = self._headers
+        exchange = self.exchange
+        assert exchange is not None
+        if 100 <= status < 200 and status != 101:
+            exchange.response_interim(status, self._status_reason, headers)
+            return
+        self._head_sent = True
+        chunked = False
+        has_length = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                has_length = True
+            elif lname == b"transfer-encoding":
+                chunked = value.strip().lower().endswith(b"chunked")
+        bodiless = self.expect_head_only or status in (204, 304)
+        self._until_close = not (chunked or has_length or bodiless or status == 101)
+        if status == 101 and parser.should_upgrade():
+            self._tunnel = True
+        exchange.response_head(self, status, self._status_reason, headers, chunked,
+                               has_length, bodiless, parser.should_keep_alive())
+        if self.expect_head_only and status >= 200:
+            self.expect_head_only = False
+            self._end_message()
+            raise _HeadResponseDone()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._head_sent:
+            return  # end of an interim (1xx) response; the final one follows
+        if self._tunnel:
+            return
+        self._end_message()
+
+    def _end_message(self) -> None:
+        exchange = self.exchange
+        self._head_sent = False
+        if exchange is not None:
+            exchange.response_end(self, reusable=self.parser.should_keep_alive())
+
+    # -- used by the exchange -------------------------------------------------------------
+
+    def start(self, exchange: Exchange, data: bytes, head_only: bool) -> None:
+        """Begin an exchange on this connection and send the request bytes known so far."""
+        self.exchange = exchange
+        self.expect_head_only = head_only
+        self.received = False
+        self._head_sent = False
+        self._until_close = False
+        if self._reading_paused:
+            self.resume_reading()
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def start_tunnel(self) -> None:
+        self._tunnel = True
+
+    def release(self, now: float) -> None:
+        """Back to the backend's keep-alive pool after a complete exchange."""
+        self.exchange = None
+        self.deadline.clear()
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return
+        self.last_used = now
+        self.backend.idle.append(self)
+        self.deadline.set_in(self.idle_timeout)
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Close without telling the exchange (the exchange already knows why)."""
+        self.exchange = None
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _protocol_error(self, exchange: Exchange) -> None:
+        self.exchange = None
+        exchange.upstream_failed(self, PROTOCOL)
+        self.close()
+
+    def _on_deadline(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            self.close()  # idle too long in the pool
+            self._forget_idle()
+            return
+        self.exchange = None
+        if self._tunnel:
+            exchange.tunnel_closed()
+        else:
+            exchange.upstream_failed(self, TIMEOUT)
+        self.close()
+
+    def _forget_idle(self) -> None:
+        idle = self.backend.idle
+        if self in idle:
+            idle.remove(self)
+
+
+def take_idle(backend: Backend, now: float, idle_timeout: float) -> UpstreamConnection | None:
+    """Pop the most recently used live keep-alive connection of `backend`, if any."""
+    idle = backend.idle
+    while idle:
+        conn = idle.pop()
+        if conn.closed or conn.transport is None or conn.transport.is_closing():
+            continue
+        if now - conn.last_used > idle_timeout:
+            conn.close()
+            continue
+        return conn
+    return None
+
+
+async def connect(backend: Backend, loop: asyncio.AbstractEventLoop, timeout: float,
+                  idle_timeout: float) -> UpstreamConnection:
+    """Open a new connection to `backend` within `timeout` (raises OSError / TimeoutError)."""
+    transport, conn = await asyncio.wait_for(
+        loop.create_connection(lambda: UpstreamConnection(backend, loop), backend.host, backend.port),
+        timeout,
+    )
+    conn.idle_timeout = idle_timeout
+    return conn

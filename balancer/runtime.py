@@ -1,0 +1,237 @@
+"""What one config generation compiles to: the route table, and per pool the choosing policy.
+
+A reload builds a new `Runtime` and swaps it in one assignment; requests already running keep
+the runtime they started with. `Pool` objects (backend state) outlive runtimes: the app keeps
+them by name and hands them to each new generation, so health and counters carry over.
+
+Choosing a backend follows PRODUCT.md §4 to the letter: blocked (done before, in the exchange)
+-> sticky -> geo -> balance -> 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from typing import TYPE_CHECKING, Callable, Sequence
+from urllib.parse import parse_qsl
+
+from . import health
+from .balance import LeastConn, Random, RoundRobin, static_weight
+from .balance import consistent_hash
+from .config import Config, PoolConfig
+from .geo import Geo
+from .metrics import Stats
+from .pool import Backend, Pool
+from .routing import Route, RouteTable
+from .sticky import StickyCookies, read_cookie, secret_from_env
+
+if TYPE_CHECKING:
+    from .http.exchange import Exchange
+
+
+class Choice:
+    __slots__ = ("backend", "reason", "retry_after", "set_cookie")
+
+    def __init__(self, backend: Backend | None, reason: str = "", retry_after: int | None = None,
+                 set_cookie: bytes | None = None) -> None:
+        self.backend = backend
+        self.reason = reason
+        self.retry_after = retry_after
+        self.set_cookie = set_cookie
+
+
+class PoolRuntime:
+    """The policy side of one pool for one config generation."""
+
+    __slots__ = ("name", "pool", "config", "geo", "strategy", "sticky", "_tokens",
+                 "_tokens_members", "retry_statuses", "_hash_key", "_weight_of")
+
+    def __init__(self, pool: Pool, geo: Geo | None, sticky_secret: Callable[[str], bytes]) -> None:
+        config = pool.config
+        self.name = pool.name
+        self.pool = pool
+        self.config = config
+        self.geo = geo
+        self._weight_of = static_weight
+        if config.slow_start > 0:
+            slow_start = config.slow_start
+            self._weight_of = lambda b, now: health.effective_weight(b, now, slow_start)
+        self.strategy = {
+            "least_conn": LeastConn, "round_robin": RoundRobin, "random": Random,
+        }.get(config.balance, LeastConn)(self._weight_of)
+        self._hash_key = _hash_key_reader(config.hash_on) if config.balance == "consistent_hash" else None
+        self.sticky = (StickyCookies(config.sticky, pool.name, sticky_secret(config.sticky.secret_env))
+                       if config.sticky is not None else None)
+        self._tokens: dict[bytes, str] = {}
+        self._tokens_members: list[Backend] | None = None
+        self.retry_statuses = frozenset(int(c) for c in config.retries.on if c.isdigit())
+
+    @property
+    def retries_total(self) -> int:
+        return self.pool.retries_total
+
+    @retries_total.setter
+    def retries_total(self, value: int) -> None:
+        self.pool.retries_total = value
+
+    # -- choosing ---------------------------------------------------------------------------
+
+    def choose(self, exchange: Exchange, _loop_now: float = 0.0) -> Choice:
+        now = time.monotonic()
+        pool = self.pool
+        geo = self.geo
+        country = exchange.country
+        pinned = geo is not None and geo.is_pinned(country)
+
+        # 2. Sticky: a valid cookie naming a usable backend wins.
+        sticky = self.sticky
+        if sticky is not None:
+            backend = self._sticky_backend(exchange, now)
+            if backend is not None:
+                if pool.is_usable(backend, now) and (not pinned or self._in_region(backend, exchange)):
+                    return Choice(backend)
+                if sticky.fail_closed:
+                    return Choice(None, "sticky backend unavailable", self._retry_after(now))
+
+        # 3. Geo: the client's region, then its fallbacks; a pinned country never leaves.
+        candidates = pool.eligible(now, allow_panic=not pinned)
+        if geo is not None and (pinned or self.config.geo):
+            order = geo.region_order(exchange.region, country)
+            if order:
+                candidates = geo.candidates(candidates, order)
+        if not candidates:
+            reason = "no backend in your jurisdiction" if pinned else "no eligible backend"
+            return Choice(None, reason, self._retry_after(now))
+
+        # 4. Balance.
+        backend = self._balance(candidates, exchange, now)
+        cookie = None
+        if sticky is not None:
+            cookie = sticky.set_cookie_header(sticky.encode(backend.id, time.time()),
+                                              exchange.client.scheme == b"https")
+        return Choice(backend, set_cookie=cookie)
+
+    def choose_again(self, exchange: Exchange, _loop_now: float = 0.0) -> Backend | None:
+        """A different backend for a retry, under the same geo rules; None if there is none."""
+        now = time.monotonic()
+        geo = self.geo
+        country = exchange.country
+        pinned = geo is not None and geo.is_pinned(country)
+        tried = exchange.tried
+        candidates = [b for b in self.pool.eligible(now, allow_panic=not pinned) if b not in tried]
+        if geo is not None and (pinned or self.config.geo):
+            order = geo.region_order(exchange.region, country)
+            if order:
+                candidates = geo.candidates(candidates, order)
+        if not candidates:
+            return None
+        backend = self._balance(candidates, exchange, now)
+        if self.sticky is not None:
+            exchange.set_cookie = self.sticky.set_cookie_header(
+                self.sticky.encode(backend.id, time.time()), exchange.client.scheme == b"https")
+        return backend
+
+    def _balance(self, candidates: Sequence[Backend], exchange: Exchange, now: float) -> Backend:
+        if self._hash_key is not None:
+            key = self._hash_key(exchange)
+            if key is not None:
+                return consistent_hash.pick(candidates, key, self.config.hash_balance_factor)
+        return self.strategy.pick(candidates, now)
+
+    def _sticky_backend(self, exchange: Exchange, now: float) -> Backend | None:
+        sticky = self.sticky
+        assert sticky is not None
+        cookie = exchange.head.cookie
+        if cookie is None:
+            return None
+        value = read_cookie(cookie, sticky.name)
+        if value is None:
+            return None
+        token = sticky.decode(value, time.time())
+        if token is None:
+            return None  # forged, tampered or expired: as if absent
+        members = self.pool.members
+        if self._tokens_members is not members:  # the list is rebuilt on every change
+            self._tokens = sticky.index(self.pool.backends)
+            self._tokens_members = members
+        backend_id = self._tokens.get(token)
+        return self.pool.backends.get(backend_id) if backend_id is not None else None
+
+    @staticmethod
+    def _in_region(backend: Backend, exchange: Exchange) -> bool:
+        return backend.region is not None and backend.region == exchange.region
+
+    def _retry_after(self, now: float) -> int:
+        """Whole seconds until the earliest ejection ends, else 1 (PRODUCT.md §3)."""
+        ends = [b.ejected_until for b in self.pool.members if b.ejected_until > now]
+        return max(1, math.ceil(min(ends) - now)) if ends else 1
+
+
+def _hash_key_reader(hash_on: str) -> Callable[[Exchange], bytes | None]:
+    """hash_on -> a function that finds the key of a request (None: no key, balance instead)."""
+    kind, _, name = hash_on.partition(":")
+    if kind == "header":
+        lname = name.lower().encode()
+        return lambda ex: ex.head.header(lname)
+    if kind == "cookie":
+        def from_cookie(ex: Exchange) -> bytes | None:
+            value = read_cookie(ex.head.cookie, name)
+            return value.encode() if value is not None else None
+        return from_cookie
+    if kind == "query":
+        def from_query(ex: Exchange) -> bytes | None:
+            target = ex.head.target
+            q = target.find(b"?")
+            if q < 0:
+                return None
+            for key, value in parse_qsl(target[q + 1:].decode("latin-1")):
+                if key == name:
+                    return value.encode()
+            return None
+        return from_query
+    return lambda ex: ex.client.client_ip.encode()
+
+
+class Runtime:
+    """One config generation, compiled."""
+
+    __slots__ = ("config", "routes", "pools", "geo", "geo_header", "limits", "stats",
+                 "_trusted", "_trusted_cache")
+
+    def __init__(self, config: Config, pools: dict[str, Pool], stats: Stats,
+                 sticky_secret: Callable[[str], bytes] = secret_from_env,
+                 plugin_factory: Callable[[Route], tuple] | None = None) -> None:
+        self.config = config
+        self.stats = stats
+        self.limits = config.limits
+        self.geo = Geo(config.geo, config.trusted_proxies) if config.geo is not None else None
+        self.geo_header = config.geo.country_header.lower().encode() if config.geo is not None else b""
+        routes = [Route(r) for r in config.routes]
+        if plugin_factory is not None:
+            for route in routes:
+                route.plugins = plugin_factory(route)
+        self.routes = RouteTable(routes)
+        self.pools = {name: PoolRuntime(pools[name], self.geo, sticky_secret) for name in config.pools}
+        self._trusted = config.trusted_proxies
+        self._trusted_cache: dict[str, bool] = {}
+
+    def is_trusted(self, ip: str) -> bool:
+        """Is the direct peer one of `trusted_proxies`? Cached per address (bounded)."""
+        trusted = self._trusted_cache.get(ip)
+        if trusted is None:
+            trusted = False
+            if self._trusted:
+                try:
+                    address = ipaddress.ip_address(ip.split("%", 1)[0])
+                    trusted = any(address in net for net in self._trusted)
+                except ValueError:
+                    trusted = False
+            if len(self._trusted_cache) > 65536:
+                self._trusted_cache.clear()
+            self._trusted_cache[ip] = trusted
+        return trusted
+
+    def close(self) -> None:
+        if self.geo is not None:
+            self.geo.close()

@@ -1,0 +1,140 @@
+"""One public listener: its socket, its player connections and their counts.
+
+At `limits.max_connections` the listener stops accepting (the kernel backlog holds new
+connections until a slot frees), as HAProxy's `maxconn` does, instead of accepting and failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import TYPE_CHECKING, Callable
+
+from .config import ListenerConfig
+
+if TYPE_CHECKING:
+    from .http.client_side import ClientConnection
+    from .runtime import Runtime
+
+log = logging.getLogger("balancer.listener")
+
+BACKLOG = 4096
+
+
+class ListenerServer:
+    """Accepts with its own loop (sock_accept + connect_accepted_socket) so that it can stop
+    accepting at max_connections and leave the rest in the kernel backlog."""
+
+    def __init__(self, config: ListenerConfig, runtime: Callable[[], Runtime],
+                 loop: asyncio.AbstractEventLoop, ssl_context: ssl.SSLContext | None = None,
+                 reuse_port: bool = False) -> None:
+        self.config = config
+        self.name = config.name
+        self.runtime = runtime
+        self.loop = loop
+        self.ssl_context = ssl_context
+        self.reuse_port = reuse_port
+        self.connections: set[ClientConnection] = set()
+        self.sock: socket.socket | None = None
+        self._accept_task: asyncio.Task | None = None
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def bind(self) -> socket.socket:
+        address = self.config.address
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((address.host, address.port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+        return sock
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        self.sock = sock if sock is not None else self.bind()
+        self._accept_task = self.loop.create_task(self._accept_loop(self.sock))
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1] if self.sock is not None else 0
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        from .http.client_side import ClientConnection
+
+        loop = self.loop
+        while True:
+            await self._room.wait()
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                log.warning("listener %s: accept failed: %s", self.name, exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            loop.create_task(self._serve(conn, ClientConnection))
+
+    async def _serve(self, conn: socket.socket, factory: type) -> None:
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: factory(self), conn, ssl=self.ssl_context,
+                ssl_handshake_timeout=self.runtime().limits.header_timeout if self.ssl_context else None)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            log.debug("listener %s: connection setup failed: %s", self.name, exc)
+            conn.close()
+
+    def connection_opened(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+        stats = self.runtime().stats
+        stats.connections[self.name] = stats.connections.get(self.name, 0) + 1
+        if len(self.connections) >= self.runtime().limits.max_connections and self._room.is_set():
+            self._room.clear()
+            stats.connections_refused[self.name] = stats.connections_refused.get(self.name, 0) + 1
+            log.warning("listener %s: max_connections reached; new connections wait in the backlog",
+                        self.name)
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        stats = self.runtime().stats
+        stats.connections[self.name] = stats.connections.get(self.name, 1) - 1
+        if not self._room.is_set() and len(self.connections) < self.runtime().limits.max_connections:
+            self._room.set()
+
+    def count_rejected(self, reason: str) -> None:
+        self.runtime().stats.reject(self.name, reason)
+
+    def count_rejected_status(self, status: int) -> None:
+        from .http.errors import REJECT_REASON
+
+        reason = REJECT_REASON.get(status)
+        if reason is not None:
+            self.count_rejected(reason)
+
+    async def stop_accepting(self) -> None:
+        task = self._accept_task
+        self._accept_task = None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def close_idle(self) -> None:
+        """At shutdown: close connections that are between requests."""
+        for conn in list(self.connections):
+            if conn.exchange is None and conn.tunnel is None:
+                conn.close()
+
+    def busy(self) -> bool:
+        return any(c.exchange is not None or c.tunnel is not None for c in self.connections)
