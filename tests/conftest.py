@@ -1,0 +1,139 @@
+"""Shared fixtures: real backends, the real balancer on loopback ports chosen by the OS.
+
+Tests run on uvloop, like the product. `start_balancer(yaml_text)` writes the config to a
+temporary file, loads it through the real loader and starts the real `App` in the test's loop
+with listeners and admin on port 0; it returns a handle with the ports and the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import textwrap
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+import uvloop
+
+from balancer.app import App
+from balancer.config import load_config
+from tests.fakes.backends import Backend
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    return {"uvloop": uvloop.new_event_loop}
+
+
+class Running:
+    """A balancer running in the test's event loop."""
+
+    def __init__(self, app: App, path: Path) -> None:
+        self.app = app
+        self.path = path
+
+    def port(self, listener: str | None = None) -> int:
+        servers = self.app.listeners
+        server = servers[listener] if listener else next(iter(servers.values()))
+        return server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port()}"
+
+    @property
+    def admin_url(self) -> str:
+        assert self.app.admin is not None
+        return self.app.admin.url
+
+    async def raw(self, data: bytes, read_timeout: float = 2.0, listener: str | None = None) -> bytes:
+        """Send raw bytes, read until the balancer closes or goes quiet."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port(listener))
+        writer.write(data)
+        await writer.drain()
+        chunks = []
+        try:
+            while True:
+                chunk = await asyncio.wait_for(reader.read(65536), read_timeout)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except asyncio.TimeoutError:
+            pass
+        writer.close()
+        return b"".join(chunks)
+
+    async def reload_with(self, yaml_text: str) -> list[str]:
+        self.path.write_text(textwrap.dedent(yaml_text))
+        return await self.app.reload()
+
+    async def stop(self) -> None:
+        await self.app.shutdown()
+
+
+def balancer_yaml(body: str, listeners: str | None = None) -> str:
+    """Complete a test config: listener and admin on port 0 unless given."""
+    head = listeners or "listeners:\n  - name: public\n    address: 127.0.0.1:0\n"
+    if "admin:" not in body:
+        head += "admin:\n  address: 127.0.0.1:0\n"
+    return head + textwrap.dedent(body)
+
+
+@pytest.fixture
+async def start_balancer(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    started: list[Running] = []
+
+    async def start(body: str, listeners: str | None = None, raw: bool = False) -> Running:
+        path = tmp_path / f"balancer-{len(started)}.yaml"
+        path.write_text(textwrap.dedent(body) if raw else balancer_yaml(body, listeners))
+        config = load_config(str(path))
+        app = App(config, str(path), asyncio.get_running_loop())
+        await app.start()
+        running = Running(app, path)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[Callable[..., Awaitable[list[Backend]]]]:
+    """`await backends(2)` or `await backends(("eu-1", "eu-west"), ("it-1", "eu-south"))`."""
+    made: list[Backend] = []
+
+    async def make(*specs: int | tuple[str, str | None] | str) -> list[Backend]:
+        out = []
+        for spec in specs:
+            if isinstance(spec, int):
+                group = [Backend(f"b{len(made) + i + 1}") for i in range(spec)]
+            elif isinstance(spec, tuple):
+                group = [Backend(spec[0], spec[1])]
+            else:
+                group = [Backend(spec)]
+            for backend in group:
+                await backend.start()
+                made.append(backend)
+                out.append(backend)
+        return out
+
+    yield make
+    for backend in made:
+        await backend.stop()
+
+
+def pool_yaml(backends: list[Backend]) -> str:
+    """A pool's `backends:` value as a one-line YAML flow list (safe inside any indentation)."""
+    items = []
+    for b in backends:
+        region = f", region: {b.region}" if b.region else ""
+        items.append(f"{{id: {b.name}, address: '{b.address}'{region}}}")
+    return "[" + ", ".join(items) + "]"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
