@@ -450,6 +450,7 @@ class Target:
     admin: int | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     metrics_after: dict[str, Any] | None = None
+    log_tail: str | None = None
 
 
 def start_balancer(variant: Variant, python: str, work: Path, backends: dict[str, int],
@@ -469,9 +470,15 @@ def start_balancer(variant: Variant, python: str, work: Path, backends: dict[str
     target.proc = proc
     if not wait_for_port(ports.listener, proc, startup_timeout):
         code = proc.poll()
-        why = f"exited with {code}" if code is not None else f"not listening after {startup_timeout:.0f}s"
+        if code == 2:  # `balancer run` exits 2 on a config it rejects (PRODUCT.md §2)
+            why = "config rejected, exit 2: a key or plugin this build does not know yet?"
+        elif code is not None:
+            why = f"exited with {code}"
+        else:
+            why = f"not listening after {startup_timeout:.0f}s"
         target.status = f"failed: balancer did not start ({why})"
-        detail = tail(target.log, 8)
+        target.log_tail = tail(target.log, 40)
+        detail = tail(target.log, 4)
         if detail:
             target.status += "\n      " + detail.replace("\n", "\n      ")
         PROCS.stop(proc)
@@ -812,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         def target_json(t: Target) -> dict[str, Any]:
             return {"name": t.name, "kind": t.kind, "description": t.description,
                     "status": t.status, "median": summarize(t), "runs": t.runs,
-                    "metrics_after": t.metrics_after,
+                    "metrics_after": t.metrics_after, "log_tail": t.log_tail,
                     "headers": {k: ("<cookie>" if k == "Cookie" else v) for k, v in t.headers.items()}}
 
         args.out.mkdir(parents=True, exist_ok=True)
