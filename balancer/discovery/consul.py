@@ -73,7 +73,7 @@ def next_index(previous: int, returned: int) -> int:
     if returned < 1:
         # Index 0 would make the next query return at once: a busy loop. 1 is always safe.
         return 1
-    if False:
+    if returned < previous:
         # Indexes went backwards (snapshot restore, Consul upgrade): restart the blocking loop
         # with a non-blocking read, or updates could be missed for an unbounded time.
         return 0
@@ -192,7 +192,8 @@ class ConsulWatch:
 
     `updates` counts query results: "success" (an answer that changed the set, or the first
     one), "unchanged" (an answer with the same set, e.g. a blocking query that timed out) and
-    "error". `last_success` is the unix time of the last good answer.
+    "error". `last_success` is the unix time of the last good answer. `consul_config` and
+    `discovery` are kept so an owner can tell whether a reload changed what is watched.
     """
 
     def __init__(
@@ -205,7 +206,7 @@ class ConsulWatch:
         burst: int = QUERY_BURST,
         refill_interval: float = QUERY_REFILL_INTERVAL,
     ) -> None:
-        self.consul = consul
+        self.consul_config = consul
         self.pool_name = pool_name
         self.discovery = discovery
         self.on_change = on_change
@@ -222,6 +223,11 @@ class ConsulWatch:
         self._task: asyncio.Task[None] | None = None
 
     @property
+    def service(self) -> str:
+        """The watched Consul service (the `service` label of the consul metrics)."""
+        return self.discovery.service
+
+    @property
     def failing(self) -> bool:
         """True while the last query failed (Consul unreachable or answering errors)."""
         return self._failures > 0
@@ -233,7 +239,7 @@ class ConsulWatch:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT))
         self._task = asyncio.create_task(self._run(), name=f"consul-watch:{self.pool_name}")
         log.info("consul: watching service %r for pool %r at %s",
-                 self.discovery.service, self.pool_name, consul_base_url(self.consul))
+                 self.discovery.service, self.pool_name, consul_base_url(self.consul_config))
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -264,14 +270,15 @@ class ConsulWatch:
         assert self._session is not None
         params: list[tuple[str, str]] = [("passing", "")]
         params += [("tag", tag) for tag in self.discovery.tags]
-        if self.consul.datacenter:
-            params.append(("dc", self.consul.datacenter))
+        if self.consul_config.datacenter:
+            params.append(("dc", self.consul_config.datacenter))
         if index > 0:  # index 0 means "answer now", so no wait either
-            params += [("index", str(index)), ("wait", go_duration(self.consul.wait))]
-        wait = self.consul.wait
+            params += [("index", str(index)), ("wait", go_duration(self.consul_config.wait))]
+        wait = self.consul_config.wait
         timeout = aiohttp.ClientTimeout(
             total=wait + wait / 16 + ANSWER_SLACK, sock_connect=CONNECT_TIMEOUT)
-        async with self._session.get(self._url, params=params, headers=consul_headers(self.consul),
+        headers = consul_headers(self.consul_config)
+        async with self._session.get(self._url, params=params, headers=headers,
                                      timeout=timeout) as resp:
             body = await resp.text()
             if resp.status != 200:
@@ -292,7 +299,7 @@ class ConsulWatch:
         return answer
 
     def _backoff_cap(self) -> float:
-        return min(BACKOFF_MAX, max(1.0, self.consul.wait))
+        return min(BACKOFF_MAX, max(1.0, self.consul_config.wait))
 
     def _record_failure(self, exc: Exception) -> None:
         self.updates["error"] += 1
@@ -371,7 +378,7 @@ class ConsulRegistration:
     def __init__(self, consul: ConsulConfig) -> None:
         if consul.register is None:
             raise ValueError("consul.register is not configured")
-        self.consul = consul
+        self.consul_config = consul
         self.register_config = consul.register
         self.service_id: str | None = None
 
@@ -409,13 +416,14 @@ class ConsulRegistration:
         status = await self._put(f"/v1/agent/service/deregister/{quote(service_id, safe='')}",
                                  None, allow_404=True)
         self.service_id = None
-        log.info("consul: deregistered %r%s", service_id, " (was already gone)" if status == 404 else "")
+        log.info("consul: deregistered %r%s", service_id,
+                 " (was already gone)" if status == 404 else "")
 
     async def _put(self, path: str, payload: dict[str, Any] | None, allow_404: bool = False) -> int:
         timeout = aiohttp.ClientTimeout(total=REGISTRATION_TIMEOUT, sock_connect=CONNECT_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.put(consul_base_url(self.consul) + path, json=payload,
-                                   headers=consul_headers(self.consul)) as resp:
+            async with session.put(consul_base_url(self.consul_config) + path, json=payload,
+                                   headers=consul_headers(self.consul_config)) as resp:
                 body = await resp.text()
                 if resp.status == 200 or (allow_404 and resp.status == 404):
                     return resp.status
