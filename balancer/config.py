@@ -399,7 +399,7 @@ class _Section:
         self._raw = dict(raw)
         self.path = path
         self.ctx = ctx
-        self.failed: set[str] = set()  # keys whose own value was rejected
+        self.failed: set[str] = set()  # keys with an error at or below them
 
     def at(self, key: str) -> str:
         return _join(self.path, key)

@@ -4,17 +4,22 @@ A plugin is a `Plugin` subclass. It is configured per route as a one-key mapping
 `{name: settings}`: a built-in name such as `rate_limit` (module `plugins.rate_limit`, whose
 `PLUGIN` attribute is the class) or a third-party dotted path `package.module:Class`.
 The config loader calls `parse_plugin`, which loads the class and lets it validate its own
-settings, so `balancer check` reports plugin mistakes like any other config error. The data
-plane builds instances with `create_plugin` and calls only the hooks a class overrides, so a
-route without plugins, or a plugin with one hook, pays nothing for the others.
+settings, so `balancer check` reports plugin mistakes like any other config error. The runtime
+builds one set of instances per route and config generation with `build_plugins`.
+
+Both hooks are optional: a class that does not define one leaves it None, and the data plane
+skips it without a call, so a route without plugins, or a plugin with one hook, pays nothing
+for the rest.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 from .config import PluginConfig
 
@@ -26,15 +31,32 @@ _DOTTED_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """An answer a plugin gives in place of the backend's (429, 403, 451...)."""
+    """An answer a plugin gives in place of the backend's. The balancer sends it like its own
+    errors: JSON `{"error": message, "request_id": ...}`, plus `Retry-After` when given."""
 
-    status: int
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
+    status: int  # 429, 403, 451...
+    message: str
+    retry_after: int | None = None  # whole seconds
+
+
+RequestHook = Callable[[Any], Union[Awaitable["Response | None"], "Response | None"]]
+ResponseHook = Callable[[Any, list[bytes]], None]
 
 
 class Plugin:
-    """Base class of every plugin. Override the hooks you need; the rest cost nothing."""
+    """Base class of every plugin. Define the hooks you need as methods:
+
+    `on_request(self, request)`, sync or async: runs before a backend is chosen; return a
+    `Response` to answer the client yourself, or None to go on. `request` is the data plane's
+    per-request object (`balancer.http.exchange.Exchange`).
+
+    `on_response(self, request, response_head)`, plain (not async): runs while the backend's
+    response head is written to the client. `response_head` is the list of raw lines about to
+    be sent (status line, then `name: value\\r\\n` lines); append to it to add headers.
+    """
+
+    on_request: RequestHook | None = None
+    on_response: ResponseHook | None = None
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
@@ -52,22 +74,9 @@ class Plugin:
             return None
         return dict(raw)
 
-    async def on_request(self, request: Any) -> Response | None:
-        """Before a backend is chosen. Return a `Response` to answer the client directly."""
-        return None
-
-    async def on_response(self, request: Any, response_head: Any) -> None:
-        """When the backend's response head arrives, before it is sent on; may edit headers."""
-        return None
-
 
 class PluginLoadError(Exception):
     """The plugin named in the config cannot be found or is not a `Plugin`."""
-
-
-def overrides(plugin: Plugin, hook: str) -> bool:
-    """Whether `plugin` implements `hook` itself, so the data plane can skip inherited no-ops."""
-    return getattr(type(plugin), hook) is not getattr(Plugin, hook)
 
 
 def load_plugin_class(name: str) -> type[Plugin]:
@@ -93,6 +102,9 @@ def load_plugin_class(name: str) -> type[Plugin]:
         raise PluginLoadError(f"unknown plugin: {module_name} has no {attribute}")
     if not (isinstance(cls, type) and issubclass(cls, Plugin)):
         raise PluginLoadError(f"{module_name}.{attribute} is not a balancer.plugins.Plugin subclass")
+    if inspect.iscoroutinefunction(cls.on_response):
+        # The head is written synchronously; an async hook would never run, silently.
+        raise PluginLoadError(f"{module_name}.{attribute}.on_response must be a plain method, not async")
     return cls
 
 
