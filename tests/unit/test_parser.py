@@ -1,0 +1,337 @@
+"""The strict request reader (balancer.http.parser): bytes in, events out, no sockets.
+
+Covers PRODUCT.md §6 (bad input: 400 and close where leniency would allow smuggling) and the
+limits of §3 (414 / 431 / 413), plus the framing facts the data plane relies on: bodies are
+delivered decoded, pipelined requests come out one after another, and an upgrade stops the
+reader at the offset where tunnel bytes start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from balancer.config import Limits
+from balancer.http.errors import RequestError
+from balancer.http.parser import RequestHead, RequestReader, split_host
+
+
+class Recorder:
+    """A RequestEvents implementation that remembers what it was told, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.heads: list[RequestHead] = []
+
+    def request_started(self, head: RequestHead) -> None:
+        self.heads.append(head)
+        self.events.append(("start", head.method + b" " + head.target))
+
+    def request_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def request_ended(self) -> None:
+        self.events.append(("end", None))
+
+    def body(self) -> bytes:
+        return b"".join(data for kind, data in self.events if kind == "body")  # type: ignore[misc]
+
+
+def read(data: bytes, limits: Limits = Limits(), *, bytewise: bool = False) -> Recorder:
+    recorder = Recorder()
+    reader = RequestReader(recorder, limits)
+    if bytewise:
+        for i in range(len(data)):
+            reader.feed(data[i:i + 1])
+    else:
+        reader.feed(data)
+    return recorder
+
+
+def refused(data: bytes, limits: Limits = Limits()) -> tuple[RequestError, Recorder]:
+    recorder = Recorder()
+    reader = RequestReader(recorder, limits)
+    with pytest.raises(RequestError) as info:
+        reader.feed(data)
+    return info.value, recorder
+
+
+# -- well-formed requests ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_simple_get_is_read_into_a_head(bytewise: bool) -> None:
+    rec = read(b"GET /lobby/tables?game=bj HTTP/1.1\r\nHost: Casino.Example.com:8080\r\n"
+               b"X-Player: 42\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n", bytewise=bytewise)
+    assert [kind for kind, _ in rec.events] == ["start", "end"]
+    head = rec.heads[0]
+    assert head.method == b"GET"
+    assert head.target == b"/lobby/tables?game=bj"
+    assert head.path == b"/lobby/tables"
+    assert head.version == b"1.1"
+    assert head.host == "casino.example.com"  # lower-case, port dropped: routing ignores it
+    assert head.host_header == b"Casino.Example.com:8080"  # kept as sent for X-Forwarded-Host
+    assert head.keep_alive
+    assert head.cookie == b"a=1; b=2"
+    # Names keep their spelling for forwarding, with a lower-case copy for lookups.
+    assert (b"x-player", b"X-Player", b"42") in head.headers
+    assert head.header(b"x-player") == b"42"
+
+
+def test_content_length_body_is_delivered_whole_then_ended() -> None:
+    body = b"x" * 5000
+    rec = read(b"POST /bet HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + body)
+    assert rec.events[0][0] == "start" and rec.events[-1][0] == "end"
+    assert rec.heads[0].content_length == 5000 and not rec.heads[0].chunked
+    assert rec.body() == body
+
+
+def test_chunked_body_is_delivered_decoded_even_byte_by_byte() -> None:
+    data = (b"POST /bet HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+    for bytewise in (False, True):
+        rec = read(data, bytewise=bytewise)
+        assert rec.heads[0].chunked
+        assert rec.body() == b"hello world"
+        assert rec.events[-1] == ("end", None)
+
+
+def test_pipelined_requests_come_out_in_order() -> None:
+    data = (b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n")
+    rec = read(data)
+    assert rec.events == [
+        ("start", b"GET /a"), ("end", None),
+        ("start", b"POST /b"), ("body", b"abc"), ("end", None),
+        ("start", b"GET /c"), ("end", None),
+    ]
+
+
+def test_http10_needs_no_host_and_is_not_keep_alive_by_default() -> None:
+    rec = read(b"GET / HTTP/1.0\r\n\r\n")
+    head = rec.heads[0]
+    assert head.version == b"1.0" and head.host == "" and not head.keep_alive
+
+
+def test_connection_close_ends_keep_alive_and_connection_values_are_joined() -> None:
+    rec = read(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: X-Foo\r\n\r\n")
+    head = rec.heads[0]
+    assert not head.keep_alive
+    assert head.connection == b"close,X-Foo"
+
+
+def test_expect_100_continue_is_noted() -> None:
+    rec = read(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+    assert rec.heads[0].expect_continue
+    assert [kind for kind, _ in rec.events] == ["start"]  # body still to come
+
+
+def test_absolute_form_target_for_a_host_becomes_origin_form() -> None:
+    rec = read(b"GET http://Games.Example.com:81/x?y=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+    head = rec.heads[0]
+    # RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
+    assert head.absolute
+    assert head.target == b"/x?y=1" and head.path == b"/x"
+    assert head.host == "games.example.com"
+    assert [v for n, _, v in head.headers if n == b"host"] == [b"Games.Example.com:81"]
+
+
+def test_websocket_upgrade_stops_at_the_tunnel_bytes() -> None:
+    head = (b"GET /ws/table HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    recorder = Recorder()
+    offset = RequestReader(recorder, Limits()).feed(head + b"\x81\x05frame")
+    assert offset == len(head)
+    assert recorder.heads[0].upgrade == b"websocket"
+
+
+def test_a_request_exactly_at_the_limits_is_accepted() -> None:
+    limits = replace(Limits(), max_url_bytes=64, max_header_count=6, max_body_bytes=10)
+    target = b"/" + b"u" * 63
+    headers = b"".join(b"X-%d: v\r\n" % i for i in range(4))  # + Host + Content-Length = 6
+    rec = read(b"POST " + target + b" HTTP/1.1\r\nHost: a\r\n" + headers
+               + b"Content-Length: 10\r\n\r\n0123456789", limits)
+    assert rec.heads[0].target == target and rec.body() == b"0123456789"
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+
+def test_url_over_max_url_bytes_is_414() -> None:
+    error, rec = refused(b"GET /" + b"u" * 100 + b" HTTP/1.1\r\nHost: a\r\n\r\n",
+                         replace(Limits(), max_url_bytes=100))
+    assert error.status == 414 and not rec.events
+
+
+def test_url_over_the_limit_is_refused_before_the_line_ends() -> None:
+    """A client must not make the reader hold an unbounded request line."""
+    recorder = Recorder()
+    reader = RequestReader(recorder, replace(Limits(), max_url_bytes=100))
+    reader.feed(b"GET /" + b"u" * 50)
+    with pytest.raises(RequestError) as info:
+        reader.feed(b"u" * 60)
+    assert info.value.status == 414
+
+
+def test_header_bytes_over_max_header_bytes_is_431() -> None:
+    error, rec = refused(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"v" * 2000 + b"\r\n\r\n",
+                         replace(Limits(), max_header_bytes=1000))
+    assert error.status == 431 and not rec.events
+
+
+def test_a_head_trickled_past_max_header_bytes_is_431_before_it_ends() -> None:
+    recorder = Recorder()
+    reader = RequestReader(recorder, replace(Limits(), max_header_bytes=1000))
+    reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ")
+    with pytest.raises(RequestError) as info:
+        for _ in range(20):
+            reader.feed(b"v" * 100)  # one header value that never ends
+    assert info.value.status == 431
+
+
+def test_header_count_over_max_header_count_is_431() -> None:
+    headers = b"".join(b"X-%d: v\r\n" % i for i in range(10))
+    error, rec = refused(b"GET / HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n",
+                         replace(Limits(), max_header_count=10))
+    assert error.status == 431 and not rec.events
+
+
+def test_declared_body_over_max_body_bytes_is_413_before_any_event() -> None:
+    error, rec = refused(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n",
+                         replace(Limits(), max_body_bytes=1000))
+    assert error.status == 413 and not rec.events
+
+
+def test_chunked_body_streaming_over_max_body_bytes_is_413() -> None:
+    recorder = Recorder()
+    reader = RequestReader(recorder, replace(Limits(), max_body_bytes=1000))
+    reader.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    reader.feed(b"258\r\n" + b"x" * 600 + b"\r\n")
+    with pytest.raises(RequestError) as info:
+        reader.feed(b"258\r\n" + b"x" * 600 + b"\r\n")
+    assert info.value.status == 413
+    assert ("end", None) not in recorder.events
+    assert len(recorder.body()) <= 1000  # nothing past the limit was passed on
+
+
+# -- strict framing (PRODUCT.md §6) -----------------------------------------------------------
+
+SMUGGLING_AND_MALFORMED = {
+    "content-length with transfer-encoding":
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "transfer-encoding with content-length":
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+    "two different content-lengths":
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "repeated equal content-length":
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    "content-length list":
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello",
+    "content-length not a number":
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5a\r\n\r\nhello",
+    "negative content-length":
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\nhello",
+    "signed content-length":
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello",
+    "repeated transfer-encoding":
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "transfer-encoding on http/1.0":
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "transfer_encoding look-alike":
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+    "content_length look-alike":
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\nhello",
+    "missing host on http/1.1": b"GET / HTTP/1.1\r\n\r\n",
+    "repeated host": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "host with a space": b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "host with userinfo": b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+    "obs-fold": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+    "bare lf": b"GET / HTTP/1.1\nHost: a\n\n",
+    "bare cr in a value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n",
+    "nul in a value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n",
+    "control byte in a value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n",
+    "space before the colon": b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n",
+    "http/2.0 request line": b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+    "http/0.9 request line": b"GET /\r\n\r\n",
+    "asterisk target": b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+    "absolute-form with userinfo": b"GET http://u@example.com/x HTTP/1.1\r\nHost: a\r\n\r\n",
+    "lower-case method": b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "non-websocket upgrade":
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    "upgrade with a body":
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Content-Length: 3\r\n\r\nabc",
+}
+
+
+@pytest.mark.parametrize("data", SMUGGLING_AND_MALFORMED.values(), ids=SMUGGLING_AND_MALFORMED.keys())
+def test_malformed_or_ambiguous_requests_are_400_and_never_start(data: bytes) -> None:
+    error, rec = refused(data)
+    assert error.status == 400, error.message
+    assert error.close  # framing can no longer be trusted: the connection must close
+    # The owner never heard of a request, so nothing can have been forwarded.
+    assert not [kind for kind, _ in rec.events if kind == "start"]
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"xchunked", b"gzip, chunked", b"chunked, gzip", b"identity"])
+def test_unsupported_transfer_codings_are_501(coding: bytes) -> None:
+    data = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: " + coding + b"\r\n\r\n0\r\n\r\n"
+    error, rec = refused(data)
+    # RFC 9112 §6.1: a coding the server does not understand -> 501. Either way: closed, unsent.
+    assert error.status in (400, 501) and error.close
+    assert not rec.events
+
+
+@pytest.mark.parametrize("method", [b"CONNECT", b"TRACE", b"PROPFIND"])
+def test_methods_a_proxy_must_not_pass_are_refused(method: bytes) -> None:
+    target = b"a:443" if method == b"CONNECT" else b"/"
+    error, rec = refused(method + b" " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert error.status in (400, 501) and not rec.events
+
+
+@pytest.mark.parametrize("chunks", [b"zz\r\nhello\r\n", b"5 \r\nhello\r\n", b"5\r\nhelloXX",
+                                    b"-5\r\nhello\r\n", b"fffffffffffffffffff\r\n"])
+def test_invalid_chunk_framing_is_400_and_the_request_never_ends(chunks: bytes) -> None:
+    """The head was fine (the request started); the body framing is not: 400, never `end`."""
+    recorder = Recorder()
+    reader = RequestReader(recorder, Limits())
+    with pytest.raises(RequestError) as info:
+        reader.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+                    + b"0\r\n\r\n")
+    assert info.value.status in (400, 413) and info.value.close
+    assert ("end", None) not in recorder.events
+
+
+def test_unknown_expectation_is_417() -> None:
+    error, rec = refused(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: fast\r\nContent-Length: 1\r\n\r\nx")
+    assert error.status == 417 and not rec.events
+
+
+def test_a_smuggled_request_in_a_refused_body_is_never_seen() -> None:
+    """CL.TE: a lenient reader would take `GET /admin` as a second request."""
+    data = (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 35\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n")
+    _, rec = refused(data)
+    assert rec.events == []
+
+
+# -- split_host ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, host", [
+    (b"Example.COM", "example.com"),
+    (b"example.com:8443", "example.com"),
+    (b"[::1]:8080", "::1"),
+    (b"[2001:db8::1]", "2001:db8::1"),
+])
+def test_split_host_drops_port_and_case(value: bytes, host: str) -> None:
+    assert split_host(value) == host
+
+
+@pytest.mark.parametrize("value", [b"", b"a:b", b":80", b"a:80:90", b"[::1", b"[::1]x", b"a/b"])
+def test_split_host_refuses_what_is_not_a_host(value: bytes) -> None:
+    with pytest.raises(RequestError) as info:
+        split_host(value)
+    assert info.value.status == 400
