@@ -84,12 +84,15 @@ class PoolRuntime:
         country = exchange.country
         pinned = geo is not None and geo.is_pinned(country)
 
-        # 2. Sticky: a valid cookie naming a usable backend wins.
+        # 2. Sticky: a valid cookie naming a usable backend wins. A valid cookie whose backend
+        # is gone, unusable, or (for a pinned country) abroad fails closed under `fail`.
         sticky = self.sticky
         if sticky is not None:
-            backend = self._sticky_backend(exchange, now)
-            if backend is not None:
-                if pool.is_usable(backend, now) and (not pinned or self._in_region(backend, exchange)):
+            token = self._sticky_token(exchange)
+            if token is not None:
+                backend = self._backend_of(token)
+                if (backend is not None and pool.is_usable(backend, now)
+                        and (not pinned or self._in_region(backend, exchange))):
                     return Choice(backend)
                 if sticky.fail_closed:
                     return Choice(None, "sticky backend unavailable", self._retry_after(now))
@@ -114,6 +117,11 @@ class PoolRuntime:
 
     def choose_again(self, exchange: Exchange, _loop_now: float = 0.0) -> Backend | None:
         """A different backend for a retry, under the same geo rules; None if there is none."""
+        sticky = self.sticky
+        if sticky is not None and sticky.fail_closed and exchange.set_cookie is None:
+            # The player's cookie chose the failed backend (a balanced pick always issues a
+            # cookie): moving the game elsewhere is what `on_failure: fail` forbids.
+            return None
         now = time.monotonic()
         geo = self.geo
         country = exchange.country
@@ -139,7 +147,8 @@ class PoolRuntime:
                 return consistent_hash.pick(candidates, key, self.config.hash_balance_factor)
         return self.strategy.pick(candidates, now)
 
-    def _sticky_backend(self, exchange: Exchange, now: float) -> Backend | None:
+    def _sticky_token(self, exchange: Exchange) -> bytes | None:
+        """The backend token of the player's valid sticky cookie; None when there is none."""
         sticky = self.sticky
         assert sticky is not None
         cookie = exchange.head.cookie
@@ -148,9 +157,12 @@ class PoolRuntime:
         value = read_cookie(cookie, sticky.name)
         if value is None:
             return None
-        token = sticky.decode(value, time.time())
-        if token is None:
-            return None  # forged, tampered or expired: as if absent
+        return sticky.decode(value, time.time())  # None if forged, tampered or expired: as if absent
+
+    def _backend_of(self, token: bytes) -> Backend | None:
+        """The backend a valid token names, draining ones included; None when it is gone."""
+        sticky = self.sticky
+        assert sticky is not None
         members = self.pool.members
         if self._tokens_members is not members:  # the list is rebuilt on every change
             self._tokens = sticky.index(self.pool.backends)
