@@ -246,9 +246,14 @@ class HealthChecker:
             config = self.config
             if config is None:
                 return
+            started = time.monotonic()
             ok, detail = await self._probe(backend, config)
             self._apply(backend, streak, config, ok, detail)
-            await asyncio.sleep(config.interval * random.uniform(1 - JITTER, 1 + JITTER))
+            # Probes start every `interval`, however long the last one took: a frozen host
+            # (every probe runs into `timeout`) is then out within unhealthy_threshold x
+            # interval + timeout (PRODUCT.md §9), not threshold x (interval + timeout).
+            spent = time.monotonic() - started
+            await asyncio.sleep(max(0.0, config.interval * random.uniform(1 - JITTER, 1 + JITTER) - spent))
 
     async def _probe(self, backend: Backend, config: HealthCheckConfig) -> tuple[bool, str]:
         """One probe within `timeout`. Returns (passed, why it failed)."""

@@ -10,18 +10,20 @@ class only moves bytes and keeps the counts honest.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from typing import TYPE_CHECKING
 
 from .. import health
+from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, render_answer, report_failure
 from .errors import REJECT_REASON, RequestError, error_response, reason_phrase
 from .headers import HOP_BY_HOP, OWN_REQUEST_HEADERS, connection_tokens, forwarded_for, request_id_from
 from .parser import IDEMPOTENT_METHODS, RequestHead
 from .upstream import CONNECT, PROTOCOL, RESET, TIMEOUT, UpstreamConnection, connect, take_idle
 
 if TYPE_CHECKING:
+    from ..plugins import PluginChain
     from ..pool import Backend
-    from ..routing import Route
     from ..runtime import PoolRuntime, Runtime
     from .client_side import ClientConnection
 
@@ -48,7 +50,7 @@ class Exchange:
         "started", "tried", "body", "body_size", "unsent_from", "replayable", "request_done",
         "response_started", "finished", "status", "chunked_out", "close_client",
         "upstream_head", "set_cookie", "region", "country", "early_tunnel", "tunnel",
-        "_connecting", "_retry_statuses", "_head_only", "_response_plugins",
+        "_connecting", "_retry_statuses", "_head_only", "_response_hooks", "_plugin_request",
     )
 
     def __init__(self, client: ClientConnection, head: RequestHead, runtime: Runtime) -> None:
@@ -81,7 +83,8 @@ class Exchange:
         self._connecting = False
         self._retry_statuses: frozenset[int] = frozenset()
         self._head_only = head.method == b"HEAD"
-        self._response_plugins: tuple = ()
+        self._response_hooks: tuple = ()
+        self._plugin_request: PluginRequest | None = None
 
     # -- the way of a request -------------------------------------------------------------
 
@@ -105,8 +108,10 @@ class Exchange:
                 self.reply(451, "unavailable in your jurisdiction")
                 return
             self.region = geo.region_of(country)
-        if route.plugins:
-            asyncio.ensure_future(self._run_plugins(route))
+        plugins = route.plugins
+        if plugins:
+            self._plugin_request = PluginRequest(self)
+            self._run_request_hooks(plugins, 0)
             return
         self._choose()
 
@@ -280,12 +285,17 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         if status >= 500:
-            if status in self._retry_statuses and self._may_retry(str(status)):
-                self._count_failure(backend, None)
-                conn.close()
-                self._retry()
-                raise _Abandoned()
             self._count_failure(backend, None)
+            retry_to = self._retry_target(str(status)) if status in self._retry_statuses else None
+            if retry_to is not None:
+                # Give this answer up: free the backend it came from and forget its
+                # connection, or body still streaming in would be written to the dead one.
+                self.upstream = None
+                conn.close()
+                self._release_backend()
+                self._retry(retry_to)
+                raise _Abandoned()
+            # No retry allowed or nowhere else to go: the backend's own 5xx is the answer.
         else:
             health.record_success(backend)
         self.status = status
@@ -364,8 +374,9 @@ class Exchange:
             self.client.abort()  # half a response cannot be mended; the player must see it
             self._finish(record=True)
             return
-        if self._may_retry(kind):
-            self._retry()
+        retry_to = self._retry_target(kind)
+        if retry_to is not None:
+            self._retry(retry_to)
             return
         if kind == TIMEOUT:
             self.reply(504, "backend timed out")
@@ -398,14 +409,18 @@ class Exchange:
             return False
         return self.replayable
 
-    def _retry(self) -> None:
+    def _retry_target(self, kind: str) -> Backend | None:
+        """The backend to retry on after failure `kind`: one not tried yet, when a retry is
+        allowed at all; None means the failure is the answer (502/504, or the backend's 5xx)."""
+        if not self._may_retry(kind):
+            return None
         pool = self.pool
         assert pool is not None
-        backend = pool.choose_again(self, self.client.loop.time())
-        if backend is None:
-            kind_status = 502
-            self.reply(kind_status, "backend failed")
-            return
+        return pool.choose_again(self, self.client.loop.time())
+
+    def _retry(self, backend: Backend) -> None:
+        pool = self.pool
+        assert pool is not None
         pool.retries_total += 1
         self.unsent_from = 0
         self._attempt(backend)
