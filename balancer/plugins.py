@@ -10,49 +10,92 @@ builds one set of instances per route and config generation with `build_plugins`
 Both hooks are optional: a class that does not define one leaves it None, and the data plane
 skips it without a call, so a route without plugins, or a plugin with one hook, pays nothing
 for the rest.
+
+Plugins never see the data plane's own objects. They get a `PluginRequest` (client address,
+method, path, host, editable headers, cookies, country, region, request id) and a
+`PluginResponse` (status, editable headers): a small view that stays stable while the data
+plane changes underneath. docs/plugins.md is the guide for plugin authors.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from .config import PluginConfig
+from .http.errors import error_response, reason_phrase
+from .sticky import read_cookie
+
+if TYPE_CHECKING:
+    from .http.exchange import Exchange
+    from .http.parser import RequestHead
+
+log = logging.getLogger("balancer.plugins")
 
 # Where built-in plugins live: the top-level `plugins` package (ARCHITECTURE.md layout).
 BUILTIN_PACKAGE = "plugins"
 _BUILTIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DOTTED_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
+# RFC 9110 §5.1 field names are tokens; §5.5 field values exclude CR, LF and NUL (and we
+# refuse every other control byte but HTAB, as the request parser does).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+# Framing and hop-by-hop fields: the balancer frames both directions itself, so letting a plugin
+# edit these would desynchronise what it sends from what it declares (request smuggling).
+FRAMING_HEADERS: frozenset[str] = frozenset({
+    "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
+    "te", "trailer", "upgrade",
+})
+# Request fields a plugin may not edit: framing, Host (the route was matched on it), and what
+# the balancer itself sets towards the backend after the plugins ran. The request id is
+# `PluginRequest.request_id`, which also reaches the balancer's own error answers.
+PROTECTED_REQUEST_HEADERS: frozenset[str] = FRAMING_HEADERS | {
+    "host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-client-region",
+    "x-request-id",
+}
+PROTECTED_RESPONSE_HEADERS: frozenset[str] = FRAMING_HEADERS
+
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """An answer a plugin gives in place of the backend's. The balancer sends it like its own
-    errors: JSON `{"error": message, "request_id": ...}`, plus `Retry-After` when given."""
+    """An answer a plugin gives in place of the backend's.
 
-    status: int  # 429, 403, 451...
-    message: str
+    Without `body` the balancer sends it like its own errors: JSON
+    `{"error": message, "request_id": ...}` (message defaults to the reason phrase). With
+    `body`, that body is sent as is; set its `Content-Type` in `headers`. Either way the
+    balancer adds Content-Length, X-Request-Id and Connection, and `Retry-After` when given."""
+
+    status: int  # 200-599; 429, 403, 451...
+    message: str = ""
     retry_after: int | None = None  # whole seconds
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] = ()
+    body: bytes | None = None
 
 
 RequestHook = Callable[[Any], Union[Awaitable["Response | None"], "Response | None"]]
-ResponseHook = Callable[[Any, list[bytes]], None]
+ResponseHook = Callable[[Any, Any], None]
 
 
 class Plugin:
     """Base class of every plugin. Define the hooks you need as methods:
 
-    `on_request(self, request)`, sync or async: runs before a backend is chosen; return a
-    `Response` to answer the client yourself, or None to go on. `request` is the data plane's
-    per-request object (`balancer.http.exchange.Exchange`).
+    `on_request(self, request)`, plain or async: runs after the route matched and before a
+    backend is chosen, in route order; return a `Response` to answer the client yourself
+    (the plugins after it do not run), or None to go on. `request` is a `PluginRequest`.
+    Prefer a plain method when no I/O is needed: an async one costs a task per request.
 
-    `on_response(self, request, response_head)`, plain (not async): runs while the backend's
-    response head is written to the client. `response_head` is the list of raw lines about to
-    be sent (status line, then `name: value\\r\\n` lines); append to it to add headers.
+    `on_response(self, request, response)`, plain (not async): runs when the backend's response
+    head arrives, before it is written to the client; `response` is a `PluginResponse` whose
+    headers may be edited. It must not block: the data plane waits for it.
     """
 
     on_request: RequestHook | None = None
@@ -73,6 +116,287 @@ class Plugin:
             errors.append((path, f"expected a mapping of settings, got {type(raw).__name__}"))
             return None
         return dict(raw)
+
+
+# -- what plugins see --------------------------------------------------------------------------
+
+
+def check_field(name: str, value: str | None = None) -> tuple[bytes, bytes]:
+    """A header field as bytes; ValueError if the name is not a token or the value could break
+    out of its line (CR, LF, NUL...). Values are Latin-1, as HTTP/1.1 carries them."""
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}")
+    if value is None:
+        return name.encode("ascii"), b""
+    if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+        raise ValueError(f"invalid value for header {name}: {value!r}")
+    return name.encode("ascii"), value.strip(" \t").encode("latin-1")
+
+
+class Headers:
+    """Header fields as a plugin sees them: names case-insensitive, `str` in and out.
+
+    Wraps the data plane's own list of `(lower-case name, name, value)` byte triples, so an
+    edit here is what goes on the wire. Fields in `protected` may be read, not edited."""
+
+    __slots__ = ("_fields", "_protected")
+
+    def __init__(self, fields: list[tuple[bytes, bytes, bytes]], protected: frozenset[str]) -> None:
+        self._fields = fields
+        self._protected = protected
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of `name`, or `default`."""
+        lname = name.lower().encode("latin-1")
+        for field_name, _, value in self._fields:
+            if field_name == lname:
+                return value.decode("latin-1")
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        lname = name.lower().encode("latin-1")
+        return [value.decode("latin-1") for field_name, _, value in self._fields if field_name == lname]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def items(self) -> list[tuple[str, str]]:
+        """Every field in order, as (name as sent, value)."""
+        return [(name.decode("latin-1"), value.decode("latin-1")) for _, name, value in self._fields]
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every `name` field with one `name: value` (where the first one was)."""
+        raw_name, raw_value = self._editable(name, value)
+        lname = raw_name.lower()
+        fields = self._fields
+        kept: list[tuple[bytes, bytes, bytes]] = []
+        placed = False
+        for field in fields:
+            if field[0] != lname:
+                kept.append(field)
+            elif not placed:
+                kept.append((lname, raw_name, raw_value))
+                placed = True
+        if not placed:
+            kept.append((lname, raw_name, raw_value))
+        fields[:] = kept
+        self._changed(lname)
+
+    def add(self, name: str, value: str) -> None:
+        """Add a `name: value` field after the existing ones."""
+        raw_name, raw_value = self._editable(name, value)
+        self._fields.append((raw_name.lower(), raw_name, raw_value))
+        self._changed(raw_name.lower())
+
+    def remove(self, name: str) -> None:
+        """Remove every `name` field (nothing happens when there is none)."""
+        raw_name, _ = self._editable(name, None)
+        lname = raw_name.lower()
+        self._fields[:] = [field for field in self._fields if field[0] != lname]
+        self._changed(lname)
+
+    def _editable(self, name: str, value: str | None) -> tuple[bytes, bytes]:
+        raw = check_field(name, value)
+        if name.lower() in self._protected:
+            raise ValueError(f"header {name} is set by the balancer and cannot be edited by a plugin")
+        return raw
+
+    def _changed(self, lname: bytes) -> None:
+        """Hook for views that keep derived state in step with the fields."""
+
+
+class _RequestHeaders(Headers):
+    __slots__ = ("_head",)
+
+    def __init__(self, head: RequestHead) -> None:
+        super().__init__(head.headers, PROTECTED_REQUEST_HEADERS)
+        self._head = head
+
+    def _changed(self, lname: bytes) -> None:
+        if lname == b"cookie":
+            # Sticky cookies and `hash_on: cookie:` read the joined Cookie value: keep it true.
+            values = [value for name, _, value in self._fields if name == b"cookie"]
+            self._head.cookie = b"; ".join(values) if values else None
+
+
+class PluginRequest:
+    """The request as a plugin sees it. Header edits change what is sent to the backend."""
+
+    __slots__ = ("_exchange", "headers")
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+        self.headers: Headers = _RequestHeaders(exchange.head)
+
+    @property
+    def client_ip(self) -> str:
+        """The client's address: the TCP peer, or the one a trusted PROXY header carried."""
+        return self._exchange.client.client_ip
+
+    @property
+    def method(self) -> str:
+        return self._exchange.head.method.decode("latin-1")
+
+    @property
+    def target(self) -> str:
+        """Path and query as sent (`/lobby?table=3`)."""
+        return self._exchange.head.target.decode("latin-1")
+
+    @property
+    def path(self) -> str:
+        """The path without the query."""
+        return self._exchange.head.path.decode("latin-1")
+
+    @property
+    def host(self) -> str:
+        """Lower-case host without the port; "" when the request had none (HTTP/1.0)."""
+        return self._exchange.head.host
+
+    @property
+    def scheme(self) -> str:
+        """"https" on TLS listeners, else "http"."""
+        return self._exchange.client.scheme.decode("ascii")
+
+    @property
+    def listener(self) -> str:
+        return self._exchange.client.listener.name
+
+    @property
+    def route(self) -> str:
+        route = self._exchange.route
+        return route.name if route is not None else ""
+
+    @property
+    def country(self) -> str | None:
+        """ISO 3166-1 alpha-2 country the balancer decided (trusted header or geo database),
+        or None when unknown or when the config has no `geo` section."""
+        return self._exchange.country
+
+    @property
+    def region(self) -> str | None:
+        return self._exchange.region
+
+    @property
+    def request_id(self) -> str:
+        """The id sent upstream as X-Request-Id and quoted in the balancer's own errors."""
+        return self._exchange.request_id
+
+    @request_id.setter
+    def request_id(self, value: str) -> None:
+        if not isinstance(value, str) or not _REQUEST_ID.fullmatch(value):
+            raise ValueError("a request id is 1-128 characters of A-Za-z0-9._-")
+        self._exchange.request_id = value
+
+    def cookie(self, name: str) -> str | None:
+        """The value of cookie `name` in the request, or None."""
+        return read_cookie(self._exchange.head.cookie, name)
+
+
+class PluginResponse:
+    """The backend's response head as a plugin sees it, before it is written to the client.
+    The status is read-only; the headers may be edited (framing ones excepted)."""
+
+    __slots__ = ("_status", "headers")
+
+    def __init__(self, status: int, fields: list[tuple[bytes, bytes, bytes]]) -> None:
+        self._status = status
+        self.headers = Headers(fields, PROTECTED_RESPONSE_HEADERS)
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+
+# -- the data plane's side ---------------------------------------------------------------------
+
+
+class PluginChain(tuple):  # type: ignore[type-arg]
+    """A route's plugin instances in order, plus the hooks they define, found once per config
+    generation so that the request path never asks a plugin what it implements."""
+
+    names: tuple[str, ...]
+    request_hooks: tuple[tuple[str, RequestHook], ...]
+    response_hooks: tuple[tuple[str, ResponseHook], ...]
+
+    def __new__(cls, names: Iterable[str], plugins: Iterable[Plugin]) -> PluginChain:
+        chain = super().__new__(cls, plugins)
+        chain.names = tuple(names)
+        chain.request_hooks = tuple((name, p.on_request) for name, p in zip(chain.names, chain)
+                                    if p.on_request is not None)
+        chain.response_hooks = tuple((name, p.on_response) for name, p in zip(chain.names, chain)
+                                     if p.on_response is not None)
+        return chain
+
+
+def render_answer(answer: Response, request_id: str, close: bool, head_only: bool) -> bytes:
+    """The bytes of a plugin's answer; ValueError if the plugin asked for something that is not
+    a valid HTTP response (a status out of 200-599, a header that breaks its line)."""
+    status = answer.status
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise ValueError(f"a plugin answer needs a status between 200 and 599, got {status!r}")
+    fields: list[tuple[bytes, bytes]] = []
+    headers = answer.headers.items() if isinstance(answer.headers, Mapping) else answer.headers
+    for name, value in headers:
+        raw = check_field(name, value)
+        # The balancer frames the answer and names the request itself.
+        if name.lower() not in FRAMING_HEADERS and name.lower() != "x-request-id":
+            fields.append(raw)
+    if answer.retry_after is not None:
+        fields.append((b"retry-after", b"%d" % max(0, int(answer.retry_after))))
+    body = answer.body
+    if body is None:
+        message = answer.message or reason_phrase(status).decode("latin-1").lower()
+        fields = [f for f in fields if f[0].lower() != b"content-type"]
+        data = error_response(status, message, request_id, close, tuple(fields))
+    else:
+        data = _custom_answer(status, fields, body, request_id, close)
+    if head_only:  # HEAD: the same head, no body (RFC 9110 §9.3.2)
+        data = data[:data.index(b"\r\n\r\n") + 4]
+    return data
+
+
+def _custom_answer(status: int, fields: list[tuple[bytes, bytes]], body: bytes, request_id: str,
+                   close: bool) -> bytes:
+    if not isinstance(body, (bytes, bytearray)):
+        raise ValueError(f"a plugin answer's body must be bytes, got {type(body).__name__}")
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))]
+    lines.extend(name + b": " + value + b"\r\n" for name, value in fields)
+    if status not in (204, 304):
+        lines.append(b"content-length: %d\r\n" % len(body))
+    else:
+        body = b""
+    lines.append(b"x-request-id: " + request_id.encode("ascii") + b"\r\n")
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    lines.append(bytes(body))
+    return b"".join(lines)
+
+
+# A failing plugin fails every request it sees: log the first failure and then at most one line
+# per interval and (route, plugin), with the count in between, so the log stays readable.
+FAILURE_LOG_INTERVAL = 60.0
+_failures: dict[tuple[str, str], list[float]] = {}
+
+
+def report_failure(route: str, plugin: str, hook: str, exc: BaseException) -> None:
+    key = (route, plugin)
+    now = time.monotonic()
+    seen = _failures.get(key)
+    if seen is None:
+        if len(_failures) > 1024:
+            _failures.clear()
+        seen = _failures[key] = [-FAILURE_LOG_INTERVAL, 0.0]
+    seen[1] += 1
+    if now - seen[0] >= FAILURE_LOG_INTERVAL:
+        log.error("route %s: plugin %s failed in %s (%d failures since the last report): %s: %s",
+                  route, plugin, hook, int(seen[1]), type(exc).__name__, exc,
+                  exc_info=seen[0] < 0)
+        seen[0] = now
+        seen[1] = 0.0
+
+
+# -- loading -----------------------------------------------------------------------------------
 
 
 class PluginLoadError(Exception):
@@ -135,7 +459,11 @@ def create_plugin(config: PluginConfig) -> Plugin:
     return load_plugin_class(config.name)(config.settings)
 
 
-def build_plugins(route: Any) -> tuple[Plugin, ...]:
+def build_plugins(route: Any) -> PluginChain | tuple[()]:
     """Instances for a compiled route (one set per config generation, so per-route state such
-    as rate-limit buckets lives as long as the config that defined it)."""
-    return tuple(create_plugin(config) for config in route.config.plugins)
+    as rate-limit buckets lives as long as the config that defined it). A route without
+    plugins gets the empty tuple: the data plane's whole cost for it is one truth test."""
+    configs = route.config.plugins
+    if not configs:
+        return ()
+    return PluginChain((c.name for c in configs), (create_plugin(c) for c in configs))

@@ -24,6 +24,7 @@ from .upstream import CONNECT, PROTOCOL, RESET, TIMEOUT, UpstreamConnection, con
 if TYPE_CHECKING:
     from ..plugins import PluginChain
     from ..pool import Backend
+    from ..routing import Route
     from ..runtime import PoolRuntime, Runtime
     from .client_side import ClientConnection
 
@@ -33,6 +34,9 @@ RETRY_BUFFER = 64 * 1024
 PENDING_LIMIT = 256 * 1024
 
 _STATUS_LINES: dict[int, bytes] = {}
+# Plugin answers counted in balancer_rejected_requests_total; other statuses (403...) have no
+# reason among the contract's labels (PRODUCT.md §8).
+_PLUGIN_REJECT_REASON = {429: "rate_limited", 451: "geo_blocked"}
 
 
 def status_line(status: int, reason: bytes) -> bytes:
@@ -123,24 +127,54 @@ class Exchange:
                 return value
         return None
 
-    async def _run_plugins(self, route: Route) -> None:
+    def _run_request_hooks(self, plugins: PluginChain, index: int) -> None:
+        """The route's on_request hooks from `index` on: inline while they are plain functions;
+        the first one that returns an awaitable moves the rest into a task (so only routes with
+        async hooks pay for a task per request)."""
+        hooks = plugins.request_hooks
+        request = self._plugin_request
+        while index < len(hooks):
+            name, hook = hooks[index]
+            index += 1
+            try:
+                answer = hook(request)
+            except Exception as exc:  # a plugin's bug must not leave the player hanging
+                self._plugin_failed(name, "on_request", exc)
+                return
+            if answer is None:
+                continue
+            if not isinstance(answer, PluginAnswer) and inspect.isawaitable(answer):
+                asyncio.ensure_future(self._await_request_hook(plugins, index, name, answer))
+                return
+            self.reply_plugin(answer, name)
+            return
+        self._response_hooks = plugins.response_hooks
+        self._choose()
+
+    async def _await_request_hook(self, plugins: PluginChain, index: int, name: str,
+                                  pending: object) -> None:
         try:
-            for plugin in route.plugins:
-                hook = plugin.on_request
-                if hook is None:
-                    continue
-                answer = hook(self)
-                if asyncio.iscoroutine(answer):
-                    answer = await answer
-                if answer is not None and not self.finished:
-                    self.reply_plugin(answer)
-                    return
-            self._response_plugins = tuple(p for p in route.plugins if p.on_response is not None)
+            answer = await pending  # type: ignore[misc]
+        except Exception as exc:
             if not self.finished:
-                self._choose()
+                self._plugin_failed(name, "on_request", exc)
+                self.client.flush()
+            return
+        if self.finished:
+            return  # the player left while the plugin was busy
+        try:
+            if answer is None:
+                self._run_request_hooks(plugins, index)
+            else:
+                self.reply_plugin(answer, name)
         except RequestError as exc:
-            self.reply(exc.status, exc.message)
+            self.reply(exc.status, exc.message, close=exc.close)
         self.client.flush()
+
+    def _plugin_failed(self, name: str, hook: str, exc: Exception) -> None:
+        route = self.route
+        report_failure(route.name if route is not None else "", name, hook, exc)
+        self.reply(500, "plugin failed")
 
     def _choose(self) -> None:
         route = self.route
@@ -298,6 +332,8 @@ class Exchange:
             # No retry allowed or nowhere else to go: the backend's own 5xx is the answer.
         else:
             health.record_success(backend)
+        if self._response_hooks:
+            headers = self._run_response_hooks(conn, status, headers)
         self.status = status
         self.response_started = True
         client = self.client
@@ -324,8 +360,6 @@ class Exchange:
                 self.close_client = True  # HTTP/1.0 reads a close-delimited body
         if self.set_cookie is not None:
             append(b"set-cookie: " + self.set_cookie + b"\r\n")
-        for plugin in self._response_plugins:
-            plugin.on_response(self, out)
         if self.close_client:
             append(b"connection: close\r\n")
         elif self.head.version == b"1.0":
@@ -334,6 +368,25 @@ class Exchange:
         client.write(b"".join(out))
         if status == 101:
             self._become_tunnel(conn)
+
+    def _run_response_hooks(self, conn: UpstreamConnection, status: int,
+                            headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The route's on_response hooks, on an editable copy of the backend's head. A hook
+        that fails turns the answer into a 500 and drops the backend's: a plugin that edits
+        response headers may be removing what must not reach a player."""
+        fields = [(name.lower(), name, value) for name, value in headers]
+        response = PluginResponse(status, fields)
+        request = self._plugin_request
+        for name, hook in self._response_hooks:
+            try:
+                hook(request, response)
+            except Exception as exc:
+                self.upstream = None
+                conn.close()
+                self._release_backend()
+                self._plugin_failed(name, "on_response", exc)
+                raise _Abandoned() from None
+        return [(name, value) for _, name, value in fields]
 
     def response_body(self, data: bytes) -> None:
         if self.finished:
@@ -527,12 +580,29 @@ class Exchange:
             self.client.count_rejected(reason)
         self._finish()
 
-    def reply_plugin(self, answer: object) -> None:
-        """A plugin answered the request itself (429, 403, 451...)."""
-        status = getattr(answer, "status", 403)
-        message = getattr(answer, "message", "refused")
-        retry_after = getattr(answer, "retry_after", None)
-        self.reply(status, message, retry_after=retry_after)
+    def reply_plugin(self, answer: object, plugin: str) -> None:
+        """A plugin answered the request itself (429, 403, 451...): a complete response, its
+        own body or the balancer's JSON error shape, counted as a rejection when it is one."""
+        if self.finished or self.response_started:
+            return
+        if not isinstance(answer, PluginAnswer):
+            self._plugin_failed(plugin, "on_request", TypeError(
+                f"on_request returned {type(answer).__name__}, not a Response or None"))
+            return
+        close = self.close_client or not self.request_done
+        try:
+            data = render_answer(answer, self.request_id, close, self._head_only)
+        except ValueError as exc:
+            self._plugin_failed(plugin, "on_request", exc)
+            return
+        self.close_client = close
+        self.status = answer.status
+        self.response_started = True
+        self.client.write(data)
+        reason = _PLUGIN_REJECT_REASON.get(answer.status)
+        if reason is not None:
+            self.client.count_rejected(reason)
+        self._finish()
 
     def _finish(self, record: bool = True) -> None:
         if self.finished:
