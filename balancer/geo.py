@@ -121,7 +121,8 @@ class Geo:
         return trusted
 
     def country(
-        self, peer_ip: str, header_value: str | bytes | None, client_ip: str | None = None
+        self, peer_ip: str, header_value: str | bytes | None, client_ip: str | None = None,
+        forwarded_for: bytes | None = None,
     ) -> str | None:
         """The client's country, or None when unknown.
 
@@ -129,6 +130,7 @@ class Geo:
         (str, or bytes as parsed) believed. `client_ip` is the address the balancer decided is the player's (from a
         trusted X-Forwarded-For or PROXY protocol); it defaults to `peer_ip` and is what the
         database is asked about, so a trusted proxy's own address is never geolocated.
+        Without `client_ip`, a trusted peer's `forwarded_for` (X-Forwarded-For) names it.
         """
         if header_value is not None and self._trusted and self.is_trusted(peer_ip):
             code = normalize_country(header_value)
@@ -136,7 +138,26 @@ class Geo:
                 return code
         if self._reader is None:
             return None
-        return self._lookup(peer_ip if client_ip is None else client_ip)
+        if client_ip is None:
+            client_ip = peer_ip if forwarded_for is None else self.player_address(peer_ip, forwarded_for)
+        return self._lookup(client_ip)
+
+    def player_address(self, peer_ip: str, forwarded_for: bytes) -> str:
+        """The address to geolocate behind trusted proxies: walking X-Forwarded-For from the
+        right, the first address that no trusted proxy could have added (nginx's
+        `real_ip_recursive on`). An untrusted peer's header is the player's own claim: ignored.
+        """
+        if not self._trusted or not self.is_trusted(peer_ip):
+            return peer_ip
+        entry = peer_ip
+        for part in reversed(forwarded_for.decode("latin-1").split(",")):
+            entry = part.strip()
+            address = _parse_ip(entry)
+            if address is None:
+                return ""  # a trusted proxy writes addresses: whatever this is, it is not one
+            if not any(address in network for network in self._trusted):
+                return entry
+        return entry  # proxies all the way: the leftmost is the best there is
 
     def _lookup(self, ip: str) -> str | None:
         code = self._db_cache.get(ip, _MISS)

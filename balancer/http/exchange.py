@@ -106,7 +106,8 @@ class Exchange:
         self.route = route
         geo = runtime.geo
         if geo is not None:
-            country = geo.country(client.client_ip, self._country_header(geo.header_name))
+            country = geo.country(client.client_ip, self._country_header(geo.header_name),
+                                  forwarded_for=head.forwarded_for)
             self.country = country
             if geo.is_blocked(country):
                 self.reply(451, "unavailable in your jurisdiction")
@@ -211,6 +212,10 @@ class Exchange:
                + b"\r\nx-request-id: " + self.request_id.encode())
         if head.host_header is not None:
             append(b"\r\nx-forwarded-host: " + head.host_header)
+        else:
+            # An HTTP/1.0 request may lack Host, but we forward as HTTP/1.1, which requires
+            # one; RFC 9112 §3.2: with no authority to name, send it empty.
+            append(b"\r\nhost: ")
         if self.region is not None:
             append(b"\r\nx-client-region: " + self.region.encode())
         append(b"\r\n\r\n")
