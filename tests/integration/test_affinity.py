@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+import trustme
 
 from balancer.config import StickyConfig
 from balancer.sticky import StickyCookies
@@ -134,6 +136,25 @@ async def test_first_response_issues_an_opaque_http_only_cookie(start_balancer, 
         for secret_part in (b.name, b.address, str(b.port)):
             assert secret_part not in value
             assert secret_part.encode() not in raw
+
+
+async def test_cookie_is_secure_on_a_tls_listener(start_balancer, backends, tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    listeners = (f"listeners:\n  - name: public\n    address: 127.0.0.1:0\n"
+                 f"    tls: {{certificate: {tmp_path / 'server.pem'}, key: {tmp_path / 'server.pem'}}}\n")
+    bs = await game_servers(backends)
+    lb = await start_balancer(sticky_pool(bs), listeners=listeners)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    connector = aiohttp.TCPConnector(ssl=client_context)
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as tls:
+        async with tls.get(f"https://127.0.0.1:{lb.port()}/") as resp:
+            assert resp.status == 200
+            sticky = [c for c in resp.headers.getall("Set-Cookie") if c.startswith(COOKIE + "=")]
+    attrs = attributes(sticky[0])
+    assert "secure" in attrs and "httponly" in attrs
 
 
 async def test_cookie_keeps_the_player_on_one_backend(start_balancer, backends, client):
