@@ -198,7 +198,8 @@ class Headers:
     def _editable(self, name: str, value: str | None) -> tuple[bytes, bytes]:
         raw = check_field(name, value)
         if name.lower() in self._protected:
-            raise ValueError(f"header {name} is set by the balancer and cannot be edited by a plugin")
+            raise ValueError(f"header {name} cannot be edited by a plugin (framing and hop-by-hop "
+                             "headers, Host, and the headers the balancer sets itself are protected)")
         return raw
 
     def _changed(self, lname: bytes) -> None:

@@ -1,0 +1,74 @@
+"""`request_id`: name and shape of the request id, sent on the request and the response
+(PRODUCT.md §10).
+
+    plugins:
+      - request_id: {header: X-Correlation-Id, format: hex}
+
+The balancer always sends the backend an X-Request-Id (the client's, when it is 1-128 of
+`A-Za-z0-9._-`, else a UUID4) and quotes it in its own error answers. This plugin lets the id
+come in and go out under another header, and in another format: an incoming well-formed value
+of `header` is kept, else a new id is made in `format` (`uuid4`, the default, or `hex`: 32 hex
+digits). That id becomes the request id (X-Request-Id upstream, error answers) and is set as
+`header` on the request to the backend and on the response to the client. Put it first in the
+route's list so that answers of the plugins after it carry the id too.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from balancer.plugins import PROTECTED_REQUEST_HEADERS, Plugin, PluginRequest, PluginResponse
+from plugins._settings import Errors, header_name, section, show
+
+_WELL_FORMED = re.compile(r"[A-Za-z0-9._-]{1,128}")
+FORMATS: dict[str, Callable[[], str]] = {
+    "uuid4": lambda: str(uuid.uuid4()),
+    "hex": lambda: uuid.uuid4().hex,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestIdSettings:
+    header: str = "X-Request-Id"
+    format: str = "uuid4"
+
+
+class RequestId(Plugin):
+    def __init__(self, settings: RequestIdSettings) -> None:
+        super().__init__(settings)
+        self.header = settings.header
+        self.new_id = FORMATS[settings.format]
+        # X-Request-Id itself is the balancer's: it goes upstream as `request.request_id`.
+        self.extra_header = settings.header.lower() != "x-request-id"
+
+    def on_request(self, request: PluginRequest) -> None:
+        incoming = request.headers.get(self.header)
+        request_id = incoming if incoming is not None and _WELL_FORMED.fullmatch(incoming) else self.new_id()
+        request.request_id = request_id
+        if self.extra_header:
+            request.headers.set(self.header, request_id)
+
+    def on_response(self, request: PluginRequest, response: PluginResponse) -> None:
+        response.headers.set(self.header, request.request_id)
+
+    @classmethod
+    def parse_settings(cls, raw: object, path: str, errors: Errors) -> RequestIdSettings | None:
+        settings = section(raw, path, errors, ("header", "format"))
+        if settings is None:
+            return None
+        before = len(errors)
+        header = settings.get("header", "X-Request-Id")
+        protected = PROTECTED_REQUEST_HEADERS - {"x-request-id"}
+        header_name(header, f"{path}.header", errors, protected)
+        form = settings.get("format", "uuid4")
+        if form not in FORMATS:
+            errors.append((f"{path}.format", f"expected one of {', '.join(FORMATS)}; got {show(form)}"))
+        if len(errors) > before:
+            return None
+        return RequestIdSettings(header=header, format=form)
+
+
+PLUGIN = RequestId
