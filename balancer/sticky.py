@@ -53,6 +53,10 @@ _TO_STANDARD = str.maketrans({"-": "+", "_": "/", "+": "*", "/": "*"})
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 _TOKEN_CACHE_MAX = 4096  # backend ids churn with Consul; bound the cache instead of leaking
+# Verified cookie values: a returning player sends the same value on every request, and the
+# base64 + HMAC of a full check is most of sticky's cost per request. Only values whose MAC
+# verified are kept, so a forger cannot fill it; cleared when full.
+_VERIFIED_CACHE_MAX = 65536
 _MAC_KEY_LABEL = b"balancer.sticky.mac\0"
 
 _process_secret: bytes | None = None
@@ -90,6 +94,7 @@ class StickyCookies:
     __slots__ = (
         "name", "ttl", "pool_name", "_secret", "_pool_prefix", "_mac_key", "_mac_prefix",
         "_tokens", "_header_prefix", "_header_suffix", "_header_suffix_secure", "fail_closed",
+        "_verified",
     )
 
     def __init__(self, config: StickyConfig, pool_name: str, secret: bytes) -> None:
@@ -105,6 +110,7 @@ class StickyCookies:
         self._mac_key = hmac.digest(secret, _MAC_KEY_LABEL, "sha256")
         self._mac_prefix = self.name.encode("latin-1") + b"\0"
         self._tokens: dict[str, bytes] = {}
+        self._verified: dict[str, tuple[bytes, int]] = {}  # value -> (token, expiry)
         self._header_prefix = self.name.encode("latin-1") + b"="
         self._header_suffix = f"; Path=/; Max-Age={self.ttl}; HttpOnly; SameSite=Lax".encode("ascii")
         self._header_suffix_secure = self._header_suffix + b"; Secure"
@@ -135,7 +141,12 @@ class StickyCookies:
     def decode(self, value: str, now: float) -> bytes | None:
         """The backend token of a valid, unexpired cookie; None for anything else. Never raises:
         a forged or damaged cookie is treated as absent (PRODUCT.md §4)."""
-        if type(value) is not str or len(value) != VALUE_CHARS or value[-1] not in _CANONICAL_LAST:
+        if type(value) is not str:
+            return None
+        known = self._verified.get(value)
+        if known is not None:
+            return known[0] if known[1] > now else None
+        if len(value) != VALUE_CHARS or value[-1] not in _CANONICAL_LAST:
             return None
         try:
             raw = binascii.a2b_base64(value.translate(_TO_STANDARD) + _PADDING, strict_mode=True)
@@ -144,12 +155,18 @@ class StickyCookies:
         if len(raw) != _RAW_BYTES:
             return None
         # Expiry first: an expired cookie needs no HMAC. It is authenticated just below.
-        if int.from_bytes(raw[TOKEN_BYTES:_SIGNED_BYTES], "big") <= now:
+        expiry = int.from_bytes(raw[TOKEN_BYTES:_SIGNED_BYTES], "big")
+        if expiry <= now:
             return None
         signed = raw[:_SIGNED_BYTES]
         if not hmac.compare_digest(self._mac(signed), raw[_SIGNED_BYTES:]):
             return None
-        return raw[:TOKEN_BYTES]
+        token = raw[:TOKEN_BYTES]
+        verified = self._verified
+        if len(verified) >= _VERIFIED_CACHE_MAX:
+            verified.clear()
+        verified[value] = (token, expiry)
+        return token
 
     def set_cookie_header(self, value: str, secure: bool) -> bytes:
         """The Set-Cookie header value; `secure` on TLS listeners (PRODUCT.md §3)."""
