@@ -221,6 +221,10 @@ class ClientConnection(asyncio.Protocol):
         reading = self.reading
         self.reading = None
         self._pause(_PIPELINE)
+        if reading is not None and reading.request_done:
+            # That request was read whole; the bad bytes are a later pipelined one. The good
+            # request is still answered (or stays queued), and the error follows it.
+            reading = None
         if reading is not None and reading is self.exchange:
             if reading.response_started:
                 self.abort()

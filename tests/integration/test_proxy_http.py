@@ -118,6 +118,98 @@ async def test_pipelined_requests_are_answered_in_order(start_balancer, backends
     writer.close()
 
 
+@pytest.mark.parametrize("good", [1, 2])
+async def test_a_bad_pipelined_request_is_answered_after_the_good_ones_before_it(start_balancer, backends, good):
+    (b,) = await backends(1)
+    lb = await start_balancer(one_pool([b]))
+    reader, writer = await connect(lb)
+    bad = b"POST /bad HTTP/1.1\r\nHost: casino.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+    writer.write(b"".join(get(f"/good/{i}") for i in range(good)) + bad + get("/never"))
+    for i in range(good):
+        response = await read_response(reader)
+        assert response.status == 200 and response.json()["path"] == f"/good/{i}"
+    assert_own_error(await read_response(reader), 400)
+    assert await closed_after(reader)
+    assert b.count() == good  # the good ones were served; nothing at or after the bad one
+
+
+async def test_head_and_bodiless_statuses_keep_the_connection_in_step(start_balancer, backends):
+    """HEAD, 204 and 304 have no body whatever their headers say; the next answer must not
+    be swallowed as one."""
+    (b,) = await backends(1)
+    lb = await start_balancer(one_pool([b]))
+    reader, writer = await connect(lb)
+    writer.write(b"HEAD /lobby HTTP/1.1\r\nHost: casino.test\r\n\r\n")
+    head = await read_response(reader, head_request=True)
+    assert head.status == 200 and int(head.header("content-length") or 0) > 0
+    for code in (204, 304):
+        b.mode = f"status:{code}"
+        writer.write(get("/bodiless"))
+        assert (await read_response(reader)).status == code
+    b.mode = "ok"
+    writer.write(get("/after"))
+    response = await read_response(reader)
+    assert response.status == 200 and response.json()["path"] == "/after"
+    writer.close()
+
+
+async def test_client_connection_close_is_honoured(start_balancer, backends):
+    (b,) = await backends(1)
+    lb = await start_balancer(one_pool([b]))
+    reader, writer = await connect(lb)
+    writer.write(get("/", b"Connection: close\r\n"))
+    response = await read_response(reader)
+    assert response.status == 200 and response.header("connection") == "close"
+    assert await closed_after(reader)
+
+
+async def test_backend_connection_close_is_not_pooled(start_balancer):
+    backend = await raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    try:
+        lb = await start_balancer(one_pool([backend]))
+        reader, writer = await connect(lb)
+        for _ in range(3):
+            writer.write(get("/"))
+            response = await read_response(reader)
+            assert response.status == 200 and response.body == b"ok"
+            assert response.header("connection") is None  # the backend's close is not the client's
+        assert backend.connections == 3
+        assert await eventually(lambda: lb.app.pools["web"].backends["raw"].open_connections == 0)
+        writer.close()
+    finally:
+        await backend.stop()
+
+
+async def test_close_delimited_backend_body_is_reframed_for_the_client(start_balancer):
+    async def old_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Game: poker\r\n\r\nbody until close")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(old_backend, "127.0.0.1", 0)
+    try:
+        lb = await start_balancer(f"""
+            routes:
+              - {{name: all, pool: web}}
+            pools:
+              web:
+                backends: [{{id: old, address: '127.0.0.1:{server.sockets[0].getsockname()[1]}'}}]
+            """)
+        reader, writer = await connect(lb)
+        for _ in range(2):  # chunked for an HTTP/1.1 player, so the connection stays usable
+            writer.write(get("/"))
+            response = await read_response(reader)
+            assert response.header("transfer-encoding") == "chunked"
+            assert response.body == b"body until close"
+        writer.write(b"GET / HTTP/1.0\r\nHost: casino.test\r\n\r\n")
+        response = await read_response(reader)  # an HTTP/1.0 player reads until close instead
+        assert response.header("transfer-encoding") is None and response.header("connection") == "close"
+        assert response.body == b"body until close"
+    finally:
+        server.close()
+
+
 async def test_http10_client_gets_a_close_delimited_or_framed_answer(start_balancer, backends):
     (b,) = await backends(1)
     lb = await start_balancer(one_pool([b]))
