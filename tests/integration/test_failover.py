@@ -351,7 +351,7 @@ async def test_recovered_ejected_backend_ramps_up_under_slow_start(start_balance
     b2.mode = "error500"
     lb = await start_balancer(pool_config([b1, b2], """
             balance: round_robin
-            slow_start: 1500ms
+            slow_start: 1s
             retries: {attempts: 1}
             outlier: {consecutive_failures: 1, base_ejection: 200ms, max_ejected_percent: 50}
             """))
@@ -359,7 +359,7 @@ async def test_recovered_ejected_backend_ramps_up_under_slow_start(start_balance
     b2.mode = "ok"
     await wait_for(lambda: state_is(lb, http, "b2", "healthy"), 2.0)
     early = Counter([(await get(http, lb.url + "/x"))[1] for _ in range(40)])
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.0)
     late = Counter([(await get(http, lb.url + "/x"))[1] for _ in range(40)])
     assert early["b2"] <= 12  # ~10-30% of its weight in the first moments of the ramp
     assert 18 <= late["b2"] <= 22  # full weight: an even split
@@ -371,7 +371,7 @@ async def test_recovered_backend_ramps_up_under_slow_start_with_least_conn(start
     b1, b2 = await backends(2)
     lb = await start_balancer(pool_config([b1, b2], """
             balance: least_conn
-            slow_start: 1500ms
+            slow_start: 1s
             health_check: {path: /health, interval: 50ms, timeout: 100ms,
                            healthy_threshold: 1, unhealthy_threshold: 1}
             """))
@@ -380,7 +380,7 @@ async def test_recovered_backend_ramps_up_under_slow_start_with_least_conn(start
     b2.mode = "ok"
     await wait_for(lambda: state_is(lb, http, "b2", "healthy"), 2.0)
     early = await _concurrent_share(lb, http, "b2")
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.0)
     late = await _concurrent_share(lb, http, "b2")
     assert early < 0.3
     assert late > 0.4
@@ -613,6 +613,8 @@ async def test_a_full_backend_is_not_eligible_and_a_full_pool_answers_503(start_
     assert status == 503
     assert headers["Retry-After"] == "1"
     assert [b1.count("GET", "/c"), b2.count("GET", "/c")] == [0, 0]
+    async with http.get(lb.admin_url + "/readyz") as resp:
+        assert resp.status == 503  # eligible includes "under the cap" (docs/decisions.md)
     results = await asyncio.gather(first, second)
     assert sorted(who for _, who, _ in results) == ["b1", "b2"]
     assert {status for status, _, _ in results} == {200}
