@@ -203,8 +203,14 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         if self.reading is exchange and exchange.request_done:
-            self._idle = True
-            self.deadline.set_in(self.server.runtime().limits.client_idle_timeout)
+            limits = self.server.runtime().limits
+            if self.reader.head_started:
+                # The next request's head began arriving during this exchange: it is due
+                # within header_timeout from now, or a slowloris could idle on for ever.
+                self.deadline.set_in(limits.header_timeout)
+            else:
+                self._idle = True
+                self.deadline.set_in(limits.client_idle_timeout)
 
     def start_tunnel(self, exchange: Exchange) -> None:
         self.tunnel = exchange

@@ -101,7 +101,7 @@ class RequestReader:
 
     __slots__ = (
         "_events", "_limits", "_parser", "_head", "_url_bytes", "_head_size", "_head_bytes",
-        "_body_bytes", "_in_head", "_hosts",
+        "_body_bytes", "_in_head", "_hosts", "head_started",
     )
 
     def __init__(self, events: RequestEvents, limits: Limits) -> None:
@@ -115,6 +115,9 @@ class RequestReader:
         self._body_bytes = 0
         self._in_head = False
         self._hosts = 0
+        # A request's first byte has arrived but its head is not complete yet: the owner's
+        # header deadline applies, not its keep-alive idle one.
+        self.head_started = False
 
     def feed(self, data: bytes) -> int | None:
         """Parse `data`. Returns None, or for an upgrade the offset where tunnel bytes start.
@@ -141,6 +144,7 @@ class RequestReader:
     # -- llhttp callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.head_started = True
         self._head = RequestHead()
         self._url_bytes = 0
         self._head_size = 0
@@ -202,6 +206,7 @@ class RequestReader:
             raise RequestError(400, "invalid header name")
 
     def on_headers_complete(self) -> None:
+        self.head_started = False
         self._in_head = False
         head = self._head
         parser = self._parser

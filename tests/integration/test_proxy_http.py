@@ -665,6 +665,21 @@ async def test_second_request_on_a_connection_also_has_a_header_deadline(start_b
     assert_own_error(await read_response(reader, timeout=3), 408)
 
 
+async def test_a_head_begun_during_the_previous_exchange_is_still_due_at_header_timeout(start_balancer, backends):
+    """Half a pipelined head sent while the first request is in flight must not buy the
+    (longer) keep-alive idle time once the first is answered."""
+    (b,) = await backends(1)
+    b.mode = "hang"
+    b.hang_seconds = 0.3
+    lb = await start_balancer(one_pool([b], top="limits: {header_timeout: 300ms, client_idle_timeout: 10s}"))
+    reader, writer = await connect(lb)
+    writer.write(get("/slow") + b"GET /second HTTP/1.1\r\nHo")
+    assert (await read_response(reader)).status == 200
+    assert_own_error(await read_response(reader, timeout=3), 408)
+    assert await closed_after(reader)
+    assert b.count() == 1
+
+
 async def test_idle_keep_alive_connection_is_closed_quietly(start_balancer, backends):
     (b,) = await backends(1)
     lb = await start_balancer(one_pool([b], top="limits: {client_idle_timeout: 300ms}"))
