@@ -13,6 +13,7 @@ import ssl
 from typing import TYPE_CHECKING, Callable
 
 from .config import ListenerConfig
+from .http.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_header
 
 if TYPE_CHECKING:
     from .http.client_side import ClientConnection
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("balancer.listener")
 
 BACKLOG = 4096
+# Bytes looked at per read while a PROXY header arrives (a v1 line is at most 107; v2 with TLVs
+# is usually a few hundred).
+PROXY_PEEK = 4096
 
 
 class ListenerServer:
@@ -83,12 +87,29 @@ class ListenerServer:
 
     async def _serve(self, conn: socket.socket, factory: type) -> None:
         try:
+            client_ip = await self._proxied_client(conn) if self.config.proxy_protocol else None
             await self.loop.connect_accepted_socket(
-                lambda: factory(self), conn, ssl=self.ssl_context,
+                lambda: factory(self, client_ip), conn, ssl=self.ssl_context,
                 ssl_handshake_timeout=self.runtime().limits.header_timeout if self.ssl_context else None)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ProxyProtocolError) as exc:
             log.debug("listener %s: connection setup failed: %s", self.name, exc)
             conn.close()
+
+    async def _proxied_client(self, conn: socket.socket) -> str | None:
+        """On a `proxy_protocol` listener: the client address a trusted peer's PROXY header
+        carries (None when it carries none, e.g. v2 LOCAL: the peer itself is the client).
+
+        The header is read off the raw socket before any transport exists, because it comes
+        before the TLS handshake on TLS listeners. A trusted peer must send one; a missing,
+        invalid or late header raises and the connection is closed. An untrusted peer is
+        served as it is, from its own address: a PROXY header it sends is never believed (the
+        request reader refuses it as malformed, the TLS handshake fails on it)."""
+        runtime = self.runtime()
+        if not runtime.is_trusted(conn.getpeername()[0]):
+            return None
+        async with asyncio.timeout(runtime.limits.header_timeout):
+            header = await read_proxy_header(self.loop, conn)
+        return header.source[0] if header.source is not None else None
 
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
@@ -138,3 +159,41 @@ class ListenerServer:
 
     def busy(self) -> bool:
         return any(c.exchange is not None or c.tunnel is not None for c in self.connections)
+
+
+async def read_proxy_header(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> ProxyHeader:
+    """Take exactly the PROXY header off `conn`, however it is split across packets.
+
+    Bytes are peeked first and only the header's own are consumed, so what follows it (an
+    HTTP request, a TLS ClientHello) stays in the socket for the transport to read."""
+    taken = b""
+    while True:
+        await _readable(loop, conn)
+        try:
+            peeked = conn.recv(PROXY_PEEK, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            continue
+        if not peeked:
+            raise ConnectionResetError("connection closed before the PROXY header ended")
+        header = parse_proxy_header(taken + peeked)
+        if header is None:
+            taken += conn.recv(len(peeked))  # incomplete: every byte so far is the header's
+            continue
+        rest = header.length - len(taken)
+        if len(conn.recv(rest)) != rest:  # already buffered (peeked), so all of it arrives
+            raise ProxyProtocolError("PROXY header shorter than peeked")
+        return header
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(conn.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(conn.fileno())

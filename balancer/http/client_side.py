@@ -35,13 +35,15 @@ class ClientConnection(asyncio.Protocol):
         "closed", "tunnel", "_batch", "_error", "_idle", "_received",
     )
 
-    def __init__(self, server: "ListenerServer") -> None:
+    def __init__(self, server: "ListenerServer", proxied_ip: str | None = None) -> None:
         self.server = server
         self.listener = server.config
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(self, server.runtime().limits)
-        self.client_ip = ""
+        # The address a trusted PROXY header carried, if any; connection_made falls back to
+        # the TCP peer.
+        self.client_ip = proxied_ip or ""
         self.peer_trusted = False
         self.scheme = b"https" if server.config.tls is not None else b"http"
         self.exchange: Exchange | None = None  # the one being answered
@@ -61,8 +63,10 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.set_client_ip(peer[0] if peer else "")
+        if not self.client_ip:
+            peer = transport.get_extra_info("peername")
+            self.client_ip = peer[0] if peer else ""
+        self.set_client_ip(self.client_ip)
         self.server.connection_opened(self)
         # HAProxy's `timeout http-request`: the first request head is due from accept on.
         self.deadline.set_in(self.server.runtime().limits.header_timeout)
