@@ -123,14 +123,14 @@ class App:
                 checker.sync()
             discovery = pool.config.discovery
             watch = self.watches.get(name)
+            consul = config.consul or _default_consul()
             if watch is not None and (discovery is None or watch.discovery != discovery
-                                      or watch.consul_config != config.consul):
+                                      or watch.consul_config != consul):
                 self.loop.create_task(watch.stop())
                 del self.watches[name]
                 watch = None
             if discovery is not None and watch is None:
-                watch = ConsulWatch(config.consul or _default_consul(), name, discovery,
-                                    self._discovered(name))
+                watch = ConsulWatch(consul, name, discovery, self._discovered(name))
                 self.watches[name] = watch
                 self.loop.create_task(watch.start())
         for name in list(self.health):
@@ -158,8 +158,8 @@ class App:
         first = next(iter(self.listeners.values()))
         admin = self.admin
         host = first.config.address.host
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            host = ""  # Consul then advertises the node's own address
         self.registration = ConsulRegistration(consul)
         try:
             await self.registration.register(host, first.port, admin.url if admin else "")
