@@ -17,6 +17,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.health import JITTER
+from balancer.http.exchange import RETRY_BUFFER
 from tests.conftest import Running, pool_yaml
 from tests.fakes.backends import Backend, free_port
 
@@ -452,8 +453,7 @@ async def test_one_backend_pool_answers_502_or_504_at_once(start_balancer, backe
     samples = await scrape(lb, http)
     assert metric(samples, "balancer_retries_total", pool="web") == 0
 
-    port = free_port()
-    lb_dead = await start_balancer(pool_config(f"[{{id: gone, address: '127.0.0.1:{port}'}}]",
+    lb_dead = await start_balancer(pool_config(f"[{{id: gone, address: '{closed_port_address()}'}}]",
                                                "            retries: {attempts: 3}"))
     status, _, _ = await get(http, lb_dead.url + "/x")
     assert status == 502
@@ -527,8 +527,6 @@ async def test_5xx_is_retried_only_for_idempotent_requests(start_balancer, backe
 
 
 async def test_a_body_streamed_past_the_retry_buffer_is_not_replayed(start_balancer, backends, http):
-    from balancer.http.exchange import RETRY_BUFFER
-
     flaky, good = await backends("flaky", "good")
     flaky.mode = "reset"
     lb = await start_balancer(pool_config([flaky, good], f"""
