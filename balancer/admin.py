@@ -82,6 +82,7 @@ class AdminServer:
     # -- handlers ---------------------------------------------------------------------------
 
     async def metrics(self, request: web.Request) -> web.Response:
+        await self.app.refresh_from_workers()
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -89,12 +90,14 @@ class AdminServer:
         return web.json_response({"status": "alive"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        await self.app.refresh_from_workers()
         reasons = self.app.not_ready_reasons()
         if reasons:
             return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
         return web.json_response({"status": "ready"})
 
     async def pools(self, request: web.Request) -> web.Response:
+        await self.app.refresh_from_workers()
         return web.json_response({"pools": self.app.describe_pools()})
 
     async def drain(self, request: web.Request) -> web.Response:

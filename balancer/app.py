@@ -30,9 +30,17 @@ log = logging.getLogger("balancer")
 SWEEP_INTERVAL = 1.0
 
 
+# What a process does. "single": everything (workers: 1). With workers > 1 the parent is the
+# "control" process (admin, health checks, Consul, reload) and each child a "worker" (the data
+# plane), so that probes and Consul queries do not multiply by the number of workers.
+SINGLE, CONTROL, WORKER = "single", "control", "worker"
+
+
 class App:
     def __init__(self, config: Config, config_path: str | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, role: str = SINGLE,
+                 secrets: dict[str, bytes] | None = None) -> None:
+        self.role = role
         self.config = config
         self.config_path = config_path
         self.loop = loop or asyncio.get_event_loop()
@@ -43,7 +51,9 @@ class App:
         self.watches: dict[str, ConsulWatch] = {}
         self.registration: ConsulRegistration | None = None
         self.admin = None
-        self._secrets: dict[str, bytes] = {}
+        self._secrets: dict[str, bytes] = dict(secrets or {})
+        # The control process's link to its workers (balancer.workers.Workers), if any.
+        self.workers = None
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.started = False
@@ -75,18 +85,29 @@ class App:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    @property
+    def serves_traffic(self) -> bool:
+        return self.role != CONTROL
+
+    @property
+    def runs_probes(self) -> bool:
+        """Health checks, Consul, admin and registration run once per instance."""
+        return self.role != WORKER
+
     async def start(self) -> None:
         self._adopt_pools(self.config)
-        for listener in self.config.listeners:
-            await self._start_listener(listener)
+        if self.serves_traffic:
+            for listener in self.config.listeners:
+                await self._start_listener(listener)
         self._sync_background()
         self._tasks.append(self.loop.create_task(self._sweep()))
-        from .admin import AdminServer
+        if self.runs_probes:
+            from .admin import AdminServer
 
-        self.admin = AdminServer(self)
-        await self.admin.start()
-        if self.config.consul is not None and self.config.consul.register is not None:
-            await self._register()
+            self.admin = AdminServer(self)
+            await self.admin.start()
+            if self.config.consul is not None and self.config.consul.register is not None:
+                await self._register()
         self.started = True
 
     def _adopt_pools(self, config: Config) -> None:
@@ -112,6 +133,8 @@ class App:
 
     def _sync_background(self) -> None:
         """Health checkers and Consul watches follow the pools of the current config."""
+        if not self.runs_probes:
+            return
         config = self.config
         for name, pool in self.pools.items():
             checker = self.health.get(name)
@@ -149,6 +172,8 @@ class App:
             checker = self.health.get(pool_name)
             if checker is not None:
                 checker.sync()
+            if self.workers is not None:
+                self.workers.broadcast_discovered(pool_name, backends)
             log.info("pool %s: %d backends from Consul", pool_name, len(backends))
         return on_change
 
@@ -195,6 +220,8 @@ class App:
             log.error("reload refused, nothing changed: %s", exc)
             return [f"{self.config_path}: {exc}"]
         old_listeners = {l.name: l for l in self.config.listeners}
+        if not self.serves_traffic:
+            old_listeners = {l.name: l for l in config.listeners}  # workers own the sockets
         try:
             for listener in config.listeners:
                 old = old_listeners.get(listener.name)
@@ -208,7 +235,7 @@ class App:
             log.error("reload failed opening listeners: %s", exc)
             return [f"{self.config_path}: listeners: {exc}"]
         for name in list(self.listeners):
-            if name not in {l.name for l in config.listeners}:
+            if name not in {listener.name for listener in config.listeners}:
                 # Stop accepting; its open connections finish on their own.
                 await self.listeners.pop(name).stop_accepting()
         old_runtime = self.runtime
@@ -224,10 +251,18 @@ class App:
     # -- what the admin listener asks -----------------------------------------------------
 
     def stats_for_scrape(self) -> Stats:
+        if self.workers is not None:
+            return self.workers.stats
         return self.stats
 
     def pools_for_scrape(self) -> list[Pool]:
         return list(self.pools.values())
+
+    async def refresh_from_workers(self) -> None:
+        """Control process: sum the workers' counters into this process's view before an
+        admin answer, so /metrics and /admin/pools speak for the whole instance."""
+        if self.workers is not None:
+            await self.workers.collect(self)
 
     def describe_pools(self) -> list[dict]:
         from .admin import describe_pools
@@ -255,10 +290,17 @@ class App:
             pool.start_drain(backend)
         else:
             pool.stop_drain(backend)
+        if self.workers is not None:
+            await self.workers.broadcast({"op": "drain" if drain else "undrain",
+                                          "pool": pool_name, "backend": backend_id})
         return None
 
     async def reload_everywhere(self) -> list[str]:
-        return await self.reload()
+        """Reload here, and (control process) in every worker once it validated here."""
+        errors = await self.reload()
+        if errors or self.workers is None:
+            return errors
+        return await self.workers.reload()
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -309,7 +351,10 @@ class App:
         loop = self.loop
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        if self.role == WORKER:
+            loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the control process relays
+        else:
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload_everywhere()))
         log.info("balancer ready (pid %d)", os.getpid())
         await self.wait_stopped()
         log.info("shutting down: finishing in-flight requests (up to %.0fs)", self.config.shutdown_timeout)

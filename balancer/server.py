@@ -46,7 +46,9 @@ class ListenerServer:
         self._room = asyncio.Event()
         self._room.set()
 
-    def bind(self) -> socket.socket:
+    def bind(self, port: int | None = None) -> socket.socket:
+        """A listening socket for this listener (`port` overrides the configured one: the
+        workers' sockets share the port the first one got)."""
         address = self.config.address
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -55,7 +57,7 @@ class ListenerServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((address.host, address.port))
+        sock.bind((address.host, address.port if port is None else port))
         sock.listen(BACKLOG)
         sock.setblocking(False)
         return sock

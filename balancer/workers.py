@@ -1,0 +1,398 @@
+"""`workers: N|auto`: N data-plane processes on SO_REUSEPORT, one control process.
+
+The parent binds one listening socket per worker per listener (SO_REUSEPORT, so the kernel
+spreads new connections across workers; port 0 is resolved once so that all share the port),
+forks the workers, then becomes the control process: admin listener, active health checks,
+Consul watches and reload run there once, not N times. It talks to each worker over a
+socketpair with JSON lines:
+
+    control -> worker: health (backend health and slow-start ramp), discovered (Consul sets),
+                       drain / undrain, reload, snapshot (counters for /metrics, /admin/pools)
+    worker -> control: replies, matched by "id"
+
+Passive outlier detection stays per worker: it judges the traffic that worker sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from .app import CONTROL, WORKER, App
+from .config import Address, BackendConfig, Config
+from .metrics import Stats, merge_snapshots
+from .server import ListenerServer
+from .sticky import secret_from_env
+
+log = logging.getLogger("balancer.workers")
+
+HEALTH_PUSH_INTERVAL = 0.1
+REPLY_TIMEOUT = 2.0
+
+
+def worker_count(config: Config) -> int:
+    if config.workers == "auto":
+        return os.cpu_count() or 1
+    return int(config.workers)
+
+
+def _encode(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+# -- the worker side --------------------------------------------------------------------------
+
+class ControlLink:
+    """In a worker: applies what the control process says, answers its questions."""
+
+    def __init__(self, app: App, sock: socket.socket) -> None:
+        self.app = app
+        self.sock = sock
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        reader, writer = await asyncio.open_connection(sock=self.sock)
+        self._task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                # The control process is gone: finish what is in flight and leave.
+                self.app.request_stop()
+                return
+            message = json.loads(line)
+            reply = await self.handle(message)
+            if "id" in message:
+                reply["id"] = message["id"]
+                writer.write(_encode(reply))
+
+    async def handle(self, message: dict) -> dict:
+        app = self.app
+        op = message["op"]
+        if op == "health":
+            for pool_name, states in message["pools"].items():
+                pool = app.pools.get(pool_name)
+                if pool is None:
+                    continue
+                for backend_id, (healthy, ramp_start) in states.items():
+                    backend = pool.get(backend_id)
+                    if backend is not None:
+                        backend.healthy = healthy
+                        backend.ramp_start = ramp_start
+            return {}
+        if op == "discovered":
+            pool = app.pools.get(message["pool"])
+            if pool is not None:
+                pool.set_discovered([_backend_from(d) for d in message["backends"]])
+            return {}
+        if op in ("drain", "undrain"):
+            await app.set_drain(message["pool"], message["backend"], op == "drain")
+            return {}
+        if op == "reload":
+            return {"errors": await app.reload()}
+        if op == "snapshot":
+            return {"stats": app.stats.snapshot(), "pools": _pool_counters(app)}
+        return {"error": f"unknown op {op}"}
+
+
+def _backend_to(b: BackendConfig) -> dict:
+    return {"id": b.id, "host": b.address.host, "port": b.address.port, "region": b.region,
+            "weight": b.weight, "source": b.source}
+
+
+def _backend_from(d: dict) -> BackendConfig:
+    return BackendConfig(id=d["id"], address=Address(d["host"], d["port"]), region=d["region"],
+                         weight=d["weight"], source=d["source"])
+
+
+def _pool_counters(app: App) -> dict:
+    now = time.monotonic()
+    out: dict[str, Any] = {}
+    for name, pool in app.pools.items():
+        out[name] = {
+            "retries": pool.retries_total, "panics": pool.panics_total,
+            "backends": {
+                b.id: {
+                    "active": b.active_requests, "websockets": b.websockets,
+                    "errors": b.upstream_errors, "ejections": b.ejections_total,
+                    # remaining ejection, as monotonic clocks agree across processes anyway
+                    "ejected_for": max(0.0, b.ejected_until - now),
+                } for b in pool.backends.values()
+            },
+        }
+    return out
+
+
+# -- the control side --------------------------------------------------------------------------
+
+class WorkerHandle:
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[int, asyncio.Future] = {}
+        self.alive = True
+
+    async def start(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(sock=self.sock)
+        asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.reader is not None
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                self.alive = False
+                for future in self.pending.values():
+                    if not future.done():
+                        future.set_exception(ConnectionError("worker gone"))
+                return
+            message = json.loads(line)
+            future = self.pending.pop(message.get("id", -1), None)
+            if future is not None and not future.done():
+                future.set_result(message)
+
+    def send(self, message: dict) -> None:
+        if self.alive and self.writer is not None:
+            self.writer.write(_encode(message))
+
+
+class Workers:
+    """The control process's view of its workers."""
+
+    def __init__(self, handles: list[WorkerHandle]) -> None:
+        self.handles = handles
+        self.stats = Stats()
+        self._next_id = 0
+        self._last_health: dict | None = None
+
+    async def start(self, app: App) -> None:
+        for handle in self.handles:
+            await handle.start()
+        app.workers = self
+        asyncio.get_running_loop().create_task(self._push_health(app))
+
+    async def broadcast(self, message: dict) -> None:
+        for handle in self.handles:
+            handle.send(message)
+
+    def broadcast_discovered(self, pool: str, backends: list[BackendConfig]) -> None:
+        message = {"op": "discovered", "pool": pool, "backends": [_backend_to(b) for b in backends]}
+        for handle in self.handles:
+            handle.send(message)
+
+    async def ask(self, message: dict) -> list[dict]:
+        """Send to every live worker and gather the replies (a silent worker is skipped)."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for handle in self.handles:
+            if not handle.alive:
+                continue
+            self._next_id += 1
+            future = loop.create_future()
+            handle.pending[self._next_id] = future
+            handle.send({**message, "id": self._next_id})
+            futures.append(future)
+        replies = []
+        for future in futures:
+            try:
+                replies.append(await asyncio.wait_for(future, REPLY_TIMEOUT))
+            except (asyncio.TimeoutError, ConnectionError):
+                continue
+        return replies
+
+    async def reload(self) -> list[str]:
+        errors: list[str] = []
+        for reply in await self.ask({"op": "reload"}):
+            errors.extend(reply.get("errors", []))
+        return errors
+
+    async def collect(self, app: App) -> None:
+        """Sum the workers' counters into the control process's Stats and Backend objects."""
+        replies = await self.ask({"op": "snapshot"})
+        stats = merge_snapshots(r["stats"] for r in replies)
+        stats.reloads = app.stats.reloads  # reloads are counted where they are decided
+        self.stats = stats
+        now = time.monotonic()
+        for name, pool in app.pools.items():
+            pool.retries_total = sum(r["pools"].get(name, {}).get("retries", 0) for r in replies)
+            pool.panics_total = sum(r["pools"].get(name, {}).get("panics", 0) for r in replies)
+            for backend in pool.backends.values():
+                parts = [r["pools"].get(name, {}).get("backends", {}).get(backend.id) for r in replies]
+                parts = [p for p in parts if p is not None]
+                backend.active_requests = sum(p["active"] for p in parts)
+                backend.websockets = sum(p["websockets"] for p in parts)
+                backend.ejections_total = sum(p["ejections"] for p in parts)
+                errors: dict[str, int] = {}
+                for p in parts:
+                    for kind, value in p["errors"].items():
+                        errors[kind] = errors.get(kind, 0) + value
+                backend.upstream_errors = errors
+                ejected_for = max((p["ejected_for"] for p in parts), default=0.0)
+                backend.ejected_until = now + ejected_for if ejected_for > 0 else 0.0
+
+    async def _push_health(self, app: App) -> None:
+        """Active health lives in the control process; workers get its changes."""
+        while True:
+            state = {
+                name: {b.id: (b.healthy, b.ramp_start) for b in pool.backends.values()}
+                for name, pool in app.pools.items()
+            }
+            if state != self._last_health:
+                self._last_health = state
+                await self.broadcast({"op": "health", "pools": state})
+            await asyncio.sleep(HEALTH_PUSH_INTERVAL)
+
+
+class Supervisor:
+    """Binds, forks the workers, runs the control process, and stops them all together."""
+
+    def __init__(self, config: Config, config_path: str) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.count = worker_count(config)
+
+    def _bind(self) -> dict[str, list[socket.socket]]:
+        """Per listener, one SO_REUSEPORT socket per worker, all on the same port."""
+        sockets: dict[str, list[socket.socket]] = {}
+        for listener in self.config.listeners:
+            server = ListenerServer(listener, lambda: None, None, reuse_port=True)  # type: ignore[arg-type]
+            first = server.bind()
+            port = first.getsockname()[1]
+            group = [first]
+            for _ in range(self.count - 1):
+                group.append(server.bind(port=port))
+            sockets[listener.name] = group
+        return sockets
+
+    def run(self) -> int:
+        # Secrets are settled before forking: a random fallback must be the same in every
+        # worker, or one worker would refuse another's sticky cookies.
+        secrets = {p.sticky.secret_env: secret_from_env(p.sticky.secret_env)
+                   for p in self.config.pools.values() if p.sticky is not None}
+        sockets = self._bind()
+        handles: list[WorkerHandle] = []
+        for index in range(self.count):
+            parent_end, child_end = socket.socketpair()
+            pid = os.fork()
+            if pid == 0:
+                parent_end.close()
+                for h in handles:
+                    h.sock.close()
+                mine = {name: group[index] for name, group in sockets.items()}
+                for group in sockets.values():
+                    for other in group:
+                        if all(other is not s for s in mine.values()):
+                            other.close()
+                code = self._run_worker(index, mine, child_end, secrets)
+                os._exit(code)
+            child_end.close()
+            handles.append(WorkerHandle(pid, parent_end))
+        for group in sockets.values():
+            for sock in group:
+                sock.close()
+        return self._run_control(handles, secrets)
+
+    def _run_worker(self, index: int, sockets: dict[str, socket.socket], link: socket.socket,
+                    secrets: dict[str, bytes]) -> int:
+        import uvloop
+
+        async def main() -> None:
+            app = App(self.config, self.config_path, asyncio.get_running_loop(), role=WORKER,
+                      secrets=secrets)
+            app.inherited_sockets = sockets
+            control = ControlLink(app, link)
+            await control.start()
+            await app.serve()
+
+        try:
+            uvloop.run(main())
+        except Exception:
+            log.exception("worker %d failed", index)
+            return 1
+        return 0
+
+    def _run_control(self, handles: list[WorkerHandle], secrets: dict[str, bytes]) -> int:
+        import uvloop
+
+        exit_code = 0
+
+        async def main() -> None:
+            nonlocal exit_code
+            loop = asyncio.get_running_loop()
+            app = App(self.config, self.config_path, loop, role=CONTROL, secrets=secrets)
+            workers = Workers(handles)
+            await workers.start(app)
+            await app.start()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, app.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(app.reload_everywhere()))
+            watcher = loop.create_task(self._watch_children(handles, app))
+            log.info("balancer ready: %d workers (pids %s)", len(handles),
+                     ", ".join(str(h.pid) for h in handles))
+            await app.wait_stopped()
+            watcher.cancel()
+            for handle in handles:
+                _signal(handle.pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.config.shutdown_timeout + 5
+            for handle in handles:
+                code = await _wait_child(handle.pid, deadline)
+                if code != 0:
+                    exit_code = 1
+            await app.shutdown()
+            if self._crashed:
+                exit_code = 1
+
+        self._crashed = False
+        uvloop.run(main())
+        return exit_code
+
+    async def _watch_children(self, handles: list[WorkerHandle], app: App) -> None:
+        """A worker that dies takes the instance down (exit 1) so the service manager restarts
+        it whole: a half-capacity instance that still looks ready would be worse."""
+        while True:
+            await asyncio.sleep(0.5)
+            for handle in handles:
+                try:
+                    pid, status = os.waitpid(handle.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pid, status = handle.pid, 1
+                if pid != 0:
+                    handle.alive = False
+                    log.error("worker %d exited unexpectedly (status %d); stopping", handle.pid, status)
+                    self._crashed = True
+                    app.request_stop()
+                    return
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+async def _wait_child(pid: int, deadline: float) -> int:
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            _signal(pid, signal.SIGKILL)
+        await asyncio.sleep(0.05)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run through `balancer run`")

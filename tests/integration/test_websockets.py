@@ -1,0 +1,85 @@
+"""WebSockets through the balancer: the upgrade is relayed, then bytes flow both ways."""
+
+import asyncio
+
+import aiohttp
+
+from tests.conftest import pool_yaml
+
+
+def ws_config(bs, extra: str = "") -> str:
+    return f"""
+        routes:
+          - {{name: live, pool: live}}
+        pools:
+          live:
+            balance: least_conn
+            timeouts: {{websocket_idle: 2s}}
+            backends: {pool_yaml(bs)}
+{extra}
+        """
+
+
+async def test_echo_through_the_balancer_text_and_binary(start_balancer, backends, http):
+    bs = await backends(1)
+    lb = await start_balancer(ws_config(bs))
+    async with http.ws_connect(lb.url + "/ws/table-7") as ws:
+        await ws.send_str("bet 10")
+        assert (await ws.receive_str(timeout=2)) == "b1:bet 10"
+        payload = bytes(range(256)) * 1000  # 256 KB: several reads each way, backpressure on
+        await ws.send_bytes(payload)
+        assert (await ws.receive_bytes(timeout=5)) == payload
+    assert bs[0].count("WS") == 1
+
+
+async def test_open_websockets_are_counted_and_balanced(start_balancer, backends, http):
+    bs = await backends(2)
+    lb = await start_balancer(ws_config(bs))
+    sockets = []
+    for _ in range(4):
+        ws = await http.ws_connect(lb.url + "/ws/x")
+        await ws.send_str("hi")
+        await ws.receive_str(timeout=2)
+        sockets.append(ws)
+    pool = lb.app.pools["live"]
+    counts = sorted(b.websockets for b in pool.backends.values())
+    assert counts == [2, 2]  # least_conn counts open WebSockets: two each
+    async with http.get(lb.admin_url + "/metrics") as resp:
+        text = await resp.text()
+    assert 'balancer_backend_websockets{backend="b1",pool="live"} 2.0' in text
+    for ws in sockets:
+        await ws.close()
+    for _ in range(50):
+        if all(b.websockets == 0 for b in pool.backends.values()):
+            break
+        await asyncio.sleep(0.05)
+    assert [b.websockets for b in pool.backends.values()] == [0, 0]
+    assert all(b.active_requests == 0 for b in pool.backends.values())
+
+
+async def test_idle_websocket_is_closed_after_websocket_idle(start_balancer, backends, http):
+    bs = await backends(1)
+    lb = await start_balancer(ws_config(bs).replace("websocket_idle: 2s", "websocket_idle: 300ms"))
+    async with http.ws_connect(lb.url + "/ws/idle") as ws:
+        message = await ws.receive(timeout=3)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+
+
+async def test_backend_refusing_the_upgrade_answers_normally(start_balancer, backends):
+    bs = await backends(1)
+    lb = await start_balancer(ws_config(bs))
+    answer = await lb.raw(
+        b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        read_timeout=1.0)
+    assert answer.startswith(b"HTTP/1.1 200")  # the backend's /plain is not a WebSocket
+
+
+async def test_upgrade_with_a_body_is_refused(start_balancer, backends):
+    bs = await backends(1)
+    lb = await start_balancer(ws_config(bs))
+    answer = await lb.raw(
+        b"GET /ws/x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Content-Length: 5\r\n\r\nhello")
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert bs[0].count() == 0 and bs[0].count("WS") == 0
