@@ -106,6 +106,7 @@ class App:
 
             self.admin = AdminServer(self)
             await self.admin.start()
+            log.info("admin on %s", self.admin.url)
             if self.config.consul is not None and self.config.consul.register is not None:
                 await self._register()
         self.started = True

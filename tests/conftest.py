@@ -64,8 +64,9 @@ class Running:
         writer.close()
         return b"".join(chunks)
 
-    async def reload_with(self, yaml_text: str) -> list[str]:
-        self.path.write_text(textwrap.dedent(yaml_text))
+    async def reload_with(self, yaml_text: str, raw: bool = False) -> list[str]:
+        """Rewrite the config (completed like `start_balancer` does unless `raw`) and reload."""
+        self.path.write_text(textwrap.dedent(yaml_text) if raw else balancer_yaml(yaml_text))
         return await self.app.reload()
 
     async def stop(self) -> None:

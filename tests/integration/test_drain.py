@@ -1,0 +1,64 @@
+"""Draining: no new players; open WebSockets stay until they end or drain_timeout passes."""
+
+import asyncio
+
+import aiohttp
+
+from tests.conftest import pool_yaml
+
+
+def config(bs, drain_timeout: str = "1s") -> str:
+    return f"""
+        routes:
+          - {{name: all, pool: live}}
+        pools:
+          live:
+            drain_timeout: {drain_timeout}
+            backends: {pool_yaml(bs)}
+        """
+
+
+async def test_drain_and_undrain_through_admin(start_balancer, backends, http):
+    bs = await backends(2)
+    lb = await start_balancer(config(bs))
+    async with http.post(lb.admin_url + "/admin/pools/live/backends/b1/drain") as resp:
+        assert resp.status == 200
+    for _ in range(6):
+        async with http.get(lb.url + "/") as resp:
+            assert (await resp.json())["backend"] == "b2"
+    async with http.get(lb.admin_url + "/admin/pools") as resp:
+        states = {b["id"]: b["state"] for b in (await resp.json())["pools"][0]["backends"]}
+    assert states == {"b1": "draining", "b2": "healthy"}
+    async with http.post(lb.admin_url + "/admin/pools/live/backends/b1/undrain") as resp:
+        assert resp.status == 200
+    seen = set()
+    for _ in range(8):
+        async with http.get(lb.url + "/") as resp:
+            seen.add((await resp.json())["backend"])
+    assert seen == {"b1", "b2"}
+    async with http.post(lb.admin_url + "/admin/pools/live/backends/nope/drain") as resp:
+        assert resp.status == 404
+
+
+async def test_websocket_on_a_draining_backend_lives_until_drain_timeout(start_balancer, backends, http):
+    bs = await backends(1)
+    lb = await start_balancer(config(bs, drain_timeout="1500ms"))
+    ws = await http.ws_connect(lb.url + "/ws/round")
+    await ws.send_str("spin")
+    assert await ws.receive_str(timeout=2) == "b1:spin"
+    async with http.post(lb.admin_url + "/admin/pools/live/backends/b1/drain") as resp:
+        assert resp.status == 200
+    async with http.get(lb.url + "/new-player") as resp:
+        assert resp.status == 503  # nobody new on a draining backend
+        assert resp.headers["Retry-After"] == "1"
+    await asyncio.sleep(0.5)
+    await ws.send_str("round still running")
+    assert await ws.receive_str(timeout=2) == "b1:round still running"
+    message = await ws.receive(timeout=4)  # the drain runs out: the balancer closes it
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    backend = lb.app.pools["live"].backends["b1"]
+    for _ in range(20):
+        if backend.websockets == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert backend.websockets == 0

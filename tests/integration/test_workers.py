@@ -1,0 +1,82 @@
+"""`workers: 2`: two data-plane processes on SO_REUSEPORT behind one control process."""
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import pool_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def start_process(config: Path) -> tuple[asyncio.subprocess.Process, int, str, list[str]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "balancer", "run", "--config", str(config),
+        cwd=ROOT, stderr=asyncio.subprocess.PIPE, env={**os.environ, "STICKY_SECRET": "s3cret"})
+    lines: list[str] = []
+    port = 0
+    admin = ""
+    assert proc.stderr is not None
+    while not (port and admin and any("2 workers" in l for l in lines)):
+        line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+        assert line, "balancer exited early:\n" + "".join(lines)
+        lines.append(line)
+        if m := re.search(r"listener public on [\d.]+:(\d+)", line):
+            port = int(m.group(1))
+        if m := re.search(r"admin on (http://\S+)", line):
+            admin = m.group(1)
+    return proc, port, admin, lines
+
+
+async def test_two_workers_serve_sum_metrics_and_share_admin_actions(backends, tmp_path):
+    bs = await backends(2)
+    config = tmp_path / "workers.yaml"
+    config.write_text(textwrap.dedent(f"""
+        listeners:
+          - {{name: public, address: 127.0.0.1:0}}
+        admin: {{address: 127.0.0.1:0}}
+        workers: 2
+        routes:
+          - {{name: all, pool: web}}
+        pools:
+          web:
+            backends: {pool_yaml(bs)}
+        """))
+    proc, port, admin, _ = await start_process(config)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        total = 60
+        # Fresh connections each time, so the kernel spreads them over both workers.
+        for _ in range(total):
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url + "/") as resp:
+                    assert resp.status == 200
+        async with aiohttp.ClientSession() as session:
+            async with session.get(admin + "/metrics") as resp:
+                text = await resp.text()
+            counted = sum(float(v) for v in re.findall(
+                r'^balancer_requests_total\{[^}]*code="200"[^}]*\} (\S+)$', text, re.M))
+            assert counted == total  # both workers' counts, summed
+            async with session.post(admin + "/admin/pools/web/backends/b1/drain") as resp:
+                assert resp.status == 200
+            seen = set()
+            for _ in range(20):
+                async with aiohttp.ClientSession() as fresh:
+                    async with fresh.get(url + "/") as resp:
+                        seen.add((await resp.json())["backend"])
+            assert seen == {"b2"}  # the drain reached every worker
+            async with session.get(admin + "/admin/pools") as resp:
+                states = {b["id"]: b["state"] for b in (await resp.json())["pools"][0]["backends"]}
+            assert states["b1"] == "draining"
+            async with session.post(admin + "/admin/reload") as resp:
+                assert resp.status == 200 and (await resp.json()) == {"result": "reloaded"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 20)
+    assert code == 0
