@@ -27,12 +27,19 @@ _PIPELINE = 1
 _UPSTREAM = 2
 _TUNNEL_WAIT = 4
 
+# limits.min_body_rate is enforced after this much free time, checked at this coarse interval.
+BODY_RATE_GRACE = 1.0
+BODY_RATE_INTERVAL = 0.5
+# How long a closing connection keeps reading (and dropping) what the client still sends.
+LINGER = 2.0
+
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "server", "listener", "loop", "transport", "reader", "client_ip", "peer_trusted",
         "scheme", "exchange", "reading", "queue", "deadline", "_paused", "_write_paused",
-        "closed", "tunnel", "_batch", "_error", "_idle", "_received",
+        "closed", "tunnel", "_batch", "_error", "_idle", "_received", "_body_rate",
+        "_body_since", "_body_base", "_lingering",
     )
 
     def __init__(self, server: "ListenerServer", proxied_ip: str | None = None) -> None:
@@ -40,7 +47,8 @@ class ClientConnection(asyncio.Protocol):
         self.listener = server.config
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
-        self.reader = RequestReader(self, server.runtime().limits)
+        limits = server.runtime().limits
+        self.reader = RequestReader(self, limits)
         # The address a trusted PROXY header carried, if any; connection_made falls back to
         # the TCP peer.
         self.client_ip = proxied_ip or ""
@@ -58,6 +66,10 @@ class ClientConnection(asyncio.Protocol):
         self._error: RequestError | None = None
         self._idle = True  # between requests: no byte of the next request read yet
         self._received = False  # any byte at all on this connection
+        self._body_rate = limits.min_body_rate
+        self._body_since = 0.0  # loop time the watched request body's rate is measured from
+        self._body_base = 0  # body bytes already read at _body_since
+        self._lingering = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -136,6 +148,11 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.queue.append(exchange)
             self._pause(_PIPELINE)
+        if (head.chunked or head.content_length) and self._body_rate and not self.closed:
+            # The deadline is free while a request is in progress: it now watches the body rate.
+            self._body_since = self.loop.time()
+            self._body_base = 0
+            self.deadline.set_in(BODY_RATE_GRACE + BODY_RATE_INTERVAL)
 
     def request_body(self, data: bytes) -> None:
         reading = self.reading
@@ -143,6 +160,9 @@ class ClientConnection(asyncio.Protocol):
             reading.request_body(data)
 
     def request_ended(self) -> None:
+        if self._body_since:
+            self._body_since = 0.0
+            self.deadline.clear()
         reading = self.reading
         if reading is not None:
             reading.request_ended()
@@ -258,12 +278,40 @@ class ClientConnection(asyncio.Protocol):
         self.flush()
 
     def _on_deadline(self) -> None:
+        if self._lingering:
+            self.close()
+            return
         if self.closed:
+            return
+        if self._body_since:
+            self._check_body_rate()
             return
         if self.exchange is None and (self._idle or not self._received):
             self.close()  # keep-alive idle, or a silent connection: close quietly
             return
         self._reject(RequestError(408, "request timeout"))
+
+    def _check_body_rate(self) -> None:
+        """A request body must keep up limits.min_body_rate (after BODY_RATE_GRACE), or the
+        request gets 408: a client trickling a body would hold a backend connection for ever.
+        Time in which the balancer itself stopped reading (a slow backend, pipelining), or
+        waits to send 100 Continue, is not held against the client: the measurement starts
+        again."""
+        reading = self.reading
+        if reading is None:  # that request was refused meanwhile
+            self._body_since = 0.0
+            return
+        now = self.loop.time()
+        received = self.reader.body_received
+        if self._paused or received == self._body_base and reading.head.expect_continue:
+            # An Expect: 100-continue client rightly waits for the backend's 100 first.
+            self._body_since = now
+            self._body_base = received
+        elif received - self._body_base < self._body_rate * (now - self._body_since - BODY_RATE_GRACE):
+            self._body_since = 0.0
+            self._reject(RequestError(408, "request body too slow"))
+            return
+        self.deadline.set_in(BODY_RATE_INTERVAL)
 
     def _pause(self, reason: int) -> None:
         if not self._paused and not self.closed:
@@ -284,8 +332,29 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.flush()
-        if not self.closed and self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if self._lingering:  # the linger time is over, or the balancer shuts down
+            self._lingering = False
+            transport.close()
+        elif not self.closed:
+            if self.tunnel is None and transport.can_write_eof():
+                self._linger(transport)
+            else:
+                transport.close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close gracefully, as nginx's lingering_close: send FIN after the answer, then read
+        and drop what the client still sends for up to LINGER seconds. Closing at once with
+        unread input would make the kernel send a RST, which can destroy the answer (a 400 or
+        413) in the client's receive buffer before it is read."""
+        self.closed = True  # no more requests are read and nothing more is written
+        self._lingering = True
+        self._body_since = 0.0
+        transport.write_eof()
+        transport.resume_reading()
+        self.deadline.set_in(LINGER)
 
     def abort(self) -> None:
         self._batch = None

@@ -267,8 +267,6 @@ class Exchange:
         conn.deadline.set_in(self.pool.config.timeouts.response)  # type: ignore[union-attr]
         conn.start(self, data, self._head_only)
         self.client.resume_reading_for_upstream()
-        if self.early_tunnel:
-            conn.write(self.early_tunnel)
 
     # -- request body from the client -----------------------------------------------------
 
@@ -342,8 +340,14 @@ class Exchange:
         self.status = status
         self.response_started = True
         client = self.client
-        if not self.request_done:
-            self.close_client = True  # the rest of the request body is not worth reading
+        if not self.request_done or (self.head.upgrade is not None and status != 101):
+            # The rest of the request body is not worth reading; and after a refused upgrade
+            # the reader stopped at the head, so this connection cannot carry another request.
+            self.close_client = True
+        elif self.head.upgrade is not None and status != 101:
+            # The backend refused the upgrade. Whatever the client sent after the head was
+            # meant for the new protocol: it is dropped, and the connection with it.
+            self.close_client = True
         drop = HOP_BY_HOP
         for name, value in headers:
             if name.lower() == b"connection":
@@ -410,7 +414,7 @@ class Exchange:
             self.client.write(b"0\r\n\r\n")
         self.upstream = None
         loop = self.client.loop
-        if reusable and self.request_done:
+        if reusable and self.request_done and self.head.upgrade is None:
             conn.release(loop.time())
         else:
             conn.close()
@@ -499,16 +503,23 @@ class Exchange:
         self.tunnel = True
         self.upstream = conn
         conn.deadline.set_in(self.pool.config.timeouts.websocket_idle)
+        if self.early_tunnel:
+            conn.write(self.early_tunnel)
+            self.early_tunnel = b""
         self.client.start_tunnel(self)
         self._record()
 
     def tunnel_from_client(self, data: bytes) -> None:
+        if not self.tunnel:
+            # Before the 101 these bytes are not the backend's to see: if it refuses the
+            # upgrade they would be read as a second request (WebSocket smuggling).
+            if not self.response_started:
+                self.early_tunnel += data
+            return
         conn = self.upstream
         if conn is not None:
             conn.write(data)
             conn.deadline.set_in(self.pool.config.timeouts.websocket_idle)  # type: ignore[union-attr]
-        elif not self.response_started:
-            self.early_tunnel += data  # before the 101: held until the backend agrees
 
     def tunnel_from_backend(self, data: bytes) -> None:
         self.client.write(data)

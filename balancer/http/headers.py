@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 import uuid
 
-# Always hop-by-hop (RFC 9110 §7.6.1 plus the de-facto Proxy-Connection and Keep-Alive).
+# Always hop-by-hop (RFC 9110 §7.6.1 plus the de-facto Proxy-Connection and Keep-Alive, and
+# HTTP2-Settings, which RFC 7540 §3.2.1 makes connection-specific: an h2c upgrade attempt must
+# not reach a backend that might honour it).
 HOP_BY_HOP: frozenset[bytes] = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade",
+    b"transfer-encoding", b"upgrade", b"http2-settings",
 })
 
 # Headers the balancer sets itself towards the backend; a client's copies are replaced.

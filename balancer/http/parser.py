@@ -111,13 +111,20 @@ class RequestReader:
         self._head = RequestHead()
         self._url_bytes = 0
         self._head_size = 0  # request line + header lines, as parsed
-        self._head_bytes = 0  # bytes fed while the head is incomplete (bounds llhttp's buffering)
+        # Bytes fed while a head or a trailer section is incomplete. httptools keeps a header
+        # field whole in memory until its end, so this, not the parsed size, bounds memory.
+        self._head_bytes = 0
         self._body_bytes = 0
-        self._in_head = False
+        self._in_head = True  # reading a head or a trailer section (not a body)
         self._hosts = 0
         # A request's first byte has arrived but its head is not complete yet: the owner's
         # header deadline applies, not its keep-alive idle one.
         self.head_started = False
+
+    @property
+    def body_received(self) -> int:
+        """Body bytes of the request being read, so far (for limits.min_body_rate)."""
+        return self._body_bytes
 
     def feed(self, data: bytes) -> int | None:
         """Parse `data`. Returns None, or for an upgrade the offset where tunnel bytes start.
@@ -145,13 +152,12 @@ class RequestReader:
 
     def on_message_begin(self) -> None:
         self.head_started = True
+        # _head_bytes is not reset here: the bytes fed since the last message ended are this head's.
         self._head = RequestHead()
         self._url_bytes = 0
         self._head_size = 0
-        self._head_bytes = 0
         self._body_bytes = 0
         self._hosts = 0
-        self._in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
@@ -208,6 +214,7 @@ class RequestReader:
     def on_headers_complete(self) -> None:
         self.head_started = False
         self._in_head = False
+        self._head_bytes = 0
         head = self._head
         parser = self._parser
         head.method = method = parser.get_method()
@@ -260,11 +267,20 @@ class RequestReader:
             return
         raise RequestError(400, "unsupported request target")
 
+    def on_chunk_header(self) -> None:
+        # After a chunk size line comes chunk data, or, after the last one, a trailer section
+        # that httptools buffers like a head: count what is fed until data shows up (on_body).
+        self._in_head = True
+        self._head_bytes = 0
+
     def on_body(self, body: bytes) -> None:
+        self._in_head = False
         self._body_bytes += len(body)
         if self._body_bytes > self._limits.max_body_bytes:
             raise RequestError(413, "request body too large")
         self._events.request_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
         self._events.request_ended()
