@@ -21,6 +21,28 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def raise_fd_limit(max_connections: int) -> None:
+    """Each player connection may hold a backend connection too: ask for 2x + slack file
+    descriptors, as HAProxy sizes its own limit from maxconn (raising the hard limit only
+    works with the privilege to; otherwise say so once)."""
+    import resource
+
+    want = 2 * max_connections + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+        logging.getLogger("balancer").warning(
+            "file descriptor limit %d is below the %d that max_connections %d needs",
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0], want, max_connections)
+
+
 def run(config_path: str) -> int:
     try:
         config = load_config(config_path)
@@ -28,6 +50,7 @@ def run(config_path: str) -> int:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return 2
+    raise_fd_limit(config.limits.max_connections)
     if config.workers != 1:
         from .workers import Supervisor
 
