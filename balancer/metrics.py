@@ -32,7 +32,7 @@ class Stats:
     """Per-process request counters, bumped on the request path."""
 
     __slots__ = ("requests", "durations", "rejected", "connections", "reloads",
-                 "connections_refused")
+                 "connection_limit_reached")
 
     def __init__(self) -> None:
         # (route, pool, backend, method bytes, code) -> count
@@ -41,7 +41,8 @@ class Stats:
         self.durations: dict[tuple[str, str, str], list[float]] = {}
         self.rejected: dict[tuple[str, str], int] = {}  # (listener, reason) -> count
         self.connections: dict[str, int] = {}  # listener -> open client connections
-        self.connections_refused: dict[str, int] = {}  # listener -> refused at max_connections
+        # listener -> times it reached max_connections and stopped accepting
+        self.connection_limit_reached: dict[str, int] = {}
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
 
     def request(self, route: str, pool: str, backend: str, method: bytes, code: int,
@@ -67,7 +68,7 @@ class Stats:
             "durations": [[*k, v] for k, v in self.durations.items()],
             "rejected": [[*k, v] for k, v in self.rejected.items()],
             "connections": self.connections,
-            "connections_refused": self.connections_refused,
+            "connection_limit_reached": self.connection_limit_reached,
             "reloads": self.reloads,
         }
 
@@ -85,7 +86,7 @@ def merge_snapshots(snapshots: Iterable[dict]) -> Stats:
                 mine[i] += v
         for listener, reason, value in snap["rejected"]:
             total.rejected[(listener, reason)] = total.rejected.get((listener, reason), 0) + value
-        for name in ("connections", "connections_refused", "reloads"):
+        for name in ("connections", "connection_limit_reached", "reloads"):
             mine_d = getattr(total, name)
             for key, value in snap[name].items():
                 mine_d[key] = mine_d.get(key, 0) + value
@@ -111,12 +112,15 @@ class BalancerCollector(Collector):
         for listener, value in stats.connections.items():
             conns.add_metric([listener], value)
         yield conns
-        refused = CounterMetricFamily("balancer_client_connections_refused",
-                                      "Client connections refused at max_connections.",
-                                      labels=["listener"])
-        for listener, value in stats.connections_refused.items():
-            refused.add_metric([listener], value)
-        yield refused
+        # Nothing is refused at the limit (new connections wait in the kernel backlog), so this
+        # counts the times a listener reached it and stopped accepting.
+        limit = CounterMetricFamily("balancer_client_connection_limit_reached",
+                                    "Times a listener reached limits.max_connections and stopped "
+                                    "accepting; new connections wait in the kernel backlog meanwhile.",
+                                    labels=["listener"])
+        for listener, value in stats.connection_limit_reached.items():
+            limit.add_metric([listener], value)
+        yield limit
         rejected = CounterMetricFamily("balancer_rejected_requests", "Requests refused by the balancer.",
                                        labels=["listener", "reason"])
         for (listener, reason), value in stats.rejected.items():

@@ -2,6 +2,8 @@
 
 At `limits.max_connections` the listener stops accepting (the kernel backlog holds new
 connections until a slot frees), as HAProxy's `maxconn` does, instead of accepting and failing.
+A slot is taken at accept, not when the connection is set up: a PROXY header or a TLS handshake
+still under way holds one too, or a burst could be accepted far past the limit.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class ListenerServer:
         self._accept_task: asyncio.Task | None = None
         self._room = asyncio.Event()
         self._room.set()
+        self.slots = 0  # accepted connections not yet closed, set up or not
 
     def bind(self, port: int | None = None) -> socket.socket:
         """A listening socket for this listener (`port` overrides the configured one: the
@@ -64,6 +67,10 @@ class ListenerServer:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         self.sock = sock if sock is not None else self.bind()
+        stats = self.runtime().stats
+        # Series exist from the start (at 0), so rate() and alerts see them before the first event.
+        stats.connections.setdefault(self.name, 0)
+        stats.connection_limit_reached.setdefault(self.name, 0)
         self._accept_task = self.loop.create_task(self._accept_loop(self.sock))
 
     @property
@@ -84,8 +91,23 @@ class ListenerServer:
                 log.warning("listener %s: accept failed: %s", self.name, exc)
                 await asyncio.sleep(0.1)
                 continue
+            self._take_slot()
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             loop.create_task(self._serve(conn, ClientConnection))
+
+    def _take_slot(self) -> None:
+        self.slots += 1
+        if self.slots >= self.runtime().limits.max_connections:
+            self._room.clear()
+            stats = self.runtime().stats
+            stats.connection_limit_reached[self.name] = stats.connection_limit_reached.get(self.name, 0) + 1
+            log.warning("listener %s: max_connections reached; new connections wait in the backlog",
+                        self.name)
+
+    def _free_slot(self) -> None:
+        self.slots -= 1
+        if not self._room.is_set() and self.slots < self.runtime().limits.max_connections:
+            self._room.set()
 
     async def _serve(self, conn: socket.socket, factory: type) -> None:
         try:
@@ -96,6 +118,11 @@ class ListenerServer:
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ProxyProtocolError) as exc:
             log.debug("listener %s: connection setup failed: %s", self.name, exc)
             conn.close()
+            self._free_slot()
+        except BaseException:
+            conn.close()
+            self._free_slot()
+            raise
 
     async def _proxied_client(self, conn: socket.socket) -> str | None:
         """On a `proxy_protocol` listener: the client address a trusted peer's PROXY header
@@ -117,18 +144,12 @@ class ListenerServer:
         self.connections.add(conn)
         stats = self.runtime().stats
         stats.connections[self.name] = stats.connections.get(self.name, 0) + 1
-        if len(self.connections) >= self.runtime().limits.max_connections and self._room.is_set():
-            self._room.clear()
-            stats.connections_refused[self.name] = stats.connections_refused.get(self.name, 0) + 1
-            log.warning("listener %s: max_connections reached; new connections wait in the backlog",
-                        self.name)
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
         stats = self.runtime().stats
         stats.connections[self.name] = stats.connections.get(self.name, 1) - 1
-        if not self._room.is_set() and len(self.connections) < self.runtime().limits.max_connections:
-            self._room.set()
+        self._free_slot()
 
     def count_rejected(self, reason: str) -> None:
         self.runtime().stats.reject(self.name, reason)
