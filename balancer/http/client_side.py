@@ -124,6 +124,11 @@ class ClientConnection(asyncio.Protocol):
         if offset is not None:
             self._upgrade_read(data[offset:])
 
+    @property
+    def write_paused(self) -> bool:
+        """The player's socket takes no more for now (asyncio's pause_writing was called)."""
+        return self._write_paused
+
     def pause_writing(self) -> None:
         self._write_paused = True
         exchange = self.tunnel or self.exchange

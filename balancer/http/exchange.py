@@ -266,6 +266,11 @@ class Exchange:
                 self.unsent_from = 0
         conn.deadline.set_in(self.pool.config.timeouts.response)  # type: ignore[union-attr]
         conn.start(self, data, self._head_only)
+        if self.client.write_paused:
+            # The player stopped reading during an earlier response (or while this backend
+            # connection was opening): its pause_writing is not called again, so this
+            # connection starts paused too, or a whole response would pile up in memory.
+            conn.pause_reading()
         self.client.resume_reading_for_upstream()
 
     # -- request body from the client -----------------------------------------------------

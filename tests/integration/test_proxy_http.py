@@ -296,6 +296,53 @@ async def test_a_client_that_does_not_read_does_not_make_the_balancer_buffer(sta
     assert body.count(b"x") == size
 
 
+async def test_a_stalled_client_stays_paused_across_pipelined_responses(start_balancer, backends):
+    """A player stops reading just as one response ends: the next pipelined response, from a
+    newly opened backend connection, must not be read into memory whole.
+
+    asyncio calls pause_writing once, on the transition; a backend connection attached while
+    the player is already paused never hears of it unless the exchange checks. Which first
+    response size ends exactly on that transition depends on kernel buffers, so the test
+    pins them small and tries a range of sizes."""
+    (b,) = await backends(1)
+    first = await raw_backend()
+    try:
+        lb = await start_balancer(f"""
+            routes:
+              - {{name: all, pool: web}}
+            pools:
+              web:
+                balance: round_robin
+                backends: {pool_yaml([first, b])}
+            """)
+        server = lb.app.listeners["public"]
+        loop = asyncio.get_running_loop()
+        largest = 0
+        for size in range(64 * 1024, 160 * 1024, 8 * 1024):
+            first.response = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size
+                              + b"r" * size)
+            lb.app.runtime.pools["web"].strategy = type(lb.app.runtime.pools["web"].strategy)()  # first, then b
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", lb.port()))
+            assert await eventually(lambda: len(server.connections) == 1)
+            (client,) = server.connections
+            assert client.transport is not None
+            client.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            await loop.sock_sendall(sock, get("/first") + get(f"/stream/{20 * 1024 * 1024}"))
+            for _ in range(8):
+                await asyncio.sleep(0.02)
+                if client.transport is not None:
+                    largest = max(largest, client.transport.get_write_buffer_size())
+            sock.close()
+            assert await eventually(lambda: not server.connections)
+        assert b.count(path="/stream") > 0  # the second responses did start
+        assert largest < 8 * 1024 * 1024, f"balancer buffered {largest} bytes for a stalled client"
+    finally:
+        await first.stop()
+
+
 async def test_a_backend_that_does_not_read_pauses_the_uploading_client(start_balancer):
     """A slow backend reading a big upload: the balancer stops reading the player meanwhile."""
     go = asyncio.Event()
