@@ -47,6 +47,8 @@ class App:
         self.stats = Stats()
         self.pools: dict[str, Pool] = {}
         self.listeners: dict[str, ListenerServer] = {}
+        # Listeners a reload closed: no longer accepting, but their connections live on.
+        self.retired: list[ListenerServer] = []
         self.health: dict[str, HealthChecker] = {}
         self.watches: dict[str, ConsulWatch] = {}
         self.registration: ConsulRegistration | None = None
@@ -125,12 +127,15 @@ class App:
                 del self.pools[name]
 
     async def _start_listener(self, listener: ListenerConfig) -> None:
+        self.listeners[listener.name] = await self._open_listener(listener)
+
+    async def _open_listener(self, listener: ListenerConfig) -> ListenerServer:
         context = server_context(listener.tls) if listener.tls is not None else None
         server = ListenerServer(listener, self.current_runtime, self.loop, context,
                                 reuse_port=self.config.workers != 1)
-        await server.start(self.inherited_sockets.get(listener.name))
-        self.listeners[listener.name] = server
+        await server.start(self.inherited_sockets.pop(listener.name, None))
         log.info("listener %s on %s", listener.name, _where(server))
+        return server
 
     def _sync_background(self) -> None:
         """Health checkers and Consul watches follow the pools of the current config."""
@@ -223,22 +228,33 @@ class App:
         old_listeners = {l.name: l for l in self.config.listeners}
         if not self.serves_traffic:
             old_listeners = {l.name: l for l in config.listeners}  # workers own the sockets
+        # Open every new or changed listener before touching the old ones, so that a listener
+        # that cannot be opened leaves everything as it was, and a re-opened port never stops
+        # accepting (the new socket binds beside the old one with SO_REUSEPORT).
+        opened: dict[str, ListenerServer] = {}
         try:
             for listener in config.listeners:
-                old = old_listeners.get(listener.name)
-                if old is not None and old == listener:
-                    continue
-                if old is not None:
-                    await self.listeners.pop(listener.name).stop_accepting()
-                await self._start_listener(listener)
+                if old_listeners.get(listener.name) != listener:
+                    opened[listener.name] = await self._open_listener(listener)
         except (OSError, ssl.SSLError) as exc:
+            for server in opened.values():
+                await server.stop_accepting()
             self.stats.reloads["failure"] += 1
-            log.error("reload failed opening listeners: %s", exc)
+            log.error("reload refused, nothing changed: cannot open listener: %s", exc)
             return [f"{self.config_path}: listeners: {exc}"]
+        for name, server in opened.items():
+            previous = self.listeners.get(name)
+            self.listeners[name] = server
+            if previous is not None:
+                await previous.stop_accepting()  # its open connections carry on
+                self.retired.append(previous)
         for name in list(self.listeners):
             if name not in {listener.name for listener in config.listeners}:
                 # Stop accepting; its open connections finish on their own.
-                await self.listeners.pop(name).stop_accepting()
+                server = self.listeners.pop(name)
+                await server.stop_accepting()
+                self.retired.append(server)
+        self.retired = [s for s in self.retired if s.connections]
         old_runtime = self.runtime
         self.config = config
         self.runtime = runtime
@@ -316,14 +332,15 @@ class App:
         shutdown_timeout, then close what is left."""
         for server in self.listeners.values():
             await server.stop_accepting()
+        servers = list(self.listeners.values()) + self.retired
         deadline = time.monotonic() + self.config.shutdown_timeout
         while time.monotonic() < deadline:
-            for server in self.listeners.values():
+            for server in servers:
                 server.close_idle()
-            if not any(server.busy() for server in self.listeners.values()):
+            if not any(server.busy() for server in servers):
                 break
             await asyncio.sleep(0.05)
-        for server in self.listeners.values():
+        for server in servers:
             for conn in list(server.connections):
                 conn.close()
         if self.registration is not None:

@@ -129,3 +129,35 @@ async def test_sighup_reloads(start_balancer, backends, http):
         assert any(r.name == "hup" for r in lb.app.runtime.routes.routes)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def test_listeners_added_and_removed_without_cutting_connections(start_balancer, backends):
+    from tests.conftest import balancer_yaml
+
+    bs = await backends(1)
+    two = ("listeners:\n  - {name: public, address: 127.0.0.1:0}\n"
+           "  - {name: second, address: 127.0.0.1:0}\n")
+    lb = await start_balancer(config(bs))
+    assert await lb.reload_with(balancer_yaml(config(bs), listeners=two), raw=True) == []
+    second = lb.port("second")
+    reader, writer = await asyncio.open_connection("127.0.0.1", second)
+    request = b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n"
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    assert await lb.reload_with(config(bs)) == []
+    assert "second" not in lb.app.listeners
+    # the keep-alive connection on the removed listener still works...
+    writer.write(request)
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    # ...while its port no longer accepts
+    try:
+        _, other = await asyncio.open_connection("127.0.0.1", second)
+        other.close()
+        refused = False
+    except OSError:
+        refused = True
+    assert refused
