@@ -63,6 +63,11 @@ PROTECTED_REQUEST_HEADERS: frozenset[str] = FRAMING_HEADERS | {
     "x-request-id",
 }
 PROTECTED_RESPONSE_HEADERS: frozenset[str] = FRAMING_HEADERS
+# The same as the lower-case bytes the data plane compares.
+_PROTECTED_BYTES: dict[frozenset[str], frozenset[bytes]] = {
+    names: frozenset(n.encode() for n in names)
+    for names in (PROTECTED_REQUEST_HEADERS, PROTECTED_RESPONSE_HEADERS)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +126,35 @@ class Plugin:
 # -- what plugins see --------------------------------------------------------------------------
 
 
+# Header names plugins have used, checked and encoded once (as sent, lower-case): plugins edit
+# the same few names on every request. Bounded (cleared when full), so odd names cannot grow it.
+_CHECKED_NAMES: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _checked_name(name: str) -> tuple[bytes, bytes]:
+    checked = _CHECKED_NAMES.get(name) if isinstance(name, str) else None
+    if checked is None:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid header name {name!r}")
+        raw_name = name.encode("ascii")
+        checked = (raw_name, raw_name.lower())
+        if len(_CHECKED_NAMES) >= 1024:
+            _CHECKED_NAMES.clear()
+        _CHECKED_NAMES[name] = checked
+    return checked
+
+
+def _checked_value(name: str, value: str) -> bytes:
+    if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+        raise ValueError(f"invalid value for header {name}: {value!r}")
+    return value.strip(" \t").encode("latin-1")
+
+
 def check_field(name: str, value: str | None = None) -> tuple[bytes, bytes]:
     """A header field as bytes; ValueError if the name is not a token or the value could break
     out of its line (CR, LF, NUL...). Values are Latin-1, as HTTP/1.1 carries them."""
-    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-        raise ValueError(f"invalid header name {name!r}")
-    if value is None:
-        return name.encode("ascii"), b""
-    if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
-        raise ValueError(f"invalid value for header {name}: {value!r}")
-    return name.encode("ascii"), value.strip(" \t").encode("latin-1")
+    raw_name = _checked_name(name)[0]
+    return raw_name, b"" if value is None else _checked_value(name, value)
 
 
 class Headers:
@@ -143,7 +167,7 @@ class Headers:
 
     def __init__(self, fields: list[tuple[bytes, bytes, bytes]], protected: frozenset[str]) -> None:
         self._fields = fields
-        self._protected = protected
+        self._protected = _PROTECTED_BYTES.get(protected) or frozenset(n.encode() for n in protected)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of `name`, or `default`."""
@@ -166,41 +190,39 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every `name` field with one `name: value` (where the first one was)."""
-        raw_name, raw_value = self._editable(name, value)
-        lname = raw_name.lower()
+        raw_name, lname = self._editable(name)
+        field = (lname, raw_name, _checked_value(name, value))
         fields = self._fields
-        kept: list[tuple[bytes, bytes, bytes]] = []
-        placed = False
-        for field in fields:
-            if field[0] != lname:
-                kept.append(field)
-            elif not placed:
-                kept.append((lname, raw_name, raw_value))
-                placed = True
-        if not placed:
-            kept.append((lname, raw_name, raw_value))
-        fields[:] = kept
+        first = -1
+        for i in range(len(fields) - 1, -1, -1):  # from the end, so deleting keeps indexes
+            if fields[i][0] == lname:
+                if first >= 0:
+                    del fields[first]
+                first = i
+        if first < 0:
+            fields.append(field)
+        else:
+            fields[first] = field
         self._changed(lname)
 
     def add(self, name: str, value: str) -> None:
         """Add a `name: value` field after the existing ones."""
-        raw_name, raw_value = self._editable(name, value)
-        self._fields.append((raw_name.lower(), raw_name, raw_value))
-        self._changed(raw_name.lower())
+        raw_name, lname = self._editable(name)
+        self._fields.append((lname, raw_name, _checked_value(name, value)))
+        self._changed(lname)
 
     def remove(self, name: str) -> None:
         """Remove every `name` field (nothing happens when there is none)."""
-        raw_name, _ = self._editable(name, None)
-        lname = raw_name.lower()
+        _, lname = self._editable(name)
         self._fields[:] = [field for field in self._fields if field[0] != lname]
         self._changed(lname)
 
-    def _editable(self, name: str, value: str | None) -> tuple[bytes, bytes]:
-        raw = check_field(name, value)
-        if name.lower() in self._protected:
+    def _editable(self, name: str) -> tuple[bytes, bytes]:
+        checked = _checked_name(name)
+        if checked[1] in self._protected:
             raise ValueError(f"header {name} cannot be edited by a plugin (framing and hop-by-hop "
                              "headers, Host, and the headers the balancer sets itself are protected)")
-        return raw
+        return checked
 
     def _changed(self, lname: bytes) -> None:
         """Hook for views that keep derived state in step with the fields."""
