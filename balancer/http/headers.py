@@ -45,6 +45,25 @@ def new_request_id() -> str:
     return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
+# Towards the backend we drop hop-by-hop headers and a client's copies of our own headers.
+NOT_FORWARDED: frozenset[bytes] = HOP_BY_HOP | OWN_REQUEST_HEADERS | {b"x-forwarded-for"}
+
+_WITH_TOKENS: dict[tuple[frozenset[bytes], bytes], frozenset[bytes]] = {}
+
+
+def hop_by_hop_with(connection: bytes, base: frozenset[bytes] = HOP_BY_HOP) -> frozenset[bytes]:
+    """`base` plus the names a Connection header lists. Cached (bounded): peers send the same
+    few values ("keep-alive", "close", "Upgrade") over and over."""
+    key = (base, connection)
+    found = _WITH_TOKENS.get(key)
+    if found is None:
+        found = base | connection_tokens(connection)
+        if len(_WITH_TOKENS) > 1024:
+            _WITH_TOKENS.clear()
+        _WITH_TOKENS[key] = found
+    return found
+
+
 def connection_tokens(value: bytes) -> set[bytes]:
     """The header names listed in a Connection header value, lower-cased."""
     return {token.strip().lower() for token in value.split(b",") if token.strip()}

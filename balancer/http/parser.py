@@ -26,7 +26,12 @@ IDEMPOTENT_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b
 
 # Names a lenient backend might normalise into a framing header ("Transfer_Encoding").
 _FRAMING_LOOKALIKES = frozenset({b"transfer-encoding", b"content-length"})
-_HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789.-_:[]")
+_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789.-_:[]"
+# The headers on_header looks at; every other header costs one set lookup.
+_SPECIAL_HEADERS = frozenset({
+    b"host", b"transfer-encoding", b"content-length", b"connection", b"upgrade", b"expect",
+    b"x-forwarded-for", b"x-request-id", b"cookie",
+})
 
 
 class RequestHead:
@@ -80,7 +85,7 @@ class RequestEvents(Protocol):
 def split_host(value: bytes) -> str:
     """Host header -> lower-case host without port; raises on anything that is not a host."""
     host = value.strip().lower()
-    if not host or any(c not in _HOST_CHARS for c in host):
+    if not host or host.translate(None, _HOST_CHARS):  # anything left is not a host character
         raise RequestError(400, "invalid Host header")
     if host.startswith(b"["):
         end = host.find(b"]")
@@ -177,6 +182,10 @@ class RequestReader:
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self._limits.max_header_bytes:
             raise RequestError(431, "request header too large")
+        if lname not in _SPECIAL_HEADERS:
+            if b"_" in lname and lname.replace(b"_", b"-") in _FRAMING_LOOKALIKES:
+                raise RequestError(400, "invalid header name")
+            return
         if lname == b"host":
             self._hosts += 1
             if self._hosts > 1:
@@ -208,8 +217,6 @@ class RequestReader:
             head.request_id = value
         elif lname == b"cookie":
             head.cookie = value if head.cookie is None else head.cookie + b"; " + value
-        elif b"_" in lname and lname.replace(b"_", b"-") in _FRAMING_LOOKALIKES:
-            raise RequestError(400, "invalid header name")
 
     def on_headers_complete(self) -> None:
         self.head_started = False
@@ -272,6 +279,12 @@ class RequestReader:
         # that httptools buffers like a head: count what is fed until data shows up (on_body).
         self._in_head = True
         self._head_bytes = 0
+        if self._head.method:
+            # The head went to the exchange at on_headers_complete and must not change after:
+            # trailer fields land in a head of their own, are checked like header fields
+            # (limits, a second Host), and are never forwarded. Were they appended to the
+            # request's head, a trailer `Idempotency-Key` could make a POST retryable.
+            self._head = RequestHead()
 
     def on_body(self, body: bytes) -> None:
         self._in_head = False

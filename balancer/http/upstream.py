@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 CONNECT, RESET, TIMEOUT, PROTOCOL = "connect", "reset", "timeout", "protocol"
 
 
+# Response headers on_header notes besides keeping them.
+_WATCHED = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_HAS_LENGTH, _CHUNKED = 1, 2
+
+
 class _HeadResponseDone(Exception):
     """Raised from the parser callback to stop llhttp after a HEAD response's head."""
 
@@ -33,7 +38,7 @@ class UpstreamConnection(asyncio.Protocol):
         "backend", "loop", "transport", "parser", "exchange", "last_used", "closed",
         "deadline", "_status_reason", "_headers", "_head_sent", "_until_close",
         "_tunnel", "_reading_paused", "_writing_paused", "expect_head_only", "received",
-        "idle_timeout",
+        "idle_timeout", "_framing", "_connection",
     )
 
     def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
@@ -46,7 +51,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.deadline = Deadline(loop, self._on_deadline)
         self._status_reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        # (lower-case name, name as sent, value) of the response being read
+        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._framing = 0
+        self._connection: bytes | None = None
         self._head_sent = False
         self._until_close = False
         self._tunnel = False
@@ -127,12 +135,23 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._headers = []
         self._status_reason = b""
+        self._framing = 0
+        self._connection = None
 
     def on_status(self, reason: bytes) -> None:
         self._status_reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        lname = name.lower()  # once per header: the exchange filters on it
+        self._headers.append((lname, name, value))
+        if lname in _WATCHED:
+            if lname == b"content-length":
+                self._framing |= _HAS_LENGTH
+            elif lname == b"transfer-encoding":
+                if value.strip().lower().endswith(b"chunked"):
+                    self._framing |= _CHUNKED
+            else:
+                self._connection = value if self._connection is None else self._connection + b"," + value
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -144,20 +163,14 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.response_interim(status, self._status_reason, headers)
             return
         self._head_sent = True
-        chunked = False
-        has_length = False
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                has_length = True
-            elif lname == b"transfer-encoding":
-                chunked = value.strip().lower().endswith(b"chunked")
+        chunked = bool(self._framing & _CHUNKED)
+        has_length = bool(self._framing & _HAS_LENGTH)
         bodiless = self.expect_head_only or status in (204, 304)
         self._until_close = not (chunked or has_length or bodiless or status == 101)
         if status == 101 and parser.should_upgrade():
             self._tunnel = True
         exchange.response_head(self, status, self._status_reason, headers, chunked,
-                               has_length, bodiless, parser.should_keep_alive())
+                               has_length, bodiless, self._connection)
         if self.expect_head_only and status >= 200:
             self.expect_head_only = False
             self._end_message()
