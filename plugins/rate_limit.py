@@ -18,6 +18,7 @@ a full bucket). Buckets live in each worker process and for one config generatio
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import time
@@ -33,6 +34,7 @@ _PER = {"s": 1.0, "m": 60.0}
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 DEFAULT_MAX_KEYS = 100_000
+KEY_MAX = 64  # characters of a header or cookie value kept as is in a bucket key
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +54,25 @@ def parse_rate(raw: object) -> float | None:
     return per_second if per_second > 0 else None
 
 
+def _short(value: str) -> str:
+    """A header or cookie value as a bucket key. Values past KEY_MAX are hashed, so that
+    `max_keys` buckets cost `max_keys` small keys even when clients send 16 KiB values."""
+    if len(value) <= KEY_MAX:
+        return value
+    return hashlib.blake2b(value.encode("latin-1", "replace"), digest_size=16).hexdigest()
+
+
 def _key_reader(key: str) -> Callable[[PluginRequest], str]:
     kind, _, name = key.partition(":")
     if kind == "header":
         def by_header(request: PluginRequest) -> str:
             value = request.headers.get(name)
-            return "h:" + value if value else "ip:" + request.client_ip
+            return "h:" + _short(value) if value else "ip:" + request.client_ip
         return by_header
     if kind == "cookie":
         def by_cookie(request: PluginRequest) -> str:
             value = request.cookie(name)
-            return "c:" + value if value else "ip:" + request.client_ip
+            return "c:" + _short(value) if value else "ip:" + request.client_ip
         return by_cookie
     return lambda request: "ip:" + request.client_ip
 

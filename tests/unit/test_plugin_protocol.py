@@ -252,6 +252,15 @@ def test_bucket_count_is_capped_least_recently_used_first():
     assert plugin.on_request(request_for(client_ip="10.0.0.1")).status == 429
 
 
+def test_long_key_values_are_hashed_but_still_distinct():
+    plugin, _ = limiter({"rate": "1/m", "burst": 1, "key": "header:X-Player-Id"})
+    long_a, long_b = "a" * 4000, "a" * 3999 + "b"
+    assert plugin.on_request(request_for([("X-Player-Id", long_a)])) is None
+    assert plugin.on_request(request_for([("X-Player-Id", long_b)])) is None
+    assert plugin.on_request(request_for([("X-Player-Id", long_a)])).status == 429
+    assert max(len(key) for key in plugin.buckets) < 40
+
+
 def test_rate_limit_settings_errors():
     errors = errors_of("rate_limit", {"rate": "20/h", "burst": True, "key": "header:", "brust": 1})
     at = "routes.0.plugins.0.rate_limit"
