@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9]) [\x20-\x7e]*")
 _FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\x80-\xff\t]*?)[ \t]*")
@@ -77,20 +78,28 @@ async def read_until_close(reader: asyncio.StreamReader, writer: asyncio.StreamW
     return Raw(b"".join(chunks), closed)
 
 
-def parse_responses(data: bytes) -> list[Answer]:
-    """Every response in `data`; raises BadResponse unless `data` is whole responses only."""
+def parse_responses(data: bytes, head_requests: Sequence[bool] = ()) -> list[Answer]:
+    """Every response in `data`; raises BadResponse unless `data` is whole responses only.
+    `head_requests[i]` says the i-th final response answers a HEAD request (no body follows)."""
     answers = []
     pos = 0
+    finals = 0
     while pos < len(data):
-        answer, pos = _parse_one(data, pos)
+        head_only = finals < len(head_requests) and head_requests[finals]
+        answer, pos = _parse_one(data, pos, head_only)
         answers.append(answer)
+        finals += answer.status >= 200
     return answers
 
 
-def _parse_one(data: bytes, pos: int) -> tuple[Answer, int]:
+class Incomplete(BadResponse):
+    """The bytes so far end inside a response (more may still arrive)."""
+
+
+def _parse_one(data: bytes, pos: int, head_only: bool = False) -> tuple[Answer, int]:
     end = data.find(b"\r\n\r\n", pos)
     if end < 0:
-        raise BadResponse(f"incomplete response head: {data[pos:pos + 200]!r}")
+        raise Incomplete(f"incomplete response head: {data[pos:pos + 200]!r}")
     lines = data[pos:end].split(b"\r\n")
     status_line = _STATUS_LINE.fullmatch(lines[0])
     if status_line is None:
@@ -102,7 +111,7 @@ def _parse_one(data: bytes, pos: int) -> tuple[Answer, int]:
             raise BadResponse(f"bad header line: {line!r}")
         answer.headers[match.group(1).decode().lower()] = match.group(2).decode("latin-1")
     pos = end + 4
-    if answer.status < 200 or answer.status in (204, 304):
+    if answer.status < 200 or answer.status in (204, 304) or head_only:
         return answer, pos
     if answer.headers.get("transfer-encoding", "").lower() == "chunked":
         return _chunked_body(answer, data, pos)
@@ -110,8 +119,10 @@ def _parse_one(data: bytes, pos: int) -> tuple[Answer, int]:
     if length is None:
         answer.body = data[pos:]  # close-delimited
         return answer, len(data)
-    if not length.isdigit() or pos + int(length) > len(data):
-        raise BadResponse(f"content-length {length!r} does not match {len(data) - pos} body bytes")
+    if not length.isdigit():
+        raise BadResponse(f"bad content-length {length!r}")
+    if pos + int(length) > len(data):
+        raise Incomplete(f"content-length {length} but {len(data) - pos} body bytes")
     answer.body = data[pos:pos + int(length)]
     return answer, pos + int(length)
 
@@ -121,17 +132,21 @@ def _chunked_body(answer: Answer, data: bytes, pos: int) -> tuple[Answer, int]:
     while True:
         eol = data.find(b"\r\n", pos)
         if eol < 0:
-            raise BadResponse("incomplete chunk size line")
+            raise Incomplete("incomplete chunk size line")
         size_text = data[pos:eol].split(b";", 1)[0]
         if not re.fullmatch(rb"[0-9a-fA-F]{1,16}", size_text):
             raise BadResponse(f"bad chunk size {size_text!r}")
         size = int(size_text, 16)
         pos = eol + 2
         if size == 0:
+            if len(data) < pos + 2:
+                raise Incomplete("chunked body not ended yet")
             if data[pos:pos + 2] != b"\r\n":
                 raise BadResponse("missing end of chunked body")
             answer.body = b"".join(body)
             return answer, pos + 2
+        if len(data) < pos + size + 2:
+            raise Incomplete("chunk data not complete yet")
         if data[pos + size:pos + size + 2] != b"\r\n":
             raise BadResponse("chunk data not followed by CRLF")
         body.append(data[pos:pos + size])

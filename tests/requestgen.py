@@ -50,8 +50,10 @@ def reference_frame(data: bytes) -> Reference:
     out = Reference()
     pos = 0
     while pos < len(data):
-        while data.startswith(b"\r\n", pos):  # RFC 9112 §2.2: empty lines before a request
-            pos += 2
+        # RFC 9112 §2.2: empty lines before a request line are ignored. llhttp skips any run
+        # of CR and LF there, bare ones too; they are never forwarded, so that is harmless.
+        while data[pos:pos + 1] in (b"\r", b"\n"):
+            pos += 1
         if pos >= len(data):
             break
         pos = _frame_one(data, pos, out)

@@ -592,7 +592,11 @@ class Exchange:
             extra = ((b"retry-after", str(retry_after).encode()),)
         if not self.request_id:
             self.request_id = request_id_from(self.head.request_id)
-        self.client.write(error_response(status, message, self.request_id, self.close_client, extra))
+        data = error_response(status, message, self.request_id, self.close_client, extra)
+        if self._head_only:
+            # RFC 9110 §9.3.2: no body after a HEAD, or the client reads it as the next response.
+            data = data[:data.index(b"\r\n\r\n") + 4]
+        self.client.write(data)
         reason = REJECT_REASON.get(status)
         if reason is not None:
             self.client.count_rejected(reason)

@@ -328,3 +328,23 @@ async def test_balancer_still_serves_after_every_vector(edge):
     await settle()
     assert backend.count(path="/smuggled") == 0
     assert len(lb.app.listeners["public"].connections) == 0  # nothing leaked
+
+
+async def test_head_answered_by_the_balancer_has_no_body(start_balancer, backends):
+    """RFC 9110 §9.3.2: an answer to HEAD has no body, even the balancer's own JSON errors. A
+    body there would be read by the client as the start of the next response on the
+    connection: a response desync on the client's side."""
+    (backend,) = await backends(1)
+    lb = await start_balancer(f"""
+        routes:
+          - {{name: games, match: {{host: games.example.com}}, pool: web}}
+        pools:
+          web:
+            backends: {pool_yaml([backend])}
+        """)
+    raw = await send_raw(lb.port(), b"HEAD /nowhere HTTP/1.1\r\nHost: other.example\r\n\r\n"
+                                    b"GET /next HTTP/1.1\r\nHost: games.example.com\r\nConnection: close\r\n\r\n")
+    answers = parse_responses(raw.data, head_requests=[True, False])
+    assert [a.status for a in answers] == [404, 200]
+    assert answers[0].body == b""
+    assert int(answers[0].headers["content-length"]) > 0  # the length of the body a GET would get
