@@ -23,7 +23,7 @@ import trustme
 
 from balancer.config import StickyConfig
 from balancer.sticky import StickyCookies
-from tests.conftest import Running, balancer_yaml, pool_yaml
+from tests.conftest import Running, pool_yaml
 from tests.fakes.backends import Backend
 
 SECRET = "affinity-test-secret-0123456789abcdef"
@@ -327,9 +327,9 @@ async def test_fail_when_the_cookies_backend_is_gone_after_a_reload(start_balanc
     lb = await start_balancer(sticky_pool(bs, on_failure="fail"))
     first = await get(client, lb)
     rest = [b for b in bs if b.name != first.backend]
-    await lb.reload_with(balancer_yaml(sticky_pool(rest, on_failure="fail")))
-    # Give the removed backend's drain (no users: at once) a moment to take it out.
-    for _ in range(50):
+    # Its sticky players keep a removed backend until drain_timeout (PRODUCT.md §9): let it run out.
+    await lb.reload_with(sticky_pool(rest, on_failure="fail", extra="drain_timeout: 200ms"))
+    for _ in range(150):
         if first.backend not in await backend_states(client, lb):
             break
         await asyncio.sleep(0.02)
@@ -343,8 +343,8 @@ async def test_rebalance_when_the_cookies_backend_is_gone_after_a_reload(start_b
     lb = await start_balancer(sticky_pool(bs))
     first = await get(client, lb)
     rest = [b for b in bs if b.name != first.backend]
-    await lb.reload_with(balancer_yaml(sticky_pool(rest)))
-    for _ in range(50):
+    await lb.reload_with(sticky_pool(rest, extra="drain_timeout: 200ms"))
+    for _ in range(150):
         if first.backend not in await backend_states(client, lb):
             break
         await asyncio.sleep(0.02)
@@ -455,7 +455,7 @@ async def test_removing_a_backend_by_reload_moves_only_its_keys(start_balancer, 
     lb = await start_balancer(hash_pool(bs, "query:player"))
     keys = [f"p{i}" for i in range(120)]
     before = await mapping(client, lb, "query:player", keys)
-    assert await lb.reload_with(balancer_yaml(hash_pool([b for b in bs if b.name != "b4"], "query:player"))) == []
+    assert await lb.reload_with(hash_pool([b for b in bs if b.name != "b4"], "query:player")) == []
     after = await mapping(client, lb, "query:player", keys)
     assert_only_the_lost_backends_keys_moved(before, after, "b4", 5)
     # A second instance started on the new backend set agrees with the reloaded one.
