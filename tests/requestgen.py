@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from balancer.http.parser import RequestHead
+from balancer.config import Limits
+from balancer.http.errors import RequestError
+from balancer.http.parser import RequestHead, RequestReader
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # One or more spaces between the parts: RFC 9112 §3 lets a recipient split on whitespace runs,
@@ -172,6 +174,36 @@ class Recorder:
 
     def request_ended(self) -> None:
         self.requests[-1].ended = True
+
+
+class Outcome:
+    """What the reader made of a stream: the requests it reported, and how it stopped."""
+
+    def __init__(self) -> None:
+        self.recorder = Recorder()
+        self.error: RequestError | None = None
+        self.upgraded = False
+
+    def summary(self) -> tuple:
+        requests = tuple((r.head.method, r.head.target, r.head.version, tuple(r.head.headers),
+                          r.body, r.ended) for r in self.recorder.requests)
+        return requests, self.error.status if self.error else None, self.upgraded
+
+
+def run(pieces: list[bytes]) -> Outcome:
+    """Feed pieces as the client connection does: stop at the first refusal or upgrade."""
+    outcome = Outcome()
+    reader = RequestReader(outcome.recorder, Limits())  # inputs stay far below the limits
+    for piece in pieces:
+        try:
+            offset = reader.feed(piece)
+        except RequestError as exc:
+            outcome.error = exc
+            break
+        if offset is not None:
+            outcome.upgraded = True
+            break
+    return outcome
 
 
 # -- strategies -------------------------------------------------------------------------------

@@ -19,44 +19,13 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balancer.config import Limits
-from balancer.http.errors import RequestError
-from balancer.http.parser import ALLOWED_METHODS, RequestReader
-from tests.requestgen import Recorder, reference_frame, splits, streams
+from balancer.http.parser import ALLOWED_METHODS
+from tests.requestgen import reference_frame, run, splits, streams
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-LIMITS = Limits()  # the inputs stay far below the size limits, so only syntax decides
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _SAFE_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _SAFE_TARGET = re.compile(rb"/[\x21-\x7e]*")
-
-
-class Outcome:
-    def __init__(self) -> None:
-        self.recorder = Recorder()
-        self.error: RequestError | None = None
-        self.upgraded = False
-
-    def summary(self) -> tuple:
-        requests = tuple((r.head.method, r.head.target, r.head.version, tuple(r.head.headers),
-                          r.body, r.ended) for r in self.recorder.requests)
-        return requests, self.error.status if self.error else None, self.upgraded
-
-
-def run(pieces: list[bytes]) -> Outcome:
-    """Feed pieces as the client connection does: stop at the first refusal or upgrade."""
-    outcome = Outcome()
-    reader = RequestReader(outcome.recorder, LIMITS)
-    for piece in pieces:
-        try:
-            offset = reader.feed(piece)
-        except RequestError as exc:
-            outcome.error = exc
-            break
-        if offset is not None:
-            outcome.upgraded = True
-            break
-    return outcome
 
 
 @st.composite

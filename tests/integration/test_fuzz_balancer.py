@@ -1,0 +1,165 @@
+"""Socket-level fuzz: hostile request streams (tests/requestgen.py), cut into packets, against
+the real balancer and a real backend.
+
+The balancer runs in its own thread and event loop so that hypothesis can drive plain
+blocking sockets. For every example:
+- whatever comes back is well-formed HTTP/1.1 responses, or a close;
+- a stream the request reader refuses ends with the balancer closing the connection;
+- the balancer never answers 5xx but its own 501 (a 502 would mean a backend choked on what
+  was forwarded);
+- the backend never sees more requests than the balancer's reader started (a smuggled
+  request would be one more).
+Afterwards the balancer still serves, and no connection is left open.
+
+Bounded: 200 examples, no deadline, a few seconds in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Coroutine, Iterator
+
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from balancer.app import App
+from balancer.config import load_config
+from tests.conftest import balancer_yaml, pool_yaml
+from tests.fakes.backends import Backend
+from tests.httpcheck import Answer, Incomplete, parse_responses
+from tests.requestgen import Outcome, run, splits, streams
+
+
+class ThreadedBalancer:
+    """The real App and one real backend on a uvloop in a background thread."""
+
+    def __init__(self, folder: Path) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.backend = Backend("b1")
+        self.app: App | None = None
+        self.call(self._start(folder / "balancer.yaml"))
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self, path: Path) -> None:
+        await self.backend.start()
+        path.write_text(balancer_yaml(f"""
+            routes:
+              - {{name: games, match: {{host: games.example.com}}, pool: web}}
+              - {{name: all, pool: web}}
+            pools:
+              web:
+                backends: {pool_yaml([self.backend])}
+            limits: {{header_timeout: 1s, client_idle_timeout: 1s}}
+            """))
+        self.app = App(load_config(str(path)), str(path), asyncio.get_running_loop())
+        await self.app.start()
+
+    @property
+    def port(self) -> int:
+        assert self.app is not None
+        return next(iter(self.app.listeners.values())).port
+
+    def open_connections(self) -> int:
+        assert self.app is not None
+        return sum(len(server.connections) for server in self.app.listeners.values())
+
+    def stop(self) -> None:
+        if self.app is not None:
+            self.call(self.app.shutdown(), timeout=40.0)
+        self.call(self.backend.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedBalancer]:
+    threaded = ThreadedBalancer(tmp_path_factory.mktemp("fuzz"))
+    yield threaded
+    threaded.stop()
+
+
+def expected_answers(outcome: Outcome) -> int:
+    """Final answers to wait for before hanging up ourselves: one per request read whole
+    (an upgrade request is read whole at its head)."""
+    return sum(1 for r in outcome.recorder.requests if r.ended or r.head.upgrade is not None)
+
+
+def exchange(port: int, pieces: list[bytes], heads: list[bool], want: int,
+             wait_for_close: bool) -> tuple[list[Answer], bool]:
+    """Send the pieces, read until the balancer closes, or (unless `wait_for_close`) until
+    `want` final answers are complete. Returns the answers and whether it closed."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=3.0)
+    data = b""
+    closed = False
+    try:
+        for piece in pieces:
+            sock.sendall(piece)
+        while True:
+            if not wait_for_close and _finals(data, heads) >= want:
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+    except (ConnectionResetError, BrokenPipeError):
+        closed = True
+    except socket.timeout:
+        pass
+    finally:
+        sock.close()
+    return parse_responses(data, heads), closed
+
+
+def _finals(data: bytes, heads: list[bool]) -> int:
+    try:
+        return sum(1 for a in parse_responses(data, heads) if a.status >= 200)
+    except Incomplete:
+        return -1
+
+
+@st.composite
+def cut_streams(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+    data = draw(streams())
+    return data, draw(splits(data))
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=cut_streams())
+def test_every_answer_is_valid_http_or_a_close(balancer, case):
+    data, pieces = case
+    if not pieces:
+        return
+    oracle = run(pieces)  # what the balancer's own reader makes of these bytes
+    heads = [r.head.method == b"HEAD" for r in oracle.recorder.requests]
+    seen_before = balancer.backend.count()
+    answers, closed = exchange(balancer.port, pieces, heads, expected_answers(oracle),
+                               wait_for_close=oracle.error is not None)
+    if oracle.error is not None:
+        assert closed, "a refused stream must end with the balancer closing"
+    for answer in answers:  # 501 is the balancer refusing a method or coding; no other 5xx
+        assert answer.status < 500 or answer.status == 501, (answer.status, answer.body[:200])
+    time.sleep(0.005)  # let a smuggled request, if any, reach the backend
+    assert balancer.backend.count() - seen_before <= len(oracle.recorder.requests)
+
+
+def test_balancer_survives_the_fuzz(balancer):
+    """Runs after the fuzz in this module: still serving, nothing leaked."""
+    answers, closed = exchange(balancer.port, [b"GET /after HTTP/1.1\r\nHost: a.example\r\n"
+                                               b"Connection: close\r\n\r\n"], [False], 1, True)
+    assert [a.status for a in answers] == [200] and closed
+    deadline = time.monotonic() + 5.0
+    while balancer.open_connections() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert balancer.open_connections() == 0
