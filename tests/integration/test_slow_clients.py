@@ -184,3 +184,35 @@ async def test_expect_continue_client_may_wait_before_its_body(start_balancer, b
     statuses = [a.status for a in parse_responses(raw.data)]
     assert statuses[-1] == 200, statuses
     assert backend.bodies == [b"z" * 3000]
+
+
+async def test_client_that_never_reads_is_cut_off_after_the_response_timeout(start_balancer, backends):
+    """Backpressure bounds memory; `timeouts.response` bounds time: with the backend paused,
+    no byte moves, and the exchange is given up after that long without progress."""
+    (backend,) = await backends(1)
+    lb = await start_balancer(f"""
+        routes:
+          - {{name: all, pool: web}}
+        pools:
+          web:
+            backends: {pool_yaml([backend])}
+            timeouts: {{response: 500ms}}
+        """)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", lb.port()))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.transport.pause_reading()
+    writer.write(b"GET /stream/%d HTTP/1.1\r\nHost: a.example\r\n\r\n" % (32 * 1024 * 1024))
+    await writer.drain()
+    (conn,) = await _one_connection(lb)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5.0
+    while not conn.closed and loop.time() < end:
+        await asyncio.sleep(0.05)
+    assert conn.closed, "a client that reads nothing must not hold its connection for ever"
+    writer.transport.resume_reading()
+    raw = await read_until_close(reader, writer, timeout=5.0)
+    assert raw.closed
+    assert len(raw.data) < 32 * 1024 * 1024  # cut off, not completed
