@@ -16,17 +16,18 @@ route's list so that answers of the plugins after it carry the id too.
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from balancer.http.headers import new_request_id
 from balancer.plugins import PROTECTED_REQUEST_HEADERS, Plugin, PluginRequest, PluginResponse
 from plugins._settings import Errors, header_name, section, show
 
 _WELL_FORMED = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Ids must be unique, not secret: the balancer's own generator (no system call per request).
 FORMATS: dict[str, Callable[[], str]] = {
-    "uuid4": lambda: str(uuid.uuid4()),
-    "hex": lambda: uuid.uuid4().hex,
+    "uuid4": new_request_id,
+    "hex": lambda: new_request_id().replace("-", ""),
 }
 
 
@@ -43,6 +44,10 @@ class RequestId(Plugin):
         self.new_id = FORMATS[settings.format]
         # X-Request-Id itself is the balancer's: it goes upstream as `request.request_id`.
         self.extra_header = settings.header.lower() != "x-request-id"
+        if not self.extra_header and settings.format == "uuid4":
+            # The balancer's own rule already is "keep a well-formed X-Request-Id, else a
+            # UUID4": only the response needs this plugin.
+            self.on_request = None  # type: ignore[assignment]
 
     def on_request(self, request: PluginRequest) -> None:
         incoming = request.headers.get(self.header)

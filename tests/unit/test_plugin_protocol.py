@@ -170,11 +170,13 @@ def test_invalid_answers_are_refused(answer):
 
 def test_chain_lists_only_the_hooks_a_plugin_defines():
     response_only = configured("headers", {"response": {"set": {"X-A": "b"}}})
-    both = configured("request_id", {})
+    both = configured("request_id", {"format": "hex"})
     chain = PluginChain(["headers", "request_id"], [response_only, both])
     assert list(chain) == [response_only, both]
     assert [name for name, _ in chain.request_hooks] == ["request_id"]
     assert [name for name, _ in chain.response_hooks] == ["headers", "request_id"]
+    # X-Request-Id as UUID4 is what the balancer does anyway: only the response hook is left.
+    assert configured("request_id", {}).on_request is None
     assert build_plugins(SimpleNamespace(config=SimpleNamespace(plugins=()))) == ()
 
 
