@@ -118,7 +118,7 @@ class Exchange:
             self.region = geo.region_of(country)
         plugins = route.plugins
         if plugins:
-            self._run_request_hooks(plugins, 0, PluginRequest(self))
+            self._run_request_hooks(plugins, 0, PluginRequest(self) if plugins.request_hooks else None)
             return
         self._choose()
 
@@ -130,7 +130,7 @@ class Exchange:
                 return value
         return None
 
-    def _run_request_hooks(self, plugins: PluginChain, index: int, request: PluginRequest) -> None:
+    def _run_request_hooks(self, plugins: PluginChain, index: int, request: PluginRequest | None) -> None:
         """The route's on_request hooks from `index` on: inline while they are plain functions;
         the first one that returns an awaitable moves the rest into a task (so only routes with
         async hooks pay for a task per request). The exchange does not keep `request`: a view
@@ -155,7 +155,7 @@ class Exchange:
         self._response_hooks = plugins.response_hooks
         self._choose()
 
-    async def _await_request_hook(self, plugins: PluginChain, index: int, request: PluginRequest,
+    async def _await_request_hook(self, plugins: PluginChain, index: int, request: PluginRequest | None,
                                   name: str, pending: object) -> None:
         try:
             answer = await pending  # type: ignore[misc]
