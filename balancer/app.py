@@ -7,6 +7,7 @@ listener sockets) and swaps the compiled `Runtime` atomically on reload.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ import ssl
 import time
 from typing import Callable
 
-from .config import Config, ConfigError, ListenerConfig, load_config
+from .config import Config, ConfigError, ConsulConfig, ListenerConfig, load_config
 from .discovery.consul import ConsulRegistration, ConsulWatch
 from .health import HealthChecker
 from .metrics import Stats
@@ -52,6 +53,7 @@ class App:
         self.health: dict[str, HealthChecker] = {}
         self.watches: dict[str, ConsulWatch] = {}
         self.registration: ConsulRegistration | None = None
+        self._registering: asyncio.Task | None = None  # retrying a registration Consul refused
         self.admin = None
         self._secrets: dict[str, bytes] = dict(secrets or {})
         # The control process's link to its workers (balancer.workers.Workers), if any.
@@ -101,7 +103,7 @@ class App:
         if self.serves_traffic:
             for listener in self.config.listeners:
                 await self._start_listener(listener)
-        self._sync_background()
+        await self._sync_background()
         self._tasks.append(self.loop.create_task(self._sweep()))
         if self.runs_probes:
             from .admin import AdminServer
@@ -137,12 +139,18 @@ class App:
         log.info("listener %s on %s", listener.name, _where(server))
         return server
 
-    def _sync_background(self) -> None:
-        """Health checkers and Consul watches follow the pools of the current config."""
+    async def _sync_background(self) -> None:
+        """Health checkers and Consul watches follow the pools of the current config.
+
+        A watch is replaced only when what it watches changed (its pool's discovery, or the
+        consul section apart from `register`), so a reload costs Consul no fresh reads. Old
+        watches are stopped (awaited) before new ones start: a stopped watch never delivers.
+        """
         if not self.runs_probes:
             return
         config = self.config
-        for name, pool in self.pools.items():
+        consul = _watched(config.consul or _default_consul())
+        for name, pool in list(self.pools.items()):
             checker = self.health.get(name)
             if checker is None:
                 checker = self.health[name] = HealthChecker(pool)
@@ -152,28 +160,28 @@ class App:
                 checker.sync()
             discovery = pool.config.discovery
             watch = self.watches.get(name)
-            consul = config.consul or _default_consul()
             if watch is not None and (discovery is None or watch.discovery != discovery
                                       or watch.consul_config != consul):
-                self.loop.create_task(watch.stop())
                 del self.watches[name]
+                await watch.stop()
                 watch = None
-            if discovery is not None and watch is None:
+            if discovery is not None and watch is None and name in self.pools:
                 watch = ConsulWatch(consul, name, discovery, self._discovered(name))
                 self.watches[name] = watch
-                self.loop.create_task(watch.start())
+                await watch.start()
         for name in list(self.health):
             if name not in self.pools:
-                self.loop.create_task(self.health.pop(name).stop())
+                await self.health.pop(name).stop()
         for name in list(self.watches):
             if name not in self.pools:
-                self.loop.create_task(self.watches.pop(name).stop())
+                await self.watches.pop(name).stop()
 
     def _discovered(self, pool_name: str) -> Callable:
         def on_change(backends: list) -> None:
             pool = self.pools.get(pool_name)
-            if pool is None:
-                return
+            watch = self.watches.get(pool_name)
+            if pool is None or watch is None or watch.on_change is not on_change:
+                return  # from a watch that a reload or shutdown is stopping: stale
             pool.set_discovered(backends)
             checker = self.health.get(pool_name)
             if checker is not None:
@@ -191,11 +199,43 @@ class App:
         host = first.config.address.host
         if host in ("0.0.0.0", "::"):
             host = ""  # Consul then advertises the node's own address
-        self.registration = ConsulRegistration(consul)
+        registration = self.registration = ConsulRegistration(consul)
+        admin_url = admin.url if admin else ""
         try:
-            await self.registration.register(host, first.port, admin.url if admin else "")
+            await registration.register(host, first.port, admin_url)
         except Exception as exc:  # Consul down must not stop the balancer from serving
-            log.warning("consul registration failed: %s", exc)
+            # ... nor leave this instance unfindable until its next restart.
+            log.warning("consul registration failed: %s; retrying in the background", exc)
+            self._registering = self.loop.create_task(
+                registration.register_retrying(host, first.port, admin_url))
+
+    async def _sync_registration(self) -> None:
+        """A reload that adds, removes or changes `consul.register` is followed in Consul."""
+        if not self.runs_probes:
+            return
+        consul = self.config.consul
+        wanted = consul if consul is not None and consul.register is not None else None
+        current = self.registration
+        if current is None and wanted is None:
+            return
+        if (current is not None and wanted is not None
+                and _registered_as(current.consul_config) == _registered_as(wanted)):
+            return
+        await self._deregister()
+        if wanted is not None:
+            await self._register()
+
+    async def _deregister(self) -> None:
+        registering, self._registering = self._registering, None
+        if registering is not None:
+            registering.cancel()
+            await asyncio.wait([registering])
+        registration, self.registration = self.registration, None
+        if registration is not None:
+            try:
+                await registration.deregister()
+            except Exception as exc:
+                log.warning("consul deregistration failed: %s", exc)
 
     async def _sweep(self) -> None:
         """Once a second: forget drained backends, close WebSockets whose drain ran out."""
@@ -255,11 +295,14 @@ class App:
                 await server.stop_accepting()
                 self.retired.append(server)
         self.retired = [s for s in self.retired if s.connections]
+        if config.admin.address != self.config.admin.address or config.workers != self.config.workers:
+            log.warning("reload: admin.address and workers take effect only at restart")
         old_runtime = self.runtime
         self.config = config
         self.runtime = runtime
         self._adopt_pools(config)
-        self._sync_background()
+        await self._sync_background()
+        await self._sync_registration()
         self.stats.reloads["success"] += 1
         log.info("config reloaded from %s", self.config_path)
         self.loop.call_later(60, old_runtime.close)  # in-flight requests may still use it
@@ -334,6 +377,9 @@ class App:
             await server.stop_accepting()
         servers = list(self.listeners.values()) + self.retired
         deadline = time.monotonic() + self.config.shutdown_timeout
+        # Leave Consul first: while in-flight requests finish here, whatever finds instances
+        # through Consul (L4, DNS) must already be sending new players elsewhere.
+        await self._deregister()
         while time.monotonic() < deadline:
             for server in servers:
                 server.close_idle()
@@ -343,11 +389,6 @@ class App:
         for server in servers:
             for conn in list(server.connections):
                 conn.close()
-        if self.registration is not None:
-            try:
-                await self.registration.deregister()
-            except Exception as exc:
-                log.warning("consul deregistration failed: %s", exc)
         for task in self._tasks:
             task.cancel()
         for checker in self.health.values():
@@ -387,3 +428,13 @@ def _default_consul():
     from .config import ConsulConfig
 
     return ConsulConfig()
+
+
+def _registered_as(consul: ConsulConfig) -> tuple:
+    """What a registration depends on: where Consul is, the token, and what is registered."""
+    return (consul.address, consul.token_env, consul.register)
+
+
+def _watched(consul: ConsulConfig) -> ConsulConfig:
+    """The part of the consul section a watch depends on: self-registration is not in it."""
+    return dataclasses.replace(consul, register=None)

@@ -196,12 +196,20 @@ class BalancerCollector(Collector):
                                       labels=["service", "result"])
         last = GaugeMetricFamily("balancer_consul_last_success_timestamp_seconds",
                                  "Unix time of the last successful Consul answer.", labels=["service"])
+        # Several pools may watch one service (with different tags): one series per label set,
+        # or Prometheus rejects the scrape. The oldest success is the one worth alerting on.
+        counts: dict[tuple[str, str], int] = {}
+        oldest: dict[str, float] = {}
         for watch in self._consul():
             service = watch.service
             for result, value in watch.updates.items():
-                updates.add_metric([service, result], value)
+                counts[(service, result)] = counts.get((service, result), 0) + value
             if watch.last_success is not None:
-                last.add_metric([service], watch.last_success)
+                oldest[service] = min(oldest.get(service, watch.last_success), watch.last_success)
+        for (service, result), value in counts.items():
+            updates.add_metric([service, result], value)
+        for service, value in oldest.items():
+            last.add_metric([service], value)
         yield updates
         yield last
 

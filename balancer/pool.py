@@ -127,9 +127,12 @@ class Pool:
     # -- membership -----------------------------------------------------------------------
 
     def reconfigure(self, config: PoolConfig) -> None:
-        """A reload: new settings and static backends; discovered backends are kept."""
+        """A reload: new settings and static backends; discovered backends are kept while the
+        pool still has discovery (without it nothing would ever update them: they drain)."""
         self.config = config
         self._static = config.backends
+        if config.discovery is None:
+            self._discovered = ()
         self._merge()
 
     def set_discovered(self, backends: list[BackendConfig]) -> None:
@@ -176,15 +179,20 @@ class Pool:
 
     def forget_drained(self, now: float) -> list[Backend]:
         """Drop removed backends whose users are gone or whose drain ran out; returns the ones
-        whose deadline passed with WebSockets still open (the caller closes those)."""
+        whose deadline passed with WebSockets still open (the caller closes those).
+
+        With sticky cookies a backend's users include players between two requests, whom
+        nothing here can count: a removed backend then stays until `drain_timeout`, so a
+        player mid-game keeps their server (PRODUCT.md §9)."""
         overdue: list[Backend] = []
+        sticky = self.config.sticky is not None
         for backend_id, backend in list(self.backends.items()):
             if not backend.draining:
                 continue
             expired = now >= backend.drain_deadline
             if expired and backend.tunnels:
                 overdue.append(backend)
-            if backend.removed and (expired or backend.load == 0):
+            if backend.removed and (expired or (backend.load == 0 and not sticky)):
                 del self.backends[backend_id]
                 for conn in backend.idle:
                     conn.close()

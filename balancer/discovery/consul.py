@@ -408,6 +408,20 @@ class ConsulRegistration:
         self.service_id = service_id
         log.info("consul: registered %r as %r", service, service_id)
 
+    async def register_retrying(self, address: str, port: int, admin_url: str) -> None:
+        """`register`, retried with back-off until Consul takes it: a Consul that was down when
+        this instance started must not leave it unfindable until its next restart."""
+        failures = 0
+        while True:
+            failures += 1
+            await asyncio.sleep(backoff_delay(failures, BACKOFF_MAX))
+            try:
+                await self.register(address, port, admin_url)
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying whatever Consul answers
+                log.debug("consul: registration of %r failed again (%d): %s",
+                          self.register_config.service, failures, exc)
+
     async def deregister(self) -> None:
         """Remove the registration; one already gone (404) counts as removed."""
         if self.service_id is None:
