@@ -178,7 +178,7 @@ async def test_expect_continue_client_may_wait_before_its_body(start_balancer, b
     reader, writer = await asyncio.open_connection("127.0.0.1", lb.port())
     writer.write(b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3000\r\n"
                  b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
-    await asyncio.sleep(2.0)  # past grace and first checks, not one body byte yet
+    await asyncio.sleep(1.7)  # past the grace and the first check, not one body byte yet
     writer.write(b"z" * 3000)
     raw = await read_until_close(reader, writer, timeout=5.0)
     statuses = [a.status for a in parse_responses(raw.data)]
