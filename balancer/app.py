@@ -194,20 +194,24 @@ class App:
     async def _register(self) -> None:
         consul = self.config.consul
         assert consul is not None and consul.register is not None
-        first = next(iter(self.listeners.values()))
+        first = next(iter(self.listeners.values()), None)
+        # The control process of `workers: N` holds no listener (the workers do): it registers
+        # the configured address.
+        listener = first.config if first is not None else self.config.listeners[0]
+        port = first.port if first is not None else listener.address.port
         admin = self.admin
-        host = first.config.address.host
+        host = listener.address.host
         if host in ("0.0.0.0", "::"):
             host = ""  # Consul then advertises the node's own address
         registration = self.registration = ConsulRegistration(consul)
         admin_url = admin.url if admin else ""
         try:
-            await registration.register(host, first.port, admin_url)
+            await registration.register(host, port, admin_url)
         except Exception as exc:  # Consul down must not stop the balancer from serving
             # ... nor leave this instance unfindable until its next restart.
             log.warning("consul registration failed: %s; retrying in the background", exc)
             self._registering = self.loop.create_task(
-                registration.register_retrying(host, first.port, admin_url))
+                registration.register_retrying(host, port, admin_url))
 
     async def _sync_registration(self) -> None:
         """A reload that adds, removes or changes `consul.register` is followed in Consul."""
@@ -221,11 +225,13 @@ class App:
         if (current is not None and wanted is not None
                 and _registered_as(current.consul_config) == _registered_as(wanted)):
             return
-        await self._deregister()
+        await self.leave_consul()
         if wanted is not None:
             await self._register()
 
-    async def _deregister(self) -> None:
+    async def leave_consul(self) -> None:
+        """Withdraw this instance's registration (and stop retrying one): the first step of a
+        shutdown, so that Consul sends new players elsewhere while this instance drains."""
         registering, self._registering = self._registering, None
         if registering is not None:
             registering.cancel()
@@ -379,7 +385,7 @@ class App:
         deadline = time.monotonic() + self.config.shutdown_timeout
         # Leave Consul first: while in-flight requests finish here, whatever finds instances
         # through Consul (L4, DNS) must already be sending new players elsewhere.
-        await self._deregister()
+        await self.leave_consul()
         while time.monotonic() < deadline:
             for server in servers:
                 server.close_idle()

@@ -341,6 +341,7 @@ class Supervisor:
                      ", ".join(str(h.pid) for h in handles))
             await app.wait_stopped()
             watcher.cancel()
+            await app.leave_consul()  # before the workers stop accepting and drain
             for handle in handles:
                 _signal(handle.pid, signal.SIGTERM)
             deadline = time.monotonic() + self.config.shutdown_timeout + 5

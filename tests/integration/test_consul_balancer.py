@@ -14,18 +14,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import statistics
+import sys
+import textwrap
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Running, pool_yaml
-from tests.fakes.backends import Backend
+from tests.fakes.backends import Backend, free_port
 from tests.fakes.consul import CRITICAL, FakeConsul
 
 SERVICE = "games"
@@ -766,3 +770,47 @@ async def test_two_pools_on_one_service_export_one_series_per_label_set(
                if name.startswith("balancer_consul_")]
     # Prometheus refuses a scrape that repeats a series.
     assert samples and len(samples) == len(set(samples))
+
+
+# ---- workers: N (the control process watches and registers, the workers serve) -------------------
+
+
+async def test_workers_serve_discovered_backends_and_the_instance_registers_once(
+    backends, client, consul, tmp_path
+):
+    (g1,) = await backends("g1")
+    register(consul, g1)
+    port = free_port()  # a fixed port: the control process registers the configured address
+    config = tmp_path / "workers.yaml"
+    config.write_text(consul_section(consul, REGISTER) + textwrap.dedent(f"""\
+        listeners:
+          - {{name: public, address: "127.0.0.1:{port}"}}
+        admin: {{address: "127.0.0.1:0"}}
+        workers: 2
+        routes:
+          - {{name: all, pool: games}}
+        pools:
+          games:
+            discovery: {{consul: {{service: {SERVICE}}}}}
+        """))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "balancer", "run", "--config", str(config),
+        cwd=Path(__file__).resolve().parents[2], stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async def serving() -> bool:
+            try:
+                async with client.get(f"http://127.0.0.1:{port}/lobby") as resp:
+                    return resp.status == 200 and resp.headers.get("X-Backend") == "g1"
+            except aiohttp.ClientError:
+                return False
+        await eventually(serving, "the workers serve the discovered backend", timeout=20)
+        mine = list((await registered(client, consul)).values())
+        assert [(s["Service"], s["Port"]) for s in mine] == [("edge-balancer", port)]
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert await registered(client, consul) == {}
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
