@@ -31,17 +31,24 @@ class LeastConn:
     def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
         if len(candidates) == 1:
             return candidates[0]
-        weight_of = self.weight_of
-        best: list[Backend] = []
+        weight_of = None if self.weight_of is static_weight else self.weight_of
+        best = candidates[0]
         best_score = float("inf")
+        ties = 0
         for b in candidates:
-            score = (b.active_requests + b.websockets + 1) / weight_of(b, now)
+            weight = b.weight if weight_of is None else weight_of(b, now)
+            score = (b.active_requests + b.websockets + 1) / weight
             if score < best_score:
                 best_score = score
-                best = [b]
+                best = b
+                ties = 1
             elif score == best_score:
-                best.append(b)
-        return best[0] if len(best) == 1 else random.choice(best)
+                # Reservoir sampling: each of the tied backends ends up chosen with equal
+                # chance, without building a list per request.
+                ties += 1
+                if random.random() * ties < 1.0:
+                    best = b
+        return best
 
 
 class RoundRobin:
