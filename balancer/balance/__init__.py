@@ -19,14 +19,20 @@ def static_weight(backend: Backend, now: float) -> float:
     return backend.weight
 
 
-class LeastConn:
-    """Fewest (active requests + open WebSockets) per unit of weight; ties broken at random,
-    so that several balancer instances do not all pile onto the same first backend."""
+class _Weighted:
+    """What every strategy is built with: how to read a backend's effective weight."""
 
     __slots__ = ("weight_of",)
 
     def __init__(self, weight_of: WeightFn = static_weight) -> None:
         self.weight_of = weight_of
+
+
+class LeastConn(_Weighted):
+    """Fewest (active requests + open WebSockets) per unit of weight; ties broken at random,
+    so that several balancer instances do not all pile onto the same first backend."""
+
+    __slots__ = ()
 
     def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
         if len(candidates) == 1:
@@ -51,14 +57,14 @@ class LeastConn:
         return best
 
 
-class RoundRobin:
+class RoundRobin(_Weighted):
     """Smooth weighted round robin (as nginx): each pick adds every weight to its backend's
     running total and takes the largest, which interleaves heavy backends instead of bursting."""
 
-    __slots__ = ("weight_of", "_current")
+    __slots__ = ("_current",)
 
     def __init__(self, weight_of: WeightFn = static_weight) -> None:
-        self.weight_of = weight_of
+        super().__init__(weight_of)
         self._current: dict[str, float] = {}
 
     def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
@@ -83,13 +89,10 @@ class RoundRobin:
         return best
 
 
-class Random:
+class Random(_Weighted):
     """Weighted random choice."""
 
-    __slots__ = ("weight_of",)
-
-    def __init__(self, weight_of: WeightFn = static_weight) -> None:
-        self.weight_of = weight_of
+    __slots__ = ()
 
     def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
         if len(candidates) == 1:
