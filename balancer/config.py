@@ -278,7 +278,7 @@ def parse_config(data: object, source: str) -> Config:
     if data is None:
         raise ConfigError(source, [("(file)", "is empty; a config needs listeners, routes and pools")])
     if not isinstance(data, dict):
-        raise ConfigError(source, [("(file)", f"expected a mapping at the top level, got {_show(data)}")])
+        raise ConfigError(source, [("(file)", f"expected a mapping at the top level, got {show_value(data)}")])
     ctx = _Context(base_dir=os.path.dirname(os.path.abspath(source)))
     section = _Section(data, "", ctx)
     config = _config(section, source)
@@ -436,7 +436,7 @@ def _mapping(build: Callable[[_Section], T]) -> Parse[T]:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise _Invalid(f"expected a mapping, got {_show(raw)}")
+            raise _Invalid(f"expected a mapping, got {show_value(raw)}")
         section = _Section(raw, path, ctx)
         result = build(section)
         section.finish()
@@ -453,7 +453,7 @@ def _list_of(item: Parse[T], *, non_empty: bool = False, unique: str | None = No
         if raw is None:
             raw = []
         if not isinstance(raw, list):
-            raise _Invalid(f"expected a list, got {_show(raw)}")
+            raise _Invalid(f"expected a list, got {show_value(raw)}")
         if non_empty and not raw:
             raise _Invalid("must not be empty")
         values: list[T] = []
@@ -483,7 +483,7 @@ def _map_of(value: Parse[T], key: Callable[[object], str] | None = None) -> Pars
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise _Invalid(f"expected a mapping, got {_show(raw)}")
+            raise _Invalid(f"expected a mapping, got {show_value(raw)}")
         result: dict[str, T] = {}
         for raw_name, raw_value in raw.items():
             at = _join(path, str(raw_name))
@@ -508,8 +508,10 @@ def _scalar(convert: Callable[[object], T]) -> Parse[T]:
     return lambda raw, path, ctx: convert(raw)
 
 
-def _show(raw: object) -> str:
-    """A value as the operator wrote it, short enough for one error line."""
+def show_value(raw: object) -> str:
+    """A value as the operator wrote it, short enough for one error line.
+
+    Public so that plugins word the values in their settings errors the same way."""
     if raw is None:
         return "null"
     if isinstance(raw, bool):
@@ -543,7 +545,7 @@ _CONSUL_MAX_WAIT = "10m"  # Consul caps a blocking query's wait there
 
 def _string(raw: object) -> str:
     if not isinstance(raw, str):
-        raise _Invalid(f"expected a string, got {_show(raw)}")
+        raise _Invalid(f"expected a string, got {show_value(raw)}")
     if not raw.strip():
         raise _Invalid("must not be empty")
     return raw
@@ -551,14 +553,14 @@ def _string(raw: object) -> str:
 
 def _bool(raw: object) -> bool:
     if not isinstance(raw, bool):
-        raise _Invalid(f"expected true or false, got {_show(raw)}")
+        raise _Invalid(f"expected true or false, got {show_value(raw)}")
     return raw
 
 
 def _int(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
     def convert(raw: object) -> int:
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise _Invalid(f"expected an integer, got {_show(raw)}")
+            raise _Invalid(f"expected an integer, got {show_value(raw)}")
         if raw < minimum or (maximum is not None and raw > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
             raise _Invalid(f"must be {bound}, got {raw}")
@@ -576,7 +578,7 @@ def parse_duration(raw: object, *, allow_zero: bool = False) -> float:
     elif isinstance(raw, str) and (match := _DURATION.match(raw.strip())):
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
-        raise _Invalid(f"expected a duration with a unit (ms, s, m, h) like '2s', got {_show(raw)}")
+        raise _Invalid(f"expected a duration with a unit (ms, s, m, h) like '2s', got {show_value(raw)}")
     if seconds == 0 and not allow_zero:
         raise _Invalid("must be longer than 0")
     return seconds
@@ -588,7 +590,7 @@ def _duration(*, allow_zero: bool = False, maximum: str | None = None) -> Callab
     def convert(raw: object) -> float:
         seconds = parse_duration(raw, allow_zero=allow_zero)
         if seconds > limit:
-            raise _Invalid(f"must be at most {maximum}, got {_show(raw)}")
+            raise _Invalid(f"must be at most {maximum}, got {show_value(raw)}")
         return seconds
 
     return convert
@@ -597,7 +599,7 @@ def _duration(*, allow_zero: bool = False, maximum: str | None = None) -> Callab
 def _choice(*options: str) -> Callable[[object], str]:
     def convert(raw: object) -> str:
         if raw not in options:
-            raise _Invalid(f"expected one of {', '.join(options)}; got {_show(raw)}")
+            raise _Invalid(f"expected one of {', '.join(options)}; got {show_value(raw)}")
         return raw  # type: ignore[return-value]
 
     return convert
@@ -606,7 +608,7 @@ def _choice(*options: str) -> Callable[[object], str]:
 def _env_name(raw: object) -> str:
     name = _string(raw)
     if not _ENV_NAME.match(name):
-        raise _Invalid(f"expected an environment variable name, got {_show(raw)}")
+        raise _Invalid(f"expected an environment variable name, got {show_value(raw)}")
     return name
 
 
@@ -614,7 +616,7 @@ def _token(what: str) -> Callable[[object], str]:
     def convert(raw: object) -> str:
         name = _string(raw)
         if not _TOKEN.match(name):
-            raise _Invalid(f"expected a {what} (letters, digits and !#$%&'*+.^_`|~-), got {_show(raw)}")
+            raise _Invalid(f"expected a {what} (letters, digits and !#$%&'*+.^_`|~-), got {show_value(raw)}")
         return name
 
     return convert
@@ -626,14 +628,14 @@ _header_name = _token("header name")
 def _id(raw: object) -> str:
     name = _string(raw)
     if not _ID.match(name):
-        raise _Invalid(f"may only hold letters, digits, '.', '_', ':' and '-', got {_show(raw)}")
+        raise _Invalid(f"may only hold letters, digits, '.', '_', ':' and '-', got {show_value(raw)}")
     return name
 
 
 def _http_path(raw: object) -> str:
     path = _string(raw)
     if not path.startswith("/") or any(c.isspace() for c in path):
-        raise _Invalid(f"expected a path starting with '/', got {_show(raw)}")
+        raise _Invalid(f"expected a path starting with '/', got {show_value(raw)}")
     return path
 
 
@@ -642,11 +644,11 @@ def _address(*, allow_port_zero: bool) -> Callable[[object], Address]:
 
     def convert(raw: object) -> Address:
         if not isinstance(raw, str):
-            raise _Invalid(f"expected host:port, got {_show(raw)}")
+            raise _Invalid(f"expected host:port, got {show_value(raw)}")
         if raw.startswith("["):
             host, bracket, port = raw[1:].partition("]:")
             if not bracket:
-                raise _Invalid(f"expected [IPv6]:port, got {_show(raw)}")
+                raise _Invalid(f"expected [IPv6]:port, got {show_value(raw)}")
             try:
                 ipaddress.IPv6Address(host)
             except ValueError:
@@ -654,12 +656,12 @@ def _address(*, allow_port_zero: bool) -> Callable[[object], Address]:
         else:
             host, colon, port = raw.rpartition(":")
             if not colon or not host:
-                raise _Invalid(f"expected host:port, got {_show(raw)}")
+                raise _Invalid(f"expected host:port, got {show_value(raw)}")
             if ":" in host:
-                raise _Invalid(f"write an IPv6 address in brackets, like [::1]:8080; got {_show(raw)}")
+                raise _Invalid(f"write an IPv6 address in brackets, like [::1]:8080; got {show_value(raw)}")
             _check_host(host)
         if not (port.isascii() and port.isdigit()):
-            raise _Invalid(f"port must be a number, got {_show(raw)}")
+            raise _Invalid(f"port must be a number, got {show_value(raw)}")
         lowest = 0 if allow_port_zero else 1
         if not lowest <= int(port) <= 65535:
             raise _Invalid(f"port must be between {lowest} and 65535, got {int(port)}")
@@ -689,7 +691,7 @@ def _network(raw: object) -> IPNetwork:
     try:
         wider = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise _Invalid(f"expected an IP address or CIDR network, got {_show(raw)}") from None
+        raise _Invalid(f"expected an IP address or CIDR network, got {show_value(raw)}") from None
     raise _Invalid(f"{text} has host bits set; did you mean {wider}?")
 
 
@@ -697,22 +699,22 @@ def _workers(raw: object) -> int | Literal["auto"]:
     if raw == "auto":
         return "auto"
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        raise _Invalid(f"expected a positive integer or \"auto\", got {_show(raw)}")
+        raise _Invalid(f"expected a positive integer or \"auto\", got {show_value(raw)}")
     return raw
 
 
 def _country(raw: object) -> str:
     if isinstance(raw, str) and len(raw) == 2 and raw.isascii() and raw.isalpha():
         return raw.upper()
-    raise _Invalid(f"expected a two-letter country code (ISO 3166-1 alpha-2), got {_show(raw)}")
+    raise _Invalid(f"expected a two-letter country code (ISO 3166-1 alpha-2), got {show_value(raw)}")
 
 
 def _route_host(raw: object) -> str:
     host = _string(raw).lower().rstrip(".")
     if ":" in host:
-        raise _Invalid(f"give the host without a port (matching ignores the port), got {_show(raw)}")
+        raise _Invalid(f"give the host without a port (matching ignores the port), got {show_value(raw)}")
     if not _HOST_PATTERN.match(host):
-        raise _Invalid(f"expected a host like live.example.com or *.example.com, got {_show(raw)}")
+        raise _Invalid(f"expected a host like live.example.com or *.example.com, got {show_value(raw)}")
     return host
 
 
@@ -725,7 +727,7 @@ def _header_value(raw: object) -> str:
     if isinstance(raw, int) and not isinstance(raw, bool):
         return str(raw)
     if not isinstance(raw, str):
-        raise _Invalid(f"expected a string, got {_show(raw)}")
+        raise _Invalid(f"expected a string, got {show_value(raw)}")
     return raw
 
 
@@ -739,12 +741,12 @@ def _hash_on(raw: object) -> str:
         return f"header:{name.lower()}" if kind == "header" else text
     if colon and name and kind == "query":
         return text
-    raise _Invalid(f"expected header:NAME, cookie:NAME, query:NAME or client_ip; got {_show(raw)}")
+    raise _Invalid(f"expected header:NAME, cookie:NAME, query:NAME or client_ip; got {show_value(raw)}")
 
 
 def _balance_factor(raw: object) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise _Invalid(f"expected a number, got {_show(raw)}")
+        raise _Invalid(f"expected a number, got {show_value(raw)}")
     if raw != 0 and raw <= 1:
         raise _Invalid(f"must be 0 (off) or greater than 1, like 1.25; got {raw}")
     return float(raw)
@@ -757,14 +759,14 @@ def _expect_status(raw: object) -> tuple[int, int]:
         high = int(match.group(2) or low)
         if 100 <= low <= high <= 599:
             return low, high
-    raise _Invalid(f"expected a status like 200 or a range like 200-399, got {_show(raw)}")
+    raise _Invalid(f"expected a status like 200 or a range like 200-399, got {show_value(raw)}")
 
 
 def _retry_condition(raw: object) -> str:
     # YAML reads an unquoted 502 as an int; conditions are compared as strings.
     text = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
     if text not in _RETRY_CONDITIONS:
-        raise _Invalid(f"expected one of {', '.join(_RETRY_CONDITIONS)}; got {_show(raw)}")
+        raise _Invalid(f"expected one of {', '.join(_RETRY_CONDITIONS)}; got {show_value(raw)}")
     return text  # type: ignore[return-value]
 
 
@@ -772,21 +774,21 @@ def _region_from(raw: object) -> str:
     text = _string(raw)
     kind, colon, rest = text.partition(":")
     if not (colon and rest and kind in ("meta", "tag")):
-        raise _Invalid(f"expected meta:KEY or tag:PREFIX, got {_show(raw)}")
+        raise _Invalid(f"expected meta:KEY or tag:PREFIX, got {show_value(raw)}")
     return text
 
 
 def _weight_from(raw: object) -> str | None:
     if raw is None or raw == "weights":
         return raw  # type: ignore[return-value]
-    raise _Invalid(f"expected weights (Consul Service.Weights.Passing) or null (weight 1), got {_show(raw)}")
+    raise _Invalid(f"expected weights (Consul Service.Weights.Passing) or null (weight 1), got {show_value(raw)}")
 
 
 def _consul_url(raw: object) -> str:
     text = _string(raw)
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid(f"expected an http:// or https:// URL, got {_show(raw)}")
+        raise _Invalid(f"expected an http:// or https:// URL, got {show_value(raw)}")
     return text
 
 
@@ -1029,18 +1031,18 @@ def _plugin(raw: object, path: str, ctx: _Context) -> PluginConfig | None:
     from .plugins import parse_plugin
 
     if not isinstance(raw, dict):
-        raise _Invalid(f"expected a one-key mapping {{plugin name: settings}}, got {_show(raw)}")
+        raise _Invalid(f"expected a one-key mapping {{plugin name: settings}}, got {show_value(raw)}")
     if len(raw) != 1:
         raise _Invalid(f"expected exactly one key, the plugin name; got {len(raw)}")
     ((name, settings),) = raw.items()
     if not isinstance(name, str):
-        raise _Invalid(f"the plugin name must be a string, got {_show(name)}")
+        raise _Invalid(f"the plugin name must be a string, got {show_value(name)}")
     return parse_plugin(name, settings, path, ctx.errors)
 
 
 def _pools(raw: object, path: str, ctx: _Context) -> dict[str, PoolConfig]:
     if not isinstance(raw, dict):
-        raise _Invalid(f"expected a mapping of pool names to pools, got {_show(raw)}")
+        raise _Invalid(f"expected a mapping of pool names to pools, got {show_value(raw)}")
     if not raw:
         raise _Invalid("must define at least one pool")
     pools: dict[str, PoolConfig] = {}

@@ -11,26 +11,15 @@ import ipaddress
 import re
 from typing import Any
 
+# One wording for a refused value across the whole config, the plugins' settings included.
+from balancer.config import show_value as show
+
 Errors = list[tuple[str, str]]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 PROTECTED_WHY = "framing and hop-by-hop headers, Host, and the headers the balancer sets itself are protected"
-
-
-def show(raw: object) -> str:
-    """A value as the operator wrote it, short enough for one error line."""
-    if raw is None:
-        return "null"
-    if isinstance(raw, bool):
-        return "true" if raw else "false"
-    if isinstance(raw, dict):
-        return "a mapping"
-    if isinstance(raw, list):
-        return "a list"
-    text = repr(raw)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def section(raw: object, path: str, errors: Errors, known: tuple[str, ...],
