@@ -99,13 +99,14 @@ class PoolRuntime:
 
         # 3. Geo: the client's region, then its fallbacks; a pinned country never leaves.
         candidates = pool.eligible(now, allow_panic=not pinned)
+        order: tuple[str, ...] = ()
         if geo is not None and (pinned or self.config.geo):
             order = geo.region_order(exchange.region, country)
             if order:
                 candidates = geo.candidates(candidates, order)
         if not candidates:
             reason = "no backend in your jurisdiction" if pinned else "no eligible backend"
-            return Choice(None, reason, self._retry_after(now))
+            return Choice(None, reason, self._retry_after(now, order if pinned else ()))
 
         # 4. Balance.
         backend = self._balance(candidates, exchange, now)
@@ -174,9 +175,12 @@ class PoolRuntime:
     def _in_region(backend: Backend, exchange: Exchange) -> bool:
         return backend.region is not None and backend.region == exchange.region
 
-    def _retry_after(self, now: float) -> int:
-        """Whole seconds until the earliest ejection ends, else 1 (PRODUCT.md §3)."""
-        ends = [b.ejected_until for b in self.pool.members if b.ejected_until > now]
+    def _retry_after(self, now: float, regions: tuple[str, ...] = ()) -> int:
+        """Whole seconds until the earliest ejection ends, else 1 (PRODUCT.md §3). For a
+        pinned player only ejections in the regions that may serve them count: an ejection
+        abroad ending would not help them."""
+        ends = [b.ejected_until for b in self.pool.members
+                if b.ejected_until > now and (not regions or b.region in regions)]
         return max(1, math.ceil(min(ends) - now)) if ends else 1
 
 

@@ -102,20 +102,23 @@ class Exchange:
         self.request_id = request_id_from(head.request_id)
         if head.absolute and not runtime.routes.serves_host(head.host):
             raise RequestError(400, "absolute-form target for a host that is not served")
-        route = runtime.routes.match(head.host, head.path, head.method, head.headers)
-        if route is None:
-            self.reply(404, "no route")
-            return
-        self.route = route
+        # PRODUCT.md §4 step 1, for every request: a blocked jurisdiction learns nothing
+        # else, not even whether a route exists.
         geo = runtime.geo
         if geo is not None:
             country = geo.country(client.client_ip, self._country_header(geo.header_name),
                                   forwarded_for=head.forwarded_for)
             self.country = country
             if geo.is_blocked(country):
+                self.route = runtime.routes.match(head.host, head.path, head.method, head.headers)
                 self.reply(451, "unavailable in your jurisdiction")
                 return
             self.region = geo.region_of(country)
+        route = runtime.routes.match(head.host, head.path, head.method, head.headers)
+        if route is None:
+            self.reply(404, "no route")
+            return
+        self.route = route
         plugins = route.plugins
         if plugins:
             self._run_request_hooks(plugins, 0, PluginRequest(self) if plugins.request_hooks else None)

@@ -371,3 +371,26 @@ async def test_sticky_cookie_does_not_unblock_a_blocked_country(start_balancer, 
     before = total_requests(world)
     assert (await get(client, lb, "FR", headers={"Cookie": cookie_of(in_de)})).status == 451
     assert total_requests(world) == before
+
+
+async def test_blocked_country_gets_451_even_where_no_route_matches(start_balancer, backends, http):
+    """PRODUCT.md §4 step 1 holds for every request: a blocked player is not told which
+    paths exist (404) before being told they are refused (451)."""
+    bs = await backends(1)
+    lb = await start_balancer(f"""
+        trusted_proxies: [127.0.0.0/8]
+        geo:
+          regions: {{eu-west: [DE]}}
+          default_region: eu-west
+          blocked_countries: [FR]
+        routes:
+          - {{name: lobby, pool: web, match: {{path_prefix: /lobby}}}}
+        pools:
+          web:
+            backends: [{{id: b1, address: '{bs[0].address}', region: eu-west}}]
+        """)
+    async with http.get(lb.url + "/nowhere", headers={"CF-IPCountry": "FR"}) as resp:
+        assert resp.status == 451
+    async with http.get(lb.url + "/nowhere", headers={"CF-IPCountry": "DE"}) as resp:
+        assert resp.status == 404
+    assert bs[0].count() == 0
