@@ -135,7 +135,10 @@ class App:
         context = server_context(listener.tls) if listener.tls is not None else None
         server = ListenerServer(listener, self.current_runtime, self.loop, context,
                                 reuse_port=self.config.workers != 1)
-        await server.start(self.inherited_sockets.pop(listener.name, None))
+        # Our own listener on the same address (a reload re-opening it) may share the port;
+        # anyone else's means a second instance started by mistake: fail loudly.
+        ours = any(s.config.address == listener.address for s in self.listeners.values())
+        await server.start(self.inherited_sockets.pop(listener.name, None), exclusive=not ours)
         log.info("listener %s on %s", listener.name, _where(server))
         return server
 

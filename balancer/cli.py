@@ -51,18 +51,24 @@ def run(config_path: str) -> int:
             print(line, file=sys.stderr)
         return 2
     raise_fd_limit(config.limits.max_connections)
-    if config.workers != 1:
-        from .workers import Supervisor
+    try:
+        if config.workers != 1:
+            from .workers import Supervisor
 
-        return Supervisor(config, config_path).run()
-    _event_loop_policy()
-    from .app import App
+            return Supervisor(config, config_path).run()
+        _event_loop_policy()
+        from .app import App
 
-    async def main() -> None:
-        app = App(config, config_path, asyncio.get_running_loop())
-        await app.serve()
+        async def main() -> None:
+            app = App(config, config_path, asyncio.get_running_loop())
+            await app.serve()
 
-    asyncio.run(main())
+        asyncio.run(main())
+    except OSError as exc:
+        # A port in use, an address not on this host, a certificate that cannot be read:
+        # say it in one line, as for config errors, not as a traceback.
+        print(f"{config_path}: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

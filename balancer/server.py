@@ -49,11 +49,16 @@ class ListenerServer:
         self._room.set()
         self.slots = 0  # accepted connections not yet closed, set up or not
 
-    def bind(self, port: int | None = None) -> socket.socket:
+    def bind(self, port: int | None = None, exclusive: bool = False) -> socket.socket:
         """A listening socket for this listener (`port` overrides the configured one: the
-        workers' sockets share the port the first one got)."""
+        workers' sockets share the port the first one got). `exclusive`: refuse a port some
+        other process already listens on, which SO_REUSEPORT alone would silently share."""
         address = self.config.address
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        if exclusive and address.port:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((address.host, address.port))  # OSError: address already in use
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Always: workers share a port this way, and a reload that re-opens a listener binds
@@ -66,8 +71,8 @@ class ListenerServer:
         sock.setblocking(False)
         return sock
 
-    async def start(self, sock: socket.socket | None = None) -> None:
-        self.sock = sock if sock is not None else self.bind()
+    async def start(self, sock: socket.socket | None = None, exclusive: bool = False) -> None:
+        self.sock = sock if sock is not None else self.bind(exclusive=exclusive)
         stats = self.runtime().stats
         # Series exist from the start (at 0), so rate() and alerts see them before the first event.
         stats.connections.setdefault(self.name, 0)

@@ -266,7 +266,7 @@ class Supervisor:
         sockets: dict[str, list[socket.socket]] = {}
         for listener in self.config.listeners:
             server = ListenerServer(listener, lambda: None, None, reuse_port=True)  # type: ignore[arg-type]
-            first = server.bind()
+            first = server.bind(exclusive=True)
             port = first.getsockname()[1]
             group = [first]
             for _ in range(self.count - 1):
