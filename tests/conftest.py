@@ -134,6 +134,19 @@ def pool_yaml(backends: list[Backend]) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+def one_pool(backends: list, pool_extra: str = "", top: str = "") -> str:
+    """A config with one catch-all route to pool `web`; extras are one-line YAML mappings."""
+    return f"""
+        {top}
+        routes:
+          - {{name: all, pool: web}}
+        pools:
+          web:
+            backends: {pool_yaml(backends)}
+            {pool_extra}
+        """
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:

@@ -9,21 +9,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Running, pool_yaml
+from tests.conftest import Running, one_pool, pool_yaml
 from tests.fakes.backends import free_port
 
 BACKEND_KEYS = {"id", "address", "region", "weight", "source", "state", "active_requests", "websockets"}
-
-
-def web_pool(backends: list, top: str = "") -> str:
-    return f"""
-        {top}
-        routes:
-          - {{name: all, pool: web}}
-        pools:
-          web:
-            backends: {pool_yaml(backends)}
-        """
 
 
 async def scrape(http: aiohttp.ClientSession, lb: Running) -> dict[tuple[str, frozenset], float]:
@@ -67,14 +56,14 @@ async def eventually(predicate, timeout: float = 3.0) -> bool:
 
 
 async def test_healthz_is_200_while_alive(start_balancer, backends, http):
-    lb = await start_balancer(web_pool(await backends(1)))
+    lb = await start_balancer(one_pool(await backends(1)))
     async with http.get(lb.admin_url + "/healthz") as resp:
         assert resp.status == 200
 
 
 async def test_readyz_follows_whether_every_route_has_an_eligible_backend(start_balancer, backends, http):
     (b,) = await backends(1)
-    lb = await start_balancer(web_pool([b]))
+    lb = await start_balancer(one_pool([b]))
     async with http.get(lb.admin_url + "/readyz") as resp:
         assert resp.status == 200
 
@@ -159,7 +148,7 @@ async def test_admin_pools_document_has_the_contract_shape(start_balancer, backe
 
 async def test_drain_takes_a_backend_out_of_rotation_and_undrain_brings_it_back(start_balancer, backends, http):
     b1, b2 = await backends(2)
-    lb = await start_balancer(web_pool([b1, b2]))
+    lb = await start_balancer(one_pool([b1, b2]))
     async with http.post(lb.admin_url + "/admin/pools/web/backends/b1/drain") as resp:
         assert resp.status == 200
         assert (await resp.json())["result"] == "draining"
@@ -182,7 +171,7 @@ async def test_drain_takes_a_backend_out_of_rotation_and_undrain_brings_it_back(
 @pytest.mark.parametrize("path", ["/admin/pools/nope/backends/b1/drain", "/admin/pools/web/backends/nope/drain",
                                   "/admin/pools/web/backends/nope/undrain"])
 async def test_drain_of_an_unknown_pool_or_backend_is_404(start_balancer, backends, http, path):
-    lb = await start_balancer(web_pool(await backends(1)))
+    lb = await start_balancer(one_pool(await backends(1)))
     async with http.post(lb.admin_url + path) as resp:
         assert resp.status == 404
         assert "error" in await resp.json()
@@ -194,7 +183,7 @@ async def test_drain_of_an_unknown_pool_or_backend_is_404(start_balancer, backen
 async def test_admin_needs_the_bearer_token_when_its_variable_is_set(start_balancer, backends, http, monkeypatch):
     monkeypatch.setenv("TEST_SPINE_ADMIN_TOKEN", "s3cret-token")
     (b,) = await backends(1)
-    lb = await start_balancer(web_pool([b], top="admin: {address: '127.0.0.1:0', token_env: TEST_SPINE_ADMIN_TOKEN}"))
+    lb = await start_balancer(one_pool([b], top="admin: {address: '127.0.0.1:0', token_env: TEST_SPINE_ADMIN_TOKEN}"))
     for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"},
                     {"Authorization": "Basic czNjcmV0LXRva2Vu"}):
         async with http.get(lb.admin_url + "/admin/pools", headers=headers) as resp:
@@ -215,7 +204,7 @@ async def test_admin_needs_the_bearer_token_when_its_variable_is_set(start_balan
 
 async def test_admin_is_open_when_the_token_variable_is_unset(start_balancer, backends, http, monkeypatch):
     monkeypatch.delenv("TEST_SPINE_ADMIN_TOKEN", raising=False)
-    lb = await start_balancer(web_pool(await backends(1),
+    lb = await start_balancer(one_pool(await backends(1),
                                        top="admin: {address: '127.0.0.1:0', token_env: TEST_SPINE_ADMIN_TOKEN}"))
     assert (await pools_doc(http, lb))["pools"][0]["name"] == "web"
 
@@ -270,7 +259,7 @@ async def test_metrics_show_client_connections_and_active_requests(start_balance
     (b,) = await backends(1)
     b.mode = "hang"
     b.hang_seconds = 0.8
-    lb = await start_balancer(web_pool([b]))
+    lb = await start_balancer(one_pool([b]))
     connections = "balancer_client_connections"
     active = "balancer_backend_active_requests"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from balancer.config import AdminConfig, load_config
-from tests.conftest import pool_yaml
+from tests.conftest import one_pool, pool_yaml
 from tests.httpcheck import parse_responses, send_raw
 
 TOKEN_ENV = "TEST_EDGE_ADMIN_TOKEN"
@@ -16,14 +16,7 @@ TOKEN = "edge-Secr3t"
 
 async def start(start_balancer, backends, admin: str = "{address: '127.0.0.1:0'}"):
     (backend,) = await backends(1)
-    lb = await start_balancer(f"""
-        admin: {admin}
-        routes:
-          - {{name: all, pool: web}}
-        pools:
-          web:
-            backends: {pool_yaml([backend])}
-        """)
+    lb = await start_balancer(one_pool([backend], top=f"admin: {admin}"))
     return lb, backend
 
 

@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import pool_yaml
+from tests.conftest import one_pool
 
 REQUEST = b"GET /game HTTP/1.1\r\nHost: a.example\r\n\r\n"
 
 
 async def start(start_balancer, backends):
     (backend,) = await backends(1)
-    lb = await start_balancer(f"""
-        routes:
-          - {{name: all, pool: web}}
-        pools:
-          web:
-            backends: {pool_yaml([backend])}
-        limits: {{max_connections: 2, client_idle_timeout: 10s, header_timeout: 10s}}
-        """)
+    lb = await start_balancer(one_pool(
+        [backend], top="limits: {max_connections: 2, client_idle_timeout: 10s, header_timeout: 10s}"))
     return lb, backend
 
 

@@ -15,24 +15,11 @@ import uuid
 
 import pytest
 
-from tests.conftest import Running, pool_yaml
+from tests.conftest import Running, one_pool, pool_yaml
 from tests.fakes.backends import Backend, free_port
 from tests.fakes.rawhttp import RawBackend, RawResponse, closed_after, read_head, read_response
 
 HOST = b"casino.test"
-
-
-def one_pool(backends: list, pool_extra: str = "", top: str = "") -> str:
-    """A config with one catch-all route to pool `web`; extras are one-line YAML mappings."""
-    return f"""
-        {top}
-        routes:
-          - {{name: all, pool: web}}
-        pools:
-          web:
-            backends: {pool_yaml(backends)}
-            {pool_extra}
-        """
 
 
 def get(path: str, extra: bytes = b"") -> bytes:

@@ -7,20 +7,13 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from tests.conftest import pool_yaml
+from tests.conftest import one_pool
 from tests.httpcheck import parse_responses, read_until_close
 
 
 async def start(start_balancer, backends, limits: str):
     (backend,) = await backends(1)
-    lb = await start_balancer(f"""
-        routes:
-          - {{name: all, pool: web}}
-        pools:
-          web:
-            backends: {pool_yaml([backend])}
-        limits: {limits}
-        """)
+    lb = await start_balancer(one_pool([backend], top=f"limits: {limits}"))
     return lb, backend
 
 
@@ -190,14 +183,7 @@ async def test_client_that_never_reads_is_cut_off_after_the_response_timeout(sta
     """Backpressure bounds memory; `timeouts.response` bounds time: with the backend paused,
     no byte moves, and the exchange is given up after that long without progress."""
     (backend,) = await backends(1)
-    lb = await start_balancer(f"""
-        routes:
-          - {{name: all, pool: web}}
-        pools:
-          web:
-            backends: {pool_yaml([backend])}
-            timeouts: {{response: 500ms}}
-        """)
+    lb = await start_balancer(one_pool([backend], pool_extra="timeouts: {response: 500ms}"))
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     sock.setblocking(False)
