@@ -20,6 +20,7 @@ import uvloop
 from balancer.app import App
 from balancer.config import load_config
 from tests.fakes.backends import Backend
+from tests.fakes.consul import FakeConsul
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
@@ -145,6 +146,15 @@ def one_pool(backends: list, pool_extra: str = "", top: str = "") -> str:
             backends: {pool_yaml(backends)}
             {pool_extra}
         """
+
+
+@pytest.fixture
+async def consul() -> AsyncIterator[FakeConsul]:
+    """A started Consul double (tests/fakes/consul.py) for the discovery and registration tests."""
+    fake = FakeConsul()
+    await fake.start()
+    yield fake
+    await fake.close()
 
 
 @pytest.fixture

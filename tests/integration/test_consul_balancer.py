@@ -43,14 +43,6 @@ SETTLE = 5.0
 
 
 @pytest.fixture
-async def consul() -> AsyncIterator[FakeConsul]:
-    fake = FakeConsul()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     # No cookie jar: a test decides which sticky cookie a "player" sends.
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:

@@ -62,16 +62,6 @@ class Deliveries:
 
 
 @pytest.fixture
-async def consul() -> AsyncIterator[FakeConsul]:
-    fake = FakeConsul()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-
-
-@pytest.fixture
 async def watch(consul: FakeConsul) -> AsyncIterator[Callable[..., object]]:
     """Starts ConsulWatch objects against the double and stops them at the end of the test."""
     started: list[ConsulWatch] = []
