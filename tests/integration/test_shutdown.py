@@ -8,16 +8,20 @@ import aiohttp
 from tests.conftest import pool_yaml
 
 
-async def test_shutdown_waits_for_websockets_then_closes_them(start_balancer, backends, http):
-    bs = await backends(1)
-    lb = await start_balancer(f"""
-        shutdown_timeout: 1s
+def live_pool(bs: list, shutdown_timeout: str) -> str:
+    return f"""
+        shutdown_timeout: {shutdown_timeout}
         routes:
           - {{name: live, pool: live}}
         pools:
           live:
             backends: {pool_yaml(bs)}
-        """)
+        """
+
+
+async def test_shutdown_waits_for_websockets_then_closes_them(start_balancer, backends, http):
+    bs = await backends(1)
+    lb = await start_balancer(live_pool(bs, shutdown_timeout="1s"))
     ws = await http.ws_connect(lb.url + "/ws/round")
     await ws.send_str("a")
     assert await ws.receive_str(timeout=2) == "b1:a"
@@ -35,14 +39,7 @@ async def test_shutdown_waits_for_websockets_then_closes_them(start_balancer, ba
 
 async def test_shutdown_finishes_early_when_websockets_end(start_balancer, backends, http):
     bs = await backends(1)
-    lb = await start_balancer(f"""
-        shutdown_timeout: 10s
-        routes:
-          - {{name: live, pool: live}}
-        pools:
-          live:
-            backends: {pool_yaml(bs)}
-        """)
+    lb = await start_balancer(live_pool(bs, shutdown_timeout="10s"))
     ws = await http.ws_connect(lb.url + "/ws/round")
     await ws.send_str("a")
     await ws.receive_str(timeout=2)
