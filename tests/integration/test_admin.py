@@ -162,9 +162,11 @@ async def test_drain_takes_a_backend_out_of_rotation_and_undrain_brings_it_back(
         assert resp.status == 200
     assert backend_doc(await pools_doc(http, lb), "web", "b1")["state"] == "healthy"
     seen = set()
-    for _ in range(6):
+    for _ in range(64):  # idle backends tie and least_conn breaks ties at random
         async with http.get(lb.url + "/") as resp:
             seen.add((await resp.json())["backend"])
+        if len(seen) == 2:
+            break
     assert seen == {"b1", "b2"}
 
 
