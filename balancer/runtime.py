@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from . import health
 from .balance import LeastConn, Random, RoundRobin, static_weight
 from .balance import consistent_hash
-from .config import Config, PoolConfig
+from .config import Config
 from .geo import Geo
 from .metrics import Stats
 from .pool import Backend, Pool

@@ -24,7 +24,6 @@ and `decode` cost one HMAC each.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import hmac
 import logging
 import os

@@ -8,7 +8,6 @@ with listeners and admin on port 0; it returns a handle with the ports and the a
 from __future__ import annotations
 
 import asyncio
-import socket
 import textwrap
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
 
 from .errors import RequestError, error_response
 from .exchange import Exchange
 from .headers import request_id_from
 from .parser import RequestHead, RequestReader
 from .timers import Deadline
-
-if TYPE_CHECKING:
-    from ..config import ListenerConfig
-    from ..runtime import Runtime
 
 # Why reading from the player is paused; reading resumes when no reason is left.
 _PIPELINE = 1

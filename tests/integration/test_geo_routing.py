@@ -9,7 +9,6 @@ composes with the balancing strategies and with sticky cookies (§4 order).
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -113,8 +112,9 @@ async def get(session: aiohttp.ClientSession, lb: Running, country: str | None =
 
 
 async def served_by(session: aiohttp.ClientSession, lb: Running, country: str | None,
-                    times: int = 8, **kwargs) -> set[str]:
+                    times: int = 24, **kwargs) -> set[str]:
     out = set()
+    # Enough asks that two idle backends (least_conn breaks ties at random) both answer.
     for _ in range(times):
         answer = await get(session, lb, country, **kwargs)
         assert answer.status == 200, answer.body

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from tests.conftest import Running, one_pool, pool_yaml
-from tests.fakes.backends import Backend, free_port
+from tests.fakes.backends import free_port
 from tests.fakes.rawhttp import RawBackend, RawResponse, closed_after, read_head, read_response
 
 HOST = b"casino.test"

@@ -24,7 +24,6 @@ from balancer.config import (
     Limits,
     MatchConfig,
     OutlierConfig,
-    PoolConfig,
     RetryConfig,
     Timeouts,
     check_main,
