@@ -346,7 +346,8 @@ class Exchange:
                 raise _Abandoned()
             # No retry allowed or nowhere else to go: the backend's own 5xx is the answer.
         else:
-            health.record_success(backend)
+            if backend.consecutive_failures:  # the common case costs no call
+                health.record_success(backend)
         if self._response_hooks:
             headers = self._run_response_hooks(conn, status, headers)
         self.status = status

@@ -21,10 +21,8 @@ class Deadline:
         self._handle: asyncio.TimerHandle | None = None
 
     def set_in(self, seconds: float) -> None:
-        self.set_at(self._loop.time() + seconds)
-
-    def set_at(self, when: float) -> None:
-        self.when = when
+        # Runs several times per request: no helper call, no new handle unless earlier.
+        when = self.when = self._loop.time() + seconds
         handle = self._handle
         if handle is None:
             self._handle = self._loop.call_at(when, self._fire)
