@@ -80,3 +80,37 @@ async def test_two_workers_serve_sum_metrics_and_share_admin_actions(backends, t
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 20)
     assert code == 0
+
+
+async def test_a_dying_worker_takes_the_instance_down_with_exit_1(backends, tmp_path):
+    """Half an instance that still reports ready would be worse than a restart."""
+    bs = await backends(1)
+    config = tmp_path / "workers.yaml"
+    config.write_text(textwrap.dedent(f"""
+        listeners:
+          - {{name: public, address: 127.0.0.1:0}}
+        admin: {{address: 127.0.0.1:0}}
+        workers: 2
+        routes:
+          - {{name: all, pool: web}}
+        pools:
+          web:
+            backends: {pool_yaml(bs)}
+        """))
+    proc, _, _, lines = await start_process(config)
+    pids = re.search(r"2 workers \(pids (\d+), (\d+)\)", "".join(lines))
+    assert pids is not None
+    os.kill(int(pids.group(1)), signal.SIGKILL)
+    try:
+        code = await asyncio.wait_for(proc.wait(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert code == 1
+    await asyncio.sleep(0.2)  # the other worker was stopped too
+    try:
+        os.kill(int(pids.group(2)), 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive
