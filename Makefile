@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/websockets_idle.py
 
 check: $(STAMP)
 	$(BIN)/python -m balancer check --config config/example.yaml
