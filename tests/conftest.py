@@ -160,3 +160,15 @@ async def consul() -> AsyncIterator[FakeConsul]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+async def backends_seen(http: aiohttp.ClientSession, url: str, want: int, tries: int = 64) -> set[str]:
+    """Which backends answer GET `url`: ask until `want` different ones answered, or `tries`
+    asks (idle backends tie, and least_conn breaks ties at random)."""
+    seen: set[str] = set()
+    for _ in range(tries):
+        async with http.get(url) as resp:
+            seen.add((await resp.json())["backend"])
+        if len(seen) >= want:
+            break
+    return seen

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Running, one_pool, pool_yaml
+from tests.conftest import Running, backends_seen, one_pool, pool_yaml
 from tests.fakes.backends import free_port
 
 BACKEND_KEYS = {"id", "address", "region", "weight", "source", "state", "active_requests", "websockets"}
@@ -161,13 +161,7 @@ async def test_drain_takes_a_backend_out_of_rotation_and_undrain_brings_it_back(
     async with http.post(lb.admin_url + "/admin/pools/web/backends/b1/undrain") as resp:
         assert resp.status == 200
     assert backend_doc(await pools_doc(http, lb), "web", "b1")["state"] == "healthy"
-    seen = set()
-    for _ in range(64):  # idle backends tie and least_conn breaks ties at random
-        async with http.get(lb.url + "/") as resp:
-            seen.add((await resp.json())["backend"])
-        if len(seen) == 2:
-            break
-    assert seen == {"b1", "b2"}
+    assert await backends_seen(http, lb.url + "/", 2) == {"b1", "b2"}
 
 
 @pytest.mark.parametrize("path", ["/admin/pools/nope/backends/b1/drain", "/admin/pools/web/backends/nope/drain",

@@ -4,7 +4,7 @@ import asyncio
 
 import aiohttp
 
-from tests.conftest import pool_yaml
+from tests.conftest import backends_seen, pool_yaml
 
 
 def config(bs, drain_timeout: str = "1s") -> str:
@@ -31,13 +31,7 @@ async def test_drain_and_undrain_through_admin(start_balancer, backends, http):
     assert states == {"b1": "draining", "b2": "healthy"}
     async with http.post(lb.admin_url + "/admin/pools/live/backends/b1/undrain") as resp:
         assert resp.status == 200
-    seen = set()
-    for _ in range(64):  # idle backends tie and least_conn breaks ties at random
-        async with http.get(lb.url + "/") as resp:
-            seen.add((await resp.json())["backend"])
-        if len(seen) == 2:
-            break
-    assert seen == {"b1", "b2"}
+    assert await backends_seen(http, lb.url + "/", 2) == {"b1", "b2"}
     async with http.post(lb.admin_url + "/admin/pools/live/backends/nope/drain") as resp:
         assert resp.status == 404
 

@@ -15,6 +15,22 @@ from tests.conftest import pool_yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def two_workers_config(tmp_path: Path, bs: list) -> Path:
+    config = tmp_path / "workers.yaml"
+    config.write_text(textwrap.dedent(f"""
+        listeners:
+          - {{name: public, address: 127.0.0.1:0}}
+        admin: {{address: 127.0.0.1:0}}
+        workers: 2
+        routes:
+          - {{name: all, pool: web}}
+        pools:
+          web:
+            backends: {pool_yaml(bs)}
+        """))
+    return config
+
+
 async def start_process(config: Path) -> tuple[asyncio.subprocess.Process, int, str, list[str]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "balancer", "run", "--config", str(config),
@@ -36,18 +52,7 @@ async def start_process(config: Path) -> tuple[asyncio.subprocess.Process, int, 
 
 async def test_two_workers_serve_sum_metrics_and_share_admin_actions(backends, tmp_path):
     bs = await backends(2)
-    config = tmp_path / "workers.yaml"
-    config.write_text(textwrap.dedent(f"""
-        listeners:
-          - {{name: public, address: 127.0.0.1:0}}
-        admin: {{address: 127.0.0.1:0}}
-        workers: 2
-        routes:
-          - {{name: all, pool: web}}
-        pools:
-          web:
-            backends: {pool_yaml(bs)}
-        """))
+    config = two_workers_config(tmp_path, bs)
     proc, port, admin, _ = await start_process(config)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -85,18 +90,7 @@ async def test_two_workers_serve_sum_metrics_and_share_admin_actions(backends, t
 async def test_a_dying_worker_takes_the_instance_down_with_exit_1(backends, tmp_path):
     """Half an instance that still reports ready would be worse than a restart."""
     bs = await backends(1)
-    config = tmp_path / "workers.yaml"
-    config.write_text(textwrap.dedent(f"""
-        listeners:
-          - {{name: public, address: 127.0.0.1:0}}
-        admin: {{address: 127.0.0.1:0}}
-        workers: 2
-        routes:
-          - {{name: all, pool: web}}
-        pools:
-          web:
-            backends: {pool_yaml(bs)}
-        """))
+    config = two_workers_config(tmp_path, bs)
     proc, _, _, lines = await start_process(config)
     pids = re.search(r"2 workers \(pids (\d+), (\d+)\)", "".join(lines))
     assert pids is not None
