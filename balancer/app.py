@@ -24,6 +24,7 @@ from .pool import Pool
 from .runtime import Runtime
 from .server import ListenerServer
 from .sticky import secret_from_env
+from .tasks import spawn
 from .tls import server_context
 
 log = logging.getLogger("balancer")
@@ -422,7 +423,7 @@ class App:
         if self.role == WORKER:
             loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the control process relays
         else:
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload_everywhere()))
+            loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload_everywhere()))
         log.info("balancer ready (pid %d)", os.getpid())
         await self.wait_stopped()
         log.info("shutting down: finishing in-flight requests (up to %.0fs)", self.config.shutdown_timeout)

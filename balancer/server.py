@@ -15,6 +15,7 @@ import ssl
 from typing import TYPE_CHECKING, Callable
 
 from .config import ListenerConfig
+from .tasks import spawn
 from .http.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_header
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class ListenerServer:
                 continue
             self._take_slot()
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            loop.create_task(self._serve(conn, ClientConnection))
+            spawn(self._serve(conn, ClientConnection))
 
     def _take_slot(self) -> None:
         self.slots += 1

@@ -30,6 +30,7 @@ from .config import Address, BackendConfig, Config
 from .metrics import Stats, merge_snapshots
 from .server import ListenerServer
 from .sticky import secret_from_env
+from .tasks import spawn
 
 log = logging.getLogger("balancer.workers")
 
@@ -144,7 +145,7 @@ class WorkerHandle:
 
     async def start(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(sock=self.sock)
-        asyncio.get_running_loop().create_task(self._read())
+        spawn(self._read())
 
     async def _read(self) -> None:
         assert self.reader is not None
@@ -179,7 +180,7 @@ class Workers:
         for handle in self.handles:
             await handle.start()
         app.workers = self
-        asyncio.get_running_loop().create_task(self._push_health(app))
+        spawn(self._push_health(app))
 
     async def broadcast(self, message: dict) -> None:
         for handle in self.handles:
@@ -335,7 +336,7 @@ class Supervisor:
             await app.start()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, app.request_stop)
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(app.reload_everywhere()))
+            loop.add_signal_handler(signal.SIGHUP, lambda: spawn(app.reload_everywhere()))
             watcher = loop.create_task(self._watch_children(handles, app))
             log.info("balancer ready: %d workers (pids %s)", len(handles),
                      ", ".join(str(h.pid) for h in handles))

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import health
+from ..tasks import spawn
 from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, render_answer, report_failure
 from .errors import REJECT_REASON, RequestError, error_response, reason_phrase
 from .headers import (
@@ -151,7 +152,7 @@ class Exchange:
             if answer is None:
                 continue
             if not isinstance(answer, PluginAnswer) and inspect.isawaitable(answer):
-                asyncio.ensure_future(self._await_request_hook(plugins, index, request, name, answer))
+                spawn(self._await_request_hook(plugins, index, request, name, answer))
                 return
             self.reply_plugin(answer, name)
             return
@@ -238,7 +239,7 @@ class Exchange:
             self._attach(conn)
         else:
             self._connecting = True
-            asyncio.ensure_future(self._connect(backend, timeouts.connect, timeouts.idle))
+            spawn(self._connect(backend, timeouts.connect, timeouts.idle))
 
     async def _connect(self, backend: Backend, timeout: float, idle: float) -> None:
         loop = self.client.loop
