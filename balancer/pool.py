@@ -34,13 +34,12 @@ class Backend:
     __slots__ = (
         "pool_name", "config", "id", "address", "host", "port", "region", "weight", "source",
         "healthy", "ejected_until", "ejections", "consecutive_failures",
-        "draining", "drain_deadline", "removed", "joined_at", "ramp_start",
+        "draining", "drain_deadline", "removed", "ramp_start",
         "active_requests", "websockets", "idle", "open_connections",
-        "upstream_errors", "health_checks", "ejections_total", "requests_total",
-        "label_key", "tunnels",
+        "upstream_errors", "health_checks", "ejections_total", "tunnels",
     )
 
-    def __init__(self, pool_name: str, config: BackendConfig, now: float | None = None) -> None:
+    def __init__(self, pool_name: str, config: BackendConfig) -> None:
         self.pool_name = pool_name
         self.healthy = True
         self.ejected_until = 0.0
@@ -50,7 +49,6 @@ class Backend:
         self.drain_deadline = 0.0
         # Left its pool (reload / Consul): also draining, and dropped once its users are gone.
         self.removed = False
-        self.joined_at = time.monotonic() if now is None else now
         # When slow start began (join after start-up, or recovery); 0.0 = full weight.
         self.ramp_start = 0.0
         self.active_requests = 0
@@ -61,7 +59,6 @@ class Backend:
         self.upstream_errors: dict[str, int] = {}
         self.health_checks: dict[str, int] = {}
         self.ejections_total = 0
-        self.requests_total = 0
         self.update(config)
 
     def update(self, config: BackendConfig) -> None:
@@ -74,12 +71,8 @@ class Backend:
         self.region = config.region
         self.weight = config.weight
         self.source = config.source
-        self.label_key = (self.pool_name, self.id)
 
     # -- state -------------------------------------------------------------------------
-
-    def is_ejected(self, now: float) -> bool:
-        return self.ejected_until > now
 
     def state(self, now: float | None = None) -> BackendState:
         now = time.monotonic() if now is None else now
@@ -148,7 +141,7 @@ class Pool:
         for backend_id, backend_config in wanted.items():
             backend = self.backends.get(backend_id)
             if backend is None:
-                backend = Backend(self.name, backend_config, now)
+                backend = Backend(self.name, backend_config)
                 if self.config.slow_start > 0 and now - self.created > 1.0:
                     backend.ramp_start = now  # joined a running pool: ramp up
                 self.backends[backend_id] = backend

@@ -77,7 +77,7 @@ class PoolRuntime:
 
     # -- choosing ---------------------------------------------------------------------------
 
-    def choose(self, exchange: Exchange, _loop_now: float = 0.0) -> Choice:
+    def choose(self, exchange: Exchange) -> Choice:
         now = time.monotonic()
         pool = self.pool
         geo = self.geo
@@ -116,7 +116,7 @@ class PoolRuntime:
                                               exchange.client.scheme == b"https")
         return Choice(backend, set_cookie=cookie)
 
-    def choose_again(self, exchange: Exchange, _loop_now: float = 0.0) -> Backend | None:
+    def choose_again(self, exchange: Exchange) -> Backend | None:
         """A different backend for a retry, under the same geo rules; None if there is none."""
         sticky = self.sticky
         if sticky is not None and sticky.fail_closed and exchange.set_cookie is None:

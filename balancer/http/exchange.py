@@ -190,7 +190,7 @@ class Exchange:
         pool = self.runtime.pools[route.pool_name]
         self.pool = pool
         self._retry_statuses = pool.retry_statuses
-        choice = pool.choose(self, self.client.loop.time())
+        choice = pool.choose(self)
         if choice.backend is None:
             self.reply(503, choice.reason, retry_after=choice.retry_after)
             return
@@ -485,7 +485,7 @@ class Exchange:
             return None
         pool = self.pool
         assert pool is not None
-        return pool.choose_again(self, self.client.loop.time())
+        return pool.choose_again(self)
 
     def _retry(self, backend: Backend) -> None:
         pool = self.pool

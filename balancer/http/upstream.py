@@ -37,7 +37,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "backend", "loop", "transport", "parser", "exchange", "last_used", "closed",
         "deadline", "_status_reason", "_headers", "_head_sent", "_until_close",
-        "_tunnel", "_reading_paused", "_writing_paused", "expect_head_only", "received",
+        "_tunnel", "_reading_paused", "expect_head_only",
         "idle_timeout", "_framing", "_connection",
     )
 
@@ -59,9 +59,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._until_close = False
         self._tunnel = False
         self._reading_paused = False
-        self._writing_paused = False
         self.expect_head_only = False
-        self.received = False  # any response byte for the current exchange
         self.idle_timeout = 60.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -100,7 +98,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self._tunnel:
             exchange.tunnel_from_backend(data)
             return
-        self.received = True
         client = exchange.client
         client.begin_batch()  # head and body of a small response leave in one write
         try:
@@ -121,12 +118,10 @@ class UpstreamConnection(asyncio.Protocol):
         client.flush()
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
         if self.exchange is not None:
             self.exchange.client.pause_reading_for_upstream()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
         if self.exchange is not None:
             self.exchange.client.resume_reading_for_upstream()
 
@@ -200,7 +195,6 @@ class UpstreamConnection(asyncio.Protocol):
         """Begin an exchange on this connection and send the request bytes known so far."""
         self.exchange = exchange
         self.expect_head_only = head_only
-        self.received = False
         self._head_sent = False
         self._until_close = False
         if self._reading_paused:
@@ -211,9 +205,6 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
-
-    def start_tunnel(self) -> None:
-        self._tunnel = True
 
     def release(self, now: float) -> None:
         """Back to the backend's keep-alive pool after a complete exchange."""
