@@ -153,7 +153,7 @@ class App:
         if not self.runs_probes:
             return
         config = self.config
-        consul = _watched(config.consul or _default_consul())
+        consul = _watched(config.consul or ConsulConfig())
         for name, pool in list(self.pools.items()):
             checker = self.health.get(name)
             if checker is None:
@@ -432,12 +432,6 @@ class App:
 
 def _where(server: ListenerServer) -> str:
     return f"{server.config.address.host}:{server.port}"
-
-
-def _default_consul():
-    from .config import ConsulConfig
-
-    return ConsulConfig()
 
 
 def _registered_as(consul: ConsulConfig) -> tuple:

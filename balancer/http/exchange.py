@@ -127,12 +127,8 @@ class Exchange:
         self._choose()
 
     def _country_header(self, lname: bytes) -> bytes | None:
-        if not self.client.peer_trusted:
-            return None
-        for name, _, value in self.head.headers:
-            if name == lname:
-                return value
-        return None
+        """The country header, believed only from a trusted peer."""
+        return self.head.header(lname) if self.client.peer_trusted else None
 
     def _run_request_hooks(self, plugins: PluginChain, index: int, request: PluginRequest | None) -> None:
         """The route's on_request hooks from `index` on: inline while they are plain functions;
