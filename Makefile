@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The data-plane modules setup.py compiles: a change to one rebuilds them
+# (balancer/compiled.py would otherwise fall back to pure Python, with a warning).
+COMPILED := $(wildcard balancer/http/*.pxd) $(patsubst %.pxd,%.py,$(wildcard balancer/http/*.pxd))
 
 .PHONY: run test bench check clean
 
@@ -10,7 +13,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml setup.py $(COMPILED) | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -19,6 +22,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	@# The same modules, uncompiled: what runs where no C compiler is at hand.
+	BALANCER_PURE_PYTHON=1 $(BIN)/python -m pytest -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
@@ -28,4 +33,4 @@ check: $(STAMP)
 	$(BIN)/python -m balancer check --config config/example.yaml
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info balancer/http/*.so balancer/http/*.c

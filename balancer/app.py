@@ -15,6 +15,7 @@ import ssl
 import time
 from typing import Callable
 
+from . import compiled
 from .config import Config, ConfigError, ConsulConfig, ListenerConfig, load_config
 from .discovery.consul import ConsulRegistration, ConsulWatch
 from .health import HealthChecker
@@ -424,7 +425,9 @@ class App:
             loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the control process relays
         else:
             loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload_everywhere()))
-        log.info("balancer ready (pid %d)", os.getpid())
+        if not compiled.COMPILED and not os.environ.get("BALANCER_PURE_PYTHON"):
+            log.warning("data plane %s: expect about a fifth less throughput", compiled.describe())
+        log.info("balancer ready (pid %d, data plane %s)", os.getpid(), compiled.describe())
         await self.wait_stopped()
         log.info("shutting down: finishing in-flight requests (up to %.0fs)", self.config.shutdown_timeout)
         await self.shutdown()

@@ -29,7 +29,10 @@ BODY_RATE_INTERVAL = 0.5
 LINGER = 2.0
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
+    """An asyncio.Protocol (by its methods: the class is compiled, and a compiled class
+    cannot derive from a Python one; see balancer/compiled.py)."""
+
     __slots__ = (
         "server", "listener", "loop", "transport", "reader", "client_ip", "peer_trusted",
         "scheme", "exchange", "reading", "queue", "deadline", "_paused", "_write_paused",
@@ -96,6 +99,9 @@ class ClientConnection(asyncio.Protocol):
         tunnel = self.tunnel
         if tunnel is not None and tunnel is not exchange:
             tunnel.client_lost()
+
+    def eof_received(self) -> bool | None:
+        return None  # the player closed its side: close ours, connection_lost follows
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel

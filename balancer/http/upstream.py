@@ -33,7 +33,9 @@ class _HeadResponseDone(Exception):
     """Raised from the parser callback to stop llhttp after a HEAD response's head."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
+    """An asyncio.Protocol by its methods (compiled: see balancer/compiled.py)."""
+
     __slots__ = (
         "backend", "loop", "transport", "parser", "exchange", "last_used", "closed",
         "deadline", "_status_reason", "_headers", "_head_sent", "_until_close",

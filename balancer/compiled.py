@@ -1,0 +1,81 @@
+"""Which data plane runs: the Cython-compiled hot modules, or the same modules as Python.
+
+setup.py compiles the modules in COMPILED_MODULES in place (typed by the .pxd files beside
+them), which takes about a third off the Python time of every request (docs/decisions.md).
+A compiled module that is older than its source is stale: it would run code that is no longer
+in the repository. Then, and when BALANCER_PURE_PYTHON is set or a module was not compiled,
+every one of them is loaded from source instead. It is all or none: the compiled modules
+reference each other's compiled classes.
+
+Imported by `balancer/__init__.py`, before any of these modules can be imported.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping
+from types import ModuleType
+
+COMPILED_MODULES = (
+    "balancer.http.timers",
+    "balancer.http.parser",
+    "balancer.http.upstream",
+    "balancer.http.exchange",
+    "balancer.http.client_side",
+)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _source_of(module: str, package_dir: str = _PACKAGE_DIR) -> str:
+    return os.path.join(package_dir, *module.split(".")[1:]) + ".py"
+
+
+def _compiled_of(source: str) -> str | None:
+    base = source[:-3]
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if os.path.exists(base + suffix):
+            return base + suffix
+    return None
+
+
+def why_not_compiled(modules: tuple[str, ...] = COMPILED_MODULES,
+                     environ: Mapping[str, str] = os.environ,
+                     package_dir: str = _PACKAGE_DIR) -> str | None:
+    """None when every module has a compiled build newer than its .py and .pxd; else why not."""
+    if environ.get("BALANCER_PURE_PYTHON"):
+        return "BALANCER_PURE_PYTHON is set"
+    for module in modules:
+        source = _source_of(module, package_dir)
+        compiled = _compiled_of(source)
+        if compiled is None:
+            return f"{module} is not compiled (run `make` or `pip install -e .`)"
+        built = os.path.getmtime(compiled)
+        for typed in (source, source[:-3] + ".pxd"):
+            if os.path.exists(typed) and os.path.getmtime(typed) > built:
+                name = os.path.relpath(typed, os.path.dirname(package_dir))
+                return f"{name} changed since it was compiled (run `make`)"
+    return None
+
+
+class _SourceFinder(importlib.abc.MetaPathFinder):
+    """Finds the COMPILED_MODULES as their .py files, ahead of the extension modules."""
+
+    def find_spec(self, fullname: str, path: object, target: ModuleType | None = None):
+        if fullname in COMPILED_MODULES:
+            return importlib.util.spec_from_file_location(fullname, _source_of(fullname))
+        return None
+
+
+REASON = why_not_compiled()
+COMPILED = REASON is None
+if not COMPILED:
+    sys.meta_path.insert(0, _SourceFinder())
+
+
+def describe() -> str:
+    """For the start-up log."""
+    return "compiled (Cython)" if COMPILED else f"pure Python: {REASON}"

@@ -1,0 +1,37 @@
+# Types for the compiled build of exchange.py (see balancer/compiled.py).
+
+from .client_side cimport ClientConnection
+from .parser cimport RequestHead
+from .upstream cimport UpstreamConnection
+
+
+cdef class Exchange:
+    cdef public ClientConnection client
+    cdef public RequestHead head
+    cdef public object runtime, route, pool, backend
+    cdef public UpstreamConnection upstream
+    cdef public str request_id
+    cdef public double started
+    cdef public list tried, body
+    cdef public Py_ssize_t body_size, unsent_from
+    cdef public bint replayable, request_done, response_started, finished
+    cdef public int status
+    cdef public bint chunked_out, close_client, tunnel
+    cdef public bytes upstream_head, early_tunnel
+    cdef public object set_cookie, region, country
+    cdef bint _connecting, _head_only
+    cdef object _retry_statuses
+    cdef tuple _response_hooks
+
+    cpdef begin(self)
+    cpdef _choose(self)
+    cpdef bytes _build_upstream_head(self)
+    cpdef _attempt(self, object backend)
+    cpdef _attach(self, UpstreamConnection conn)
+    cpdef request_body(self, bytes data)
+    cpdef request_ended(self)
+    cpdef response_body(self, bytes data)
+    cpdef response_end(self, UpstreamConnection conn, bint reusable)
+    cpdef _release_backend(self)
+    cpdef _finish(self, bint record=*)
+    cpdef _record(self)

@@ -1,0 +1,27 @@
+# Types for the compiled build of parser.py (see balancer/compiled.py).
+
+cdef class RequestHead:
+    cdef public bytes method, target, path, version
+    cdef public list headers
+    cdef public str host
+    cdef public object host_header  # bytes | None
+    cdef public bint keep_alive, chunked
+    cdef public object content_length  # int | None
+    cdef public object upgrade, connection, forwarded_for, request_id, cookie  # bytes | None
+    cdef public bint expect_continue, absolute
+
+    cpdef header(self, bytes lname)
+
+
+cdef class RequestReader:
+    cdef object _events
+    cdef object _limits
+    cdef object _parser
+    cdef RequestHead _head
+    cdef Py_ssize_t _url_bytes, _head_size, _head_bytes, _body_bytes
+    cdef bint _in_head
+    cdef int _hosts
+    cdef public bint head_started
+
+    cpdef feed(self, bytes data)
+    cpdef _check_target(self, RequestHead head)

@@ -1,0 +1,12 @@
+# Types for the compiled build of timers.py (see balancer/compiled.py); the .py stays the
+# source of truth for behaviour. Every attribute another module reads is `public`.
+
+cdef class Deadline:
+    cdef object _loop
+    cdef object _callback
+    cdef public double when
+    cdef object _handle
+
+    cpdef set_in(self, double seconds)
+    cpdef clear(self)
+    cpdef cancel(self)

@@ -1,0 +1,25 @@
+# Types for the compiled build of upstream.py (see balancer/compiled.py).
+# `exchange` stays untyped: exchange.pxd cimports this file, and a cycle of typed
+# references would make each module import the other half-initialised.
+
+from .timers cimport Deadline
+
+
+cdef class UpstreamConnection:
+    cdef public object backend, loop, transport, parser, exchange
+    cdef public double last_used, idle_timeout
+    cdef public bint closed, expect_head_only
+    cdef public Deadline deadline
+    cdef bytes _status_reason
+    cdef list _headers
+    cdef int _framing
+    cdef object _connection
+    cdef bint _head_sent, _until_close, _tunnel, _reading_paused
+
+    cpdef start(self, object exchange, bytes data, bint head_only)
+    cpdef write(self, bytes data)
+    cpdef release(self, double now)
+    cpdef pause_reading(self)
+    cpdef resume_reading(self)
+    cpdef close(self)
+    cpdef _end_message(self)

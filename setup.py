@@ -1,0 +1,63 @@
+"""Compiles the data plane's hot modules with Cython when it can.
+
+The modules stay plain Python (`balancer/http/*.py`), typed for the compiler by the `.pxd`
+files beside them. Where Cython or a C compiler is missing, or the build fails, the package
+installs and runs as pure Python: slower, same behaviour. `balancer/compiled.py` decides at
+import time which of the two runs; docs/decisions.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+COMPILED_MODULES = [
+    "balancer/http/timers.py",
+    "balancer/http/parser.py",
+    "balancer/http/upstream.py",
+    "balancer/http/exchange.py",
+    "balancer/http/client_side.py",
+]
+
+
+class OptionalBuildExt(build_ext):
+    """A failed compile is a warning, never a failed install: the pure modules still work."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # no compiler, no headers...
+            print(f"warning: data plane not compiled ({exc}); it runs as pure Python", file=sys.stderr)
+
+    def build_extension(self, ext) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            print(f"warning: {ext.name} not compiled ({exc}); the data plane runs as pure Python",
+                  file=sys.stderr)
+
+
+def extensions() -> list:
+    if os.environ.get("BALANCER_PURE_PYTHON"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("warning: Cython is not installed; the data plane runs as pure Python", file=sys.stderr)
+        return []
+    return cythonize(
+        COMPILED_MODULES,
+        compiler_directives={
+            "language_level": 3,
+            # Annotations document; only the .pxd files type. Cython would otherwise turn
+            # `data: bytes` into a run-time check that the pure modules do not make.
+            "annotation_typing": False,
+        },
+        quiet=True,
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
