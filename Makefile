@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The data-plane modules setup.py compiles: a change to one rebuilds them
 # (balancer/compiled.py would otherwise fall back to pure Python, with a warning).
-COMPILED := $(wildcard balancer/http/*.pxd) $(patsubst %.pxd,%.py,$(wildcard balancer/http/*.pxd))
+PXD := $(shell find balancer -name '*.pxd')
+COMPILED := $(PXD) $(PXD:.pxd=.py)
 
 .PHONY: run test bench check clean
 
@@ -33,4 +34,5 @@ check: $(STAMP)
 	$(BIN)/python -m balancer check --config config/example.yaml
 
 clean:
-	rm -rf $(VENV) build *.egg-info balancer/http/*.so balancer/http/*.c
+	rm -rf $(VENV) build *.egg-info
+	find balancer -name '*.so' -o -name '*.c' | xargs rm -f

@@ -21,6 +21,12 @@ from collections.abc import Mapping
 from types import ModuleType
 
 COMPILED_MODULES = (
+    "balancer.metrics",
+    "balancer.routing",
+    "balancer.pool",
+    "balancer.balance",
+    "balancer.runtime",
+    "balancer.http.headers",
     "balancer.http.timers",
     "balancer.http.parser",
     "balancer.http.upstream",
@@ -31,7 +37,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _source_of(module: str, package_dir: str = _PACKAGE_DIR) -> str:
-    return os.path.join(package_dir, *module.split(".")[1:]) + ".py"
+    path = os.path.join(package_dir, *module.split(".")[1:])
+    return os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
 
 
 def _compiled_of(source: str) -> str | None:
@@ -65,9 +72,13 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
     """Finds the COMPILED_MODULES as their .py files, ahead of the extension modules."""
 
     def find_spec(self, fullname: str, path: object, target: ModuleType | None = None):
-        if fullname in COMPILED_MODULES:
-            return importlib.util.spec_from_file_location(fullname, _source_of(fullname))
-        return None
+        if fullname not in COMPILED_MODULES:
+            return None
+        source = _source_of(fullname)
+        if source.endswith("__init__.py"):  # a package: its submodules are found beside it
+            return importlib.util.spec_from_file_location(
+                fullname, source, submodule_search_locations=[os.path.dirname(source)])
+        return importlib.util.spec_from_file_location(fullname, source)
 
 
 REASON = why_not_compiled()

@@ -223,7 +223,7 @@ class Pool:
         if (ejected and allow_panic
                 and len(ejected) * 100 > usable * self.config.outlier.max_ejected_percent):
             self.panics_total += 1
-            out.extend(b for b in ejected if b.active_requests + b.websockets < limit)
+            out.extend([b for b in ejected if b.active_requests + b.websockets < limit])
         return out
 
     def is_usable(self, backend: Backend, now: float) -> bool:

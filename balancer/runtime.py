@@ -45,7 +45,8 @@ class PoolRuntime:
     """The policy side of one pool for one config generation."""
 
     __slots__ = ("name", "pool", "config", "geo", "strategy", "sticky", "_tokens",
-                 "_tokens_members", "retry_statuses", "_hash_key", "_weight_of")
+                 "_tokens_members", "retry_statuses", "_hash_key", "_weight_of",
+                 "connect_timeout", "response_timeout", "idle_timeout", "websocket_idle_timeout")
 
     def __init__(self, pool: Pool, geo: Geo | None, sticky_secret: Callable[[str], bytes]) -> None:
         config = pool.config
@@ -66,6 +67,11 @@ class PoolRuntime:
         self._tokens: dict[bytes, str] = {}
         self._tokens_members: list[Backend] | None = None
         self.retry_statuses = frozenset(int(c) for c in config.retries.on if c.isdigit())
+        timeouts = config.timeouts
+        self.connect_timeout = timeouts.connect
+        self.response_timeout = timeouts.response
+        self.idle_timeout = timeouts.idle
+        self.websocket_idle_timeout = timeouts.websocket_idle
 
     @property
     def retries_total(self) -> int:
@@ -240,7 +246,7 @@ class Runtime:
             if self._trusted:
                 try:
                     address = ipaddress.ip_address(ip.split("%", 1)[0])
-                    trusted = any(address in net for net in self._trusted)
+                    trusted = any([address in net for net in self._trusted])
                 except ValueError:
                     trusted = False
             if len(self._trusted_cache) > 65536:

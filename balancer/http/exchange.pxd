@@ -1,6 +1,10 @@
 # Types for the compiled build of exchange.py (see balancer/compiled.py).
 
+from ..pool cimport Backend
+from ..routing cimport Route
+from ..runtime cimport PoolRuntime, Runtime
 from .client_side cimport ClientConnection
+from .headers cimport forwarded_for, hop_by_hop_with, request_id_from
 from .parser cimport RequestHead
 from .upstream cimport UpstreamConnection
 
@@ -8,7 +12,10 @@ from .upstream cimport UpstreamConnection
 cdef class Exchange:
     cdef public ClientConnection client
     cdef public RequestHead head
-    cdef public object runtime, route, pool, backend
+    cdef public Runtime runtime
+    cdef public Route route
+    cdef public PoolRuntime pool
+    cdef public Backend backend
     cdef public UpstreamConnection upstream
     cdef public str request_id
     cdef public double started
@@ -26,7 +33,7 @@ cdef class Exchange:
     cpdef begin(self)
     cpdef _choose(self)
     cpdef bytes _build_upstream_head(self)
-    cpdef _attempt(self, object backend)
+    cpdef _attempt(self, Backend backend)
     cpdef _attach(self, UpstreamConnection conn)
     cpdef request_body(self, bytes data)
     cpdef request_ended(self)

@@ -229,13 +229,12 @@ class Exchange:
         pool = self.pool
         assert pool is not None
         loop = self.client.loop
-        timeouts = pool.config.timeouts
-        conn = take_idle(backend, loop.time(), timeouts.idle)
+        conn = take_idle(backend, loop.time(), pool.idle_timeout)
         if conn is not None:
             self._attach(conn)
         else:
             self._connecting = True
-            spawn(self._connect(backend, timeouts.connect, timeouts.idle))
+            spawn(self._connect(backend, pool.connect_timeout, pool.idle_timeout))
 
     async def _connect(self, backend: Backend, timeout: float, idle: float) -> None:
         loop = self.client.loop
@@ -265,7 +264,7 @@ class Exchange:
                 self.replayable = False
                 body.clear()
                 self.unsent_from = 0
-        conn.deadline.set_in(self.pool.config.timeouts.response)  # type: ignore[union-attr]
+        conn.deadline.set_in(self.pool.response_timeout)  # type: ignore[union-attr]
         conn.start(self, data, self._head_only)
         if self.client.write_paused:
             # The player stopped reading during an earlier response (or while this backend
@@ -294,7 +293,7 @@ class Exchange:
         conn = self.upstream
         if conn is not None:
             conn.write(data)
-            conn.deadline.set_in(self.pool.config.timeouts.response)  # type: ignore[union-attr]
+            conn.deadline.set_in(self.pool.response_timeout)  # type: ignore[union-attr]
             if self.replayable:
                 self.body.append(data)
                 self.body_size += len(data)
@@ -408,7 +407,7 @@ class Exchange:
         self.client.write(data)
         conn = self.upstream
         if conn is not None:
-            conn.deadline.set_in(self.pool.config.timeouts.response)  # type: ignore[union-attr]
+            conn.deadline.set_in(self.pool.response_timeout)  # type: ignore[union-attr]
 
     def response_end(self, conn: UpstreamConnection, reusable: bool) -> None:
         if self.finished:
@@ -510,7 +509,7 @@ class Exchange:
         conn.parser = None  # type: ignore[assignment]
         self.head.headers = []
         self.body = []
-        conn.deadline.set_in(self.pool.config.timeouts.websocket_idle)
+        conn.deadline.set_in(self.pool.websocket_idle_timeout)
         if self.early_tunnel:
             conn.write(self.early_tunnel)
             self.early_tunnel = b""
@@ -527,13 +526,13 @@ class Exchange:
         conn = self.upstream
         if conn is not None:
             conn.write(data)
-            conn.deadline.set_in(self.pool.config.timeouts.websocket_idle)  # type: ignore[union-attr]
+            conn.deadline.set_in(self.pool.websocket_idle_timeout)  # type: ignore[union-attr]
 
     def tunnel_from_backend(self, data: bytes) -> None:
         self.client.write(data)
         conn = self.upstream
         if conn is not None:
-            conn.deadline.set_in(self.pool.config.timeouts.websocket_idle)  # type: ignore[union-attr]
+            conn.deadline.set_in(self.pool.websocket_idle_timeout)  # type: ignore[union-attr]
 
     def tunnel_closed(self) -> None:
         """The backend side of a tunnel ended: end the player's side too."""

@@ -82,6 +82,24 @@ class RequestEvents(Protocol):
     def request_ended(self) -> None: ...
 
 
+# Players send the same few Host values over and over: each is checked once (bounded cache).
+_HOSTS: dict[bytes, str] = {}
+_HOSTS_MAX = 1024
+# llhttp's version string -> the bytes the rest of the request path compares.
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+
+
+def host_of(value: bytes) -> str:
+    """split_host, remembered for the values seen most."""
+    host = _HOSTS.get(value)
+    if host is None:
+        host = split_host(value)  # raises on a bad one, which is never remembered
+        if len(_HOSTS) >= _HOSTS_MAX:
+            _HOSTS.clear()
+        _HOSTS[value] = host
+    return host
+
+
 def split_host(value: bytes) -> str:
     """Host header -> lower-case host without port; raises on anything that is not a host."""
     host = value.strip().lower()
@@ -227,9 +245,10 @@ class RequestReader:
         head = self._head
         parser = self._parser
         head.method = method = parser.get_method()
-        head.version = version = parser.get_http_version().encode()
-        if version not in (b"1.1", b"1.0"):
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
             raise RequestError(400, "unsupported HTTP version")
+        head.version = version
         if method not in ALLOWED_METHODS:
             raise RequestError(501, "method not supported")
         if version == b"1.0" and head.chunked:
@@ -238,7 +257,7 @@ class RequestReader:
             raise RequestError(413, "request body too large")
         self._check_target(head)
         if head.host_header is not None:
-            head.host = split_host(head.host_header)
+            head.host = host_of(head.host_header)
         elif version == b"1.1":
             raise RequestError(400, "missing Host header")
         head.keep_alive = parser.should_keep_alive()

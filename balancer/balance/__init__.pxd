@@ -1,0 +1,26 @@
+# Types for the compiled build of balance/__init__.py (see balancer/compiled.py).
+
+cimport cython
+
+from ..pool cimport Backend
+
+
+cdef class _Weighted:
+    cdef public object weight_of
+
+    cpdef Backend pick(self, candidates, double now)
+
+
+cdef class LeastConn(_Weighted):
+    @cython.locals(b=Backend, best=Backend, score=double, best_score=double, ties=long)
+    cpdef Backend pick(self, candidates, double now)
+
+
+cdef class RoundRobin(_Weighted):
+    cdef dict _current
+
+    cpdef Backend pick(self, candidates, double now)
+
+
+cdef class Random(_Weighted):
+    cpdef Backend pick(self, candidates, double now)

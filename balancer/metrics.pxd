@@ -1,0 +1,7 @@
+# Types for the compiled build of metrics.py (see balancer/compiled.py).
+
+cdef class Stats:
+    cdef public dict requests, durations, rejected, connections, reloads
+    cdef public dict connection_limit_reached
+
+    cpdef request(self, str route, str pool, str backend, bytes method, int code, double seconds)

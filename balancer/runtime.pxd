@@ -1,0 +1,36 @@
+# Types for the compiled build of runtime.py (see balancer/compiled.py).
+
+from .balance cimport _Weighted
+from .metrics cimport Stats
+from .pool cimport Backend, Pool
+from .routing cimport RouteTable
+
+
+cdef class Choice:
+    cdef public Backend backend
+    cdef public str reason
+    cdef public object retry_after, set_cookie
+
+
+cdef class PoolRuntime:
+    cdef public str name
+    cdef public Pool pool
+    cdef public object config, geo, sticky, retry_statuses
+    cdef public _Weighted strategy
+    # The pool's timeouts, read on every request and body chunk.
+    cdef public double connect_timeout, response_timeout, idle_timeout, websocket_idle_timeout
+    cdef dict _tokens
+    cdef object _tokens_members, _hash_key, _weight_of
+
+    cpdef Choice choose(self, exchange)
+    cpdef Backend _balance(self, candidates, exchange, double now)
+
+
+cdef class Runtime:
+    cdef public object config, geo, limits, _trusted
+    cdef public RouteTable routes
+    cdef public dict pools, _trusted_cache
+    cdef public bytes geo_header
+    cdef public Stats stats
+
+    cpdef bint is_trusted(self, str ip)
