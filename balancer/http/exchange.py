@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from .. import health
@@ -71,7 +72,7 @@ class Exchange:
         self.request_id = ""
         # Not loop.time(): uvloop's clock is in whole milliseconds, cached per loop iteration,
         # so most requests would last 0 s and the duration histogram's sum would read ~0.
-        self.started = time.perf_counter()
+        self.started = perf_counter()
         self.tried: list[Backend] = []
         self.body: list[bytes] = []  # framed body chunks: unsent ones, plus sent ones for replay
         self.body_size = 0
@@ -647,7 +648,7 @@ class Exchange:
             route.name if route is not None else "",
             pool.name if pool is not None else "",
             backend.id if backend is not None else "",
-            self.head.method, self.status, time.perf_counter() - self.started,
+            self.head.method, self.status, perf_counter() - self.started,
         )
 
 

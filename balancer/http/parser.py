@@ -21,6 +21,9 @@ from .errors import RequestError
 ALLOWED_METHODS: frozenset[bytes] = frozenset(
     {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"}
 )
+# The method as one shared object per name: its hash is computed once, not per request
+# (method sets, retry rules and the request counters all look it up).
+_METHODS: dict[bytes, bytes] = {method: method for method in ALLOWED_METHODS}
 # RFC 9110 §9.2.2: these may be repeated without changing the outcome, so they may be retried.
 IDEMPOTENT_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 
@@ -244,13 +247,14 @@ class RequestReader:
         self._head_bytes = 0
         head = self._head
         parser = self._parser
-        head.method = method = parser.get_method()
+        method = _METHODS.get(parser.get_method())
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             raise RequestError(400, "unsupported HTTP version")
         head.version = version
-        if method not in ALLOWED_METHODS:
+        if method is None:
             raise RequestError(501, "method not supported")
+        head.method = method
         if version == b"1.0" and head.chunked:
             raise RequestError(400, "Transfer-Encoding on HTTP/1.0")
         if head.content_length is not None and head.content_length > self._limits.max_body_bytes:
@@ -261,7 +265,8 @@ class RequestReader:
         elif version == b"1.1":
             raise RequestError(400, "missing Host header")
         head.keep_alive = parser.should_keep_alive()
-        if parser.should_upgrade():
+        # llhttp sees an upgrade only with an Upgrade header (CONNECT is refused above).
+        if head.upgrade is not None and parser.should_upgrade():
             if head.upgrade != b"websocket":
                 raise RequestError(400, "only WebSocket upgrades are supported")
             if head.has_body:

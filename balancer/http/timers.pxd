@@ -2,7 +2,7 @@
 # source of truth for behaviour. Every attribute another module reads is `public`.
 
 cdef class Deadline:
-    cdef object _loop
+    cdef object _loop, _time
     cdef object _callback
     cdef public double when
     cdef object _handle

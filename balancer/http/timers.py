@@ -12,17 +12,18 @@ from typing import Callable
 
 
 class Deadline:
-    __slots__ = ("_loop", "_callback", "when", "_handle")
+    __slots__ = ("_loop", "_time", "_callback", "when", "_handle")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
+        self._time = loop.time  # bound once: set_in runs several times per request
         self._callback = callback
         self.when = 0.0  # loop time; 0.0 = not set
         self._handle: asyncio.TimerHandle | None = None
 
     def set_in(self, seconds: float) -> None:
         # Runs several times per request: no helper call, no new handle unless earlier.
-        when = self.when = self._loop.time() + seconds
+        when = self.when = self._time() + seconds
         handle = self._handle
         if handle is None:
             self._handle = self._loop.call_at(when, self._fire)
@@ -44,7 +45,7 @@ class Deadline:
         when = self.when
         if when == 0.0:
             return
-        if self._loop.time() < when:
+        if self._time() < when:
             self._handle = self._loop.call_at(when, self._fire)
             return
         self.when = 0.0
