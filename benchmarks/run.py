@@ -49,6 +49,9 @@ TARGETS: dict[str, tuple[float, float | None]] = {
     "full": (0.65, None),
 }
 
+# Issue 6: two workers against one, as a same-round throughput ratio (not against HAProxy).
+TWO_WORKERS, ONE_WORKER, MIN_TWO_VS_ONE = "workers2", "spine", 1.30
+
 STICKY_COOKIE = "LB_BENCH"
 STICKY_SECRET = "bench-secret-not-for-production-0123456789"
 PLUGIN_HEADER = "X-Bench-Plugins"
@@ -102,6 +105,68 @@ PROCS = Processes()
 
 def _on_signal(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
+
+
+# --------------------------------------------------------------------------- CPU accounting
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CPU_PARTS = ("proxy", "backends", "wrk")
+
+
+def proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, CPU seconds so far) for every process: utime + stime from /proc/<pid>/stat,
+    which already covers all of a process's threads."""
+    table: dict[int, tuple[int, float]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:  # exited while we looked
+            continue
+        # Field 2 (comm) may hold spaces and ')': count fields from after the last ')'.
+        rest = data[data.rindex(b")") + 2:].split()
+        table[int(name)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK_TCK)
+    return table
+
+
+def tree_cpu(table: dict[int, tuple[int, float]], roots: tuple[int, ...]) -> float:
+    """CPU seconds of the roots and all their descendants (forked workers, nginx workers)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        total += table[pid][1]
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+def trees_cpu(trees: dict[str, tuple[int, ...]]) -> dict[str, float]:
+    table = proc_table()  # one scan for all trees: the snapshots are taken at one moment
+    return {part: tree_cpu(table, roots) for part, roots in trees.items()}
+
+
+def wait_reaping(proc: subprocess.Popen[bytes], timeout: float, busy_for: float) -> float:
+    """proc.wait(timeout) that returns the CPU seconds the child used, from wait4's rusage
+    (exact, all threads). Polls slowly for the first `busy_for` seconds (the child's expected
+    run time), then every 2 ms so that the reaping, and the snapshots after it, follow the
+    child's exit closely."""
+    start = time.monotonic()
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
+            return usage.ru_utime + usage.ru_stime
+        elapsed = time.monotonic() - start
+        if elapsed >= timeout:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(0.05 if elapsed < busy_for - 0.1 else 0.002)
 
 
 # --------------------------------------------------------------------------- setup helpers
@@ -448,6 +513,7 @@ class Target:
     log: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     admin: int | None = None
+    cpu_root: int | None = None  # the process whose tree is the proxy's CPU (none for direct)
     runs: list[dict[str, Any]] = field(default_factory=list)
     metrics_after: dict[str, Any] | None = None
     log_tail: str | None = None
@@ -468,6 +534,7 @@ def start_balancer(variant: Variant, python: str, work: Path, backends: dict[str
     argv = [python, "-m", "balancer", "run", "--config", str(cfg_path)]
     proc = PROCS.start(f"balancer-{variant.name}", argv, log=target.log, env=env, cwd=REPO)
     target.proc = proc
+    target.cpu_root = proc.pid
     if not wait_for_port(ports.listener, proc, startup_timeout):
         code = proc.poll()
         if code == 2:  # `balancer run` exits 2 on a config it rejects (PRODUCT.md §2)
@@ -536,23 +603,46 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 
 def run_wrk(wrk: str, target: Target, *, duration: float, threads: int, connections: int,
-            log_path: Path) -> dict[str, Any]:
+            log_path: Path, cpu_trees: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """One wrk run. With `cpu_trees` (part -> root pids), also the CPU each part, and wrk
+    itself, used during the run, per completed request (see cpu_per_request)."""
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency",
             "--timeout", "2s"]
     for k, v in target.headers.items():
         argv += ["-H", f"{k}: {v}"]
     argv.append(f"http://127.0.0.1:{target.port}/")
+    before = trees_cpu(cpu_trees) if cpu_trees is not None else {}
+    started = time.monotonic()
     proc = PROCS.start("wrk", argv, log=log_path)
     try:
-        proc.wait(timeout=duration + 30)  # wrk stops itself at -d; this is the hard bound
+        # wrk stops itself at -d; this is the hard bound
+        wrk_cpu = wait_reaping(proc, timeout=duration + 30, busy_for=duration)
     except subprocess.TimeoutExpired:
         PROCS.stop(proc)
         raise RuntimeError(f"wrk against {target.name} did not finish in {duration + 30:g}s")
+    after = trees_cpu(cpu_trees) if cpu_trees is not None else {}
+    wall = time.monotonic() - started
     PROCS.stop(proc)
     out = log_path.read_text(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited {proc.returncode}: {out[-500:]}")
-    return parse_wrk(out)
+    res = parse_wrk(out)
+    if cpu_trees is not None:
+        used: dict[str, float | None] = {part: after[part] - before[part] for part in cpu_trees}
+        used["wrk"] = wrk_cpu
+        res["wall_s"] = wall
+        res["cpu_seconds"] = used
+        res["cpu_us_per_request"] = cpu_per_request(used, res["requests"] or res["rps"] * duration)
+    return res
+
+
+def cpu_per_request(used: dict[str, float | None], requests: float) -> dict[str, float | None]:
+    """CPU seconds per part -> microseconds per completed request; a part that is not there
+    (the proxy, for direct) is None and adds nothing to the total."""
+    per = {part: (None if used.get(part) is None or not requests else used[part] * 1e6 / requests)
+           for part in CPU_PARTS}
+    per["total"] = sum(v for v in per.values() if v is not None)
+    return per
 
 
 # --------------------------------------------------------------------------- report
@@ -576,6 +666,16 @@ def fmt_ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
+def cpu_medians(t: Target) -> dict[str, float | None]:
+    """Median over rounds of each part's CPU us per request (each part on its own)."""
+    per_run = [r["cpu_us_per_request"] for r in t.runs if "cpu_us_per_request" in r]
+    out: dict[str, float | None] = {}
+    for part in (*CPU_PARTS, "total"):
+        vals = [c[part] for c in per_run if c[part] is not None]
+        out[part] = statistics.median(vals) if vals else None
+    return out
+
+
 def summarize(t: Target) -> dict[str, Any]:
     if not t.runs:
         return {"rps": None, "p99_s": None, "errors": None}
@@ -586,6 +686,7 @@ def summarize(t: Target) -> dict[str, Any]:
         "non_2xx": sum(r["non_2xx"] for r in t.runs),
         "socket_errors": {k: sum(r["socket_errors"].get(k, 0) for r in t.runs)
                           for k in ("connect", "read", "write", "timeout")},
+        "cpu_us_per_request": cpu_medians(t),
     }
 
 
@@ -611,6 +712,29 @@ def evaluate(name: str, thr: float | None, p99: float | None) -> tuple[bool | No
     return ok, f"{'met' if ok else 'NOT MET'} ({want})"
 
 
+def evaluate_two_workers(by_name: dict[str, Target]) -> dict[str, Any]:
+    """Issue 6's target: two workers' throughput against one worker's, same-round pairs."""
+    want = f">={MIN_TWO_VS_ONE:.2f}x {ONE_WORKER} thr"
+    one = by_name.get(ONE_WORKER)
+    if one is None:
+        return {"met": None, "text": f"not evaluated ({want}; {ONE_WORKER} not run)",
+                "vs_one_worker": None}
+    ratio = paired_ratio(by_name[TWO_WORKERS], one, "rps")
+    if ratio is None:
+        return {"met": False, "text": f"NOT MET ({want}; not measured)", "vs_one_worker": None}
+    ok = ratio >= MIN_TWO_VS_ONE
+    return {"met": ok, "text": f"{ratio:.2f}x {ONE_WORKER}: {'met' if ok else 'NOT MET'} ({want})",
+            "vs_one_worker": ratio}
+
+
+def issue_target(t: Target, by_name: dict[str, Target], thr_h: float | None,
+                 p99_h: float | None) -> dict[str, Any]:
+    if t.name == TWO_WORKERS:
+        return evaluate_two_workers(by_name)
+    ok, text = evaluate(t.name, thr_h, p99_h)
+    return {"met": ok, "text": text}
+
+
 def print_table(targets: list[Target], by_name: dict[str, Target], max_errors: int) -> dict[str, Any]:
     hap, direct = by_name.get("haproxy"), by_name.get("direct")
     header = (f"{'target':<10} {'req/s':>9} {'p99':>9} {'errors':>7}  {'thr/haproxy':>11} "
@@ -624,8 +748,7 @@ def print_table(targets: list[Target], by_name: dict[str, Target], max_errors: i
         if t.status != "ok" or not t.runs:
             print(f"{t.name:<10} {'-':>9} {'-':>9} {'-':>7}  {t.status}")
             if t.kind == "balancer":
-                ok, text = evaluate(t.name, None, None)
-                evaluations[t.name] = {"met": ok if t.name in TARGETS else None, "text": text}
+                evaluations[t.name] = issue_target(t, by_name, None, None)
             continue
         err = s["errors"]
         err_txt = f"{err}" + ("!" if err > max_errors else "")
@@ -633,11 +756,12 @@ def print_table(targets: list[Target], by_name: dict[str, Target], max_errors: i
             thr_h = paired_ratio(t, hap, "rps")
             p99_h = paired_ratio(t, hap, "p99_s")
             thr_d = paired_ratio(t, direct, "rps")
-            ok, text = evaluate(t.name, thr_h, p99_h)
-            evaluations[t.name] = {"met": ok, "text": text, "thr_vs_haproxy": thr_h,
-                                   "p99_vs_haproxy": p99_h, "thr_vs_direct": thr_d}
+            ev = issue_target(t, by_name, thr_h, p99_h)
+            evaluations[t.name] = {**ev, "thr_vs_haproxy": thr_h, "p99_vs_haproxy": p99_h,
+                                   "thr_vs_direct": thr_d}
             print(f"{t.name:<10} {fmt_rps(s['rps']):>9} {fmt_lat(s['p99_s']):>9} {err_txt:>7}  "
-                  f"{fmt_ratio(thr_h):>11} {fmt_ratio(p99_h):>11} {fmt_ratio(thr_d):>10}  {text}")
+                  f"{fmt_ratio(thr_h):>11} {fmt_ratio(p99_h):>11} {fmt_ratio(thr_d):>10}  "
+                  f"{ev['text']}")
         else:
             thr_d = paired_ratio(t, direct, "rps") if t is not direct else None
             print(f"{t.name:<10} {fmt_rps(s['rps']):>9} {fmt_lat(s['p99_s']):>9} {err_txt:>7}  "
@@ -648,6 +772,64 @@ def print_table(targets: list[Target], by_name: dict[str, Target], max_errors: i
               f"{', '.join(noisy)}; those numbers are not trustworthy")
     print()
     return evaluations
+
+
+def fmt_us(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def print_cpu_table(targets: list[Target]) -> None:
+    """Where the CPU goes: per completed request, so runs at different rates compare."""
+    ran = [t for t in targets if any("cpu_us_per_request" in r for r in t.runs)]
+    if not ran:
+        return
+    print("CPU per request (us, medians over rounds)")
+    header = f"{'target':<10} {'proxy':>8} {'backends':>8} {'wrk':>8} {'total':>8}"
+    print(header)
+    print("-" * len(header))
+    for t in ran:
+        m = cpu_medians(t)
+        print(f"{t.name:<10} {fmt_us(m['proxy']):>8} {fmt_us(m['backends']):>8} "
+              f"{fmt_us(m['wrk']):>8} {fmt_us(m['total']):>8}")
+    print()
+
+
+def two_worker_bound(one: Target) -> dict[str, Any] | None:
+    """The most two workers can gain over one, from the one-worker runs' CPU per request.
+
+    One worker is the bottleneck, so its throughput is about 1/B (B: proxy CPU per request),
+    if it keeps its core busy. With two workers every core can be busy, so throughput is at
+    most cores/(B + O) (O: backends + wrk CPU per request): the ratio is at most
+    cores * B / (B + O)."""
+    runs = [r for r in one.runs if "cpu_us_per_request" in r]
+    if not runs:
+        return None
+    b = statistics.median(r["cpu_us_per_request"]["proxy"] for r in runs)
+    o = statistics.median(r["cpu_us_per_request"]["backends"] + r["cpu_us_per_request"]["wrk"]
+                          for r in runs)
+    busy = statistics.median(r["cpu_seconds"]["proxy"] / r["wall_s"] for r in runs)
+    cores = os.cpu_count() or 1
+    return {"cores": cores, "proxy_us": b, "backends_wrk_us": o,
+            "max_vs_one_worker": cores * b / (b + o), "one_worker_cores_busy": busy}
+
+
+def print_two_workers(by_name: dict[str, Target], evaluations: dict[str, Any]) -> dict[str, Any] | None:
+    """The two-workers line and the CPU bound that explains it; returns the bound for the JSON."""
+    two, one = by_name.get(TWO_WORKERS), by_name.get(ONE_WORKER)
+    if two is None or one is None:
+        return None
+    ratio = evaluations.get(TWO_WORKERS, {}).get("vs_one_worker")
+    print(f"{TWO_WORKERS} / {ONE_WORKER}: {fmt_ratio(ratio)} (same-round pairs, median; "
+          f"issue 6 target >= {MIN_TWO_VS_ONE:.2f}x)")
+    bound = two_worker_bound(one)
+    if bound is not None:
+        print(f"bound from CPU per request: two workers can reach at most "
+              f"{bound['max_vs_one_worker']:.2f}x of one worker on {bound['cores']} cores "
+              f"(proxy {bound['proxy_us']:.1f} us, backends+wrk {bound['backends_wrk_us']:.1f} us "
+              f"per request in the {ONE_WORKER} runs, where the one worker kept "
+              f"{bound['one_worker_cores_busy']:.2f} of a core busy)")
+    print()
+    return bound
 
 
 # --------------------------------------------------------------------------- main
@@ -710,6 +892,8 @@ def main(argv: list[str] | None = None) -> int:
             tgt = TARGETS.get(v.name)
             tt = (f" [target >= {tgt[0]:.2f}x HAProxy thr" + (f", p99 <= {tgt[1]:.2f}x" if tgt[1] else "")
                   + "]") if tgt else ""
+            if v.name == TWO_WORKERS:
+                tt = f" [target >= {MIN_TWO_VS_ONE:.2f}x {ONE_WORKER} thr]"
             print(f"{v.name:<9} {v.description}{tt}")
         return 0
 
@@ -728,15 +912,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log(f"work dir {work}")
         backends = {}
+        nginx_pids: list[int] = []
         for name in ("a", "b"):
-            backends[name], _ = start_nginx(tools, work, name)
+            backends[name], nginx = start_nginx(tools, work, name)
+            nginx_pids.append(nginx.pid)
         log(f"nginx backends a={backends['a']} b={backends['b']}")
-        hport, _ = start_haproxy(tools, work, backends)
+        hport, haproxy = start_haproxy(tools, work, backends)
         log(f"haproxy on {hport}")
 
         targets: list[Target] = [
             Target("direct", "direct", backends["a"], description="wrk -> nginx a"),
-            Target("haproxy", "haproxy", hport, description="HAProxy nbthread 1, leastconn"),
+            Target("haproxy", "haproxy", hport, description="HAProxy nbthread 1, leastconn",
+                   cpu_root=haproxy.pid),
         ]
         for t in targets:  # sanity: everything answers 200 with the backend header
             try:
@@ -773,17 +960,22 @@ def main(argv: list[str] | None = None) -> int:
                     t.status = f"failed: balancer exited ({t.proc.returncode}) during the run"
                     continue
                 log(f"round {rnd + 1}/{args.rounds}: {t.name} {args.duration:g}s")
+                # Both nginx trees count as backends, also for direct (b idles there).
+                trees = {"backends": tuple(nginx_pids)}
+                if t.cpu_root is not None:
+                    trees["proxy"] = (t.cpu_root,)
                 try:
                     res = run_wrk(tools["wrk"], t, duration=args.duration, threads=args.threads,
                                   connections=args.connections,
-                                  log_path=logs / f"round{rnd + 1}-{t.name}.txt")
+                                  log_path=logs / f"round{rnd + 1}-{t.name}.txt", cpu_trees=trees)
                 except (RuntimeError, ValueError) as exc:
                     t.status = f"failed: {str(exc)[:300]}"
                     continue
                 res["round"] = rnd + 1
                 t.runs.append(res)
+                cpu = res["cpu_us_per_request"]
                 log(f"  {fmt_rps(res['rps'])} req/s, p99 {fmt_lat(res['p99_s'])}, "
-                    f"errors {res['errors']}")
+                    f"errors {res['errors']}, CPU {cpu['total']:.1f} us/request")
             time.sleep(0.5)
 
         # After the load, scrape /metrics once: a sanity check that the admin side survived.
@@ -801,6 +993,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.rounds} interleaved round(s), medians; ratios are medians of same-round "
               f"pairs; {os.cpu_count()} cores")
         evaluations = print_table(targets, by_name, args.max_errors)
+        print_cpu_table(targets)
+        bound = print_two_workers(by_name, evaluations)
 
         env_info = {
             "started": started.isoformat(timespec="seconds"),
@@ -814,7 +1008,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         method = {"duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup,
                   "threads": args.threads, "connections": args.connections,
-                  "ratio": "median over rounds of same-round pairs"}
+                  "ratio": "median over rounds of same-round pairs",
+                  "cpu": "utime+stime during each measured run: proxy = the target's process "
+                         "tree, backends = both nginx trees, wrk = wait4 rusage; "
+                         "us per completed request"}
 
         def target_json(t: Target) -> dict[str, Any]:
             return {"name": t.name, "kind": t.kind, "description": t.description,
@@ -835,6 +1032,9 @@ def main(argv: list[str] | None = None) -> int:
                 if name in TARGETS:
                     doc["issue_target"] = {"min_thr_vs_haproxy": TARGETS[name][0],
                                            "max_p99_vs_haproxy": TARGETS[name][1]}
+                if name == TWO_WORKERS:
+                    doc["issue_target"] = {f"min_thr_vs_{ONE_WORKER}": MIN_TWO_VS_ONE}
+                    doc["cpu_bound"] = bound
             path = args.out / f"results-{name}.json"
             path.write_text(json.dumps(doc, indent=2) + "\n")
             written.append(str(path.relative_to(REPO) if path.is_relative_to(REPO) else path))
