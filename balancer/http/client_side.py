@@ -233,7 +233,7 @@ class ClientConnection:
             self.close()
             return
         if self.reading is exchange and exchange.request_done:
-            limits = self.server.runtime().limits
+            limits = exchange.runtime.limits
             if self.reader.head_started:
                 # The next request's head began arriving during this exchange: it is due
                 # within header_timeout from now, or a slowloris could idle on for ever.

@@ -15,7 +15,7 @@ cdef class RequestHead:
 
 cdef class RequestReader:
     cdef object _events
-    cdef object _limits
+    cdef Py_ssize_t _max_url, _max_header_bytes, _max_header_count, _max_body
     cdef object _parser
     cdef RequestHead _head
     cdef Py_ssize_t _url_bytes, _head_size, _head_bytes, _body_bytes

@@ -126,13 +126,18 @@ class RequestReader:
     """Feeds client bytes to llhttp and turns its callbacks into checked request events."""
 
     __slots__ = (
-        "_events", "_limits", "_parser", "_head", "_url_bytes", "_head_size", "_head_bytes",
+        "_events", "_parser", "_head", "_url_bytes", "_head_size", "_head_bytes",
         "_body_bytes", "_in_head", "_hosts", "head_started",
+        "_max_url", "_max_header_bytes", "_max_header_count", "_max_body",
     )
 
     def __init__(self, events: RequestEvents, limits: Limits) -> None:
         self._events = events
-        self._limits = limits
+        # The limits as plain numbers: they are compared on every header.
+        self._max_url = limits.max_url_bytes
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_header_count = limits.max_header_count
+        self._max_body = limits.max_body_bytes
         self._parser = httptools.HttpRequestParser(self)
         self._head = RequestHead()
         self._url_bytes = 0
@@ -170,7 +175,7 @@ class RequestReader:
             raise RequestError(400, "invalid method") from None
         except httptools.HttpParserError as exc:
             raise RequestError(400, f"malformed request: {exc}") from None
-        if self._in_head and self._head_bytes > self._limits.max_header_bytes:
+        if self._in_head and self._head_bytes > self._max_header_bytes:
             raise RequestError(431, "request header too large")
         return None
 
@@ -188,20 +193,20 @@ class RequestReader:
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
         self._head_size += len(url)
-        if self._url_bytes > self._limits.max_url_bytes:
+        if self._url_bytes > self._max_url:
             raise RequestError(414, "request target too long")
         self._head.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         head = self._head
         headers = head.headers
-        if len(headers) >= self._limits.max_header_count:
+        if len(headers) >= self._max_header_count:
             raise RequestError(431, "too many request headers")
         lname = name.lower()
         headers.append((lname, name, value))
         # Cheap enough to keep exact: the running head size (name, value, ": ", CRLF).
         self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._limits.max_header_bytes:
+        if self._head_size > self._max_header_bytes:
             raise RequestError(431, "request header too large")
         if lname not in _SPECIAL_HEADERS:
             # find(), not `b"_" in`: bytes.__contains__ first tries the operand as an int and
@@ -257,7 +262,7 @@ class RequestReader:
         head.method = method
         if version == b"1.0" and head.chunked:
             raise RequestError(400, "Transfer-Encoding on HTTP/1.0")
-        if head.content_length is not None and head.content_length > self._limits.max_body_bytes:
+        if head.content_length is not None and head.content_length > self._max_body:
             raise RequestError(413, "request body too large")
         self._check_target(head)
         if head.host_header is not None:
@@ -315,7 +320,7 @@ class RequestReader:
     def on_body(self, body: bytes) -> None:
         self._in_head = False
         self._body_bytes += len(body)
-        if self._body_bytes > self._limits.max_body_bytes:
+        if self._body_bytes > self._max_body:
             raise RequestError(413, "request body too large")
         self._events.request_body(body)
 

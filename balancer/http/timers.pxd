@@ -6,7 +6,10 @@ cdef class Deadline:
     cdef object _callback
     cdef public double when
     cdef object _handle
+    cdef double _armed_at
 
     cpdef set_in(self, double seconds)
+    cpdef set_at(self, double when)
     cpdef clear(self)
     cpdef cancel(self)
+    cdef _arm(self, double when)

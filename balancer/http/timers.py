@@ -12,7 +12,7 @@ from typing import Callable
 
 
 class Deadline:
-    __slots__ = ("_loop", "_time", "_callback", "when", "_handle")
+    __slots__ = ("_loop", "_time", "_callback", "when", "_handle", "_armed_at")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
@@ -20,16 +20,25 @@ class Deadline:
         self._callback = callback
         self.when = 0.0  # loop time; 0.0 = not set
         self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0  # when the handle fires (kept here: asking the handle is a call)
 
     def set_in(self, seconds: float) -> None:
-        # Runs several times per request: no helper call, no new handle unless earlier.
-        when = self.when = self._time() + seconds
+        self.set_at(self._time() + seconds)
+
+    def set_at(self, when: float) -> None:
+        """Due at loop time `when` (for callers that just read the loop clock)."""
+        # Runs several times per request: no new handle unless earlier.
+        self.when = when
         handle = self._handle
         if handle is None:
-            self._handle = self._loop.call_at(when, self._fire)
-        elif handle.when() > when:
+            self._arm(when)
+        elif self._armed_at > when:
             handle.cancel()
-            self._handle = self._loop.call_at(when, self._fire)
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        self._armed_at = when
+        self._handle = self._loop.call_at(when, self._fire)
 
     def clear(self) -> None:
         self.when = 0.0
@@ -46,7 +55,7 @@ class Deadline:
         if when == 0.0:
             return
         if self._time() < when:
-            self._handle = self._loop.call_at(when, self._fire)
+            self._arm(when)
             return
         self.when = 0.0
         self._callback()

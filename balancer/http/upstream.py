@@ -216,7 +216,7 @@ class UpstreamConnection:
             return
         self.last_used = now
         self.backend.idle.append(self)
-        self.deadline.set_in(self.idle_timeout)
+        self.deadline.set_at(now + self.idle_timeout)
 
     def pause_reading(self) -> None:
         if not self._reading_paused and not self.closed:
