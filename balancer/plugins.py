@@ -308,7 +308,9 @@ class PluginRequest:
     def request_id(self, value: str) -> None:
         if not isinstance(value, str) or not _REQUEST_ID.fullmatch(value):
             raise ValueError("a request id is 1-128 characters of A-Za-z0-9._-")
-        self._exchange.request_id = value
+        # As a plain str: a subclass (an enum member, say) passes the check above, but the
+        # compiled exchange types the field as exactly str (exchange.pxd) and would refuse it.
+        self._exchange.request_id = str.__str__(value)
 
     def cookie(self, name: str) -> str | None:
         """The value of cookie `name` in the request, or None."""

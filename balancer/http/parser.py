@@ -11,6 +11,7 @@ URL, header size and header count limits. RFC 9112 §6.3 and §11.2 give the rea
 
 from __future__ import annotations
 
+import sys
 from typing import Protocol
 
 import httptools
@@ -133,11 +134,14 @@ class RequestReader:
 
     def __init__(self, events: RequestEvents, limits: Limits) -> None:
         self._events = events
-        # The limits as plain numbers: they are compared on every header.
-        self._max_url = limits.max_url_bytes
-        self._max_header_bytes = limits.max_header_bytes
-        self._max_header_count = limits.max_header_count
-        self._max_body = limits.max_body_bytes
+        # The limits as plain numbers: they are compared on every header. The compiled build
+        # keeps them as C integers (parser.pxd); no count ever exceeds sys.maxsize, so a
+        # larger limit (an operator's "no limit") means the same capped, and would otherwise
+        # fail every connection there with an OverflowError.
+        self._max_url = min(limits.max_url_bytes, sys.maxsize)
+        self._max_header_bytes = min(limits.max_header_bytes, sys.maxsize)
+        self._max_header_count = min(limits.max_header_count, sys.maxsize)
+        self._max_body = min(limits.max_body_bytes, sys.maxsize)
         self._parser = httptools.HttpRequestParser(self)
         self._head = RequestHead()
         self._url_bytes = 0

@@ -33,6 +33,10 @@ class _HeadResponseDone(Exception):
     """Raised from the parser callback to stop llhttp after a HEAD response's head."""
 
 
+class _NotSwitching(Exception):
+    """Raised from the parser callback for a 101 that names no protocol: a malformed answer."""
+
+
 class UpstreamConnection:
     """An asyncio.Protocol by its methods (compiled: see balancer/compiled.py)."""
 
@@ -164,7 +168,14 @@ class UpstreamConnection:
         has_length = bool(self._framing & _HAS_LENGTH)
         bodiless = self.expect_head_only or status in (204, 304)
         self._until_close = not (chunked or has_length or bodiless or status == 101)
-        if status == 101 and parser.should_upgrade():
+        if status == 101:
+            if not parser.should_upgrade():
+                # RFC 9110 §15.2.2: a 101 names what it switches to (Upgrade, and Connection:
+                # upgrade). Without them llhttp reads on as HTTP while the exchange would turn
+                # into a tunnel, each side sure the other owns the connection (and the finished
+                # half-tunnel would read the client's released request reader). data_received
+                # answers it as any malformed response: a protocol error.
+                raise _NotSwitching()
             self._tunnel = True
         exchange.response_head(self, status, self._status_reason, headers, chunked,
                                has_length, bodiless, self._connection)
