@@ -588,7 +588,9 @@ class Exchange:
         """Answer with one of the balancer's own JSON errors and end the exchange."""
         if self.finished or self.response_started:
             return
-        if not self.request_done or status in (400, 408, 413, 414, 431, 501):
+        if not self.request_done or self.head.upgrade is not None or status in (400, 408, 413, 414, 431, 501):
+            # After an upgrade request the reader stopped at its head (as in response_head):
+            # this connection cannot carry another request.
             close = True
         self.close_client = self.close_client or close
         self.status = status
@@ -617,7 +619,7 @@ class Exchange:
             self._plugin_failed(plugin, "on_request", TypeError(
                 f"on_request returned {type(answer).__name__}, not a Response or None"))
             return
-        close = self.close_client or not self.request_done
+        close = self.close_client or not self.request_done or self.head.upgrade is not None
         try:
             data = render_answer(answer, self.request_id, close, self._head_only)
         except ValueError as exc:

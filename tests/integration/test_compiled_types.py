@@ -18,7 +18,7 @@ import pytest
 
 from balancer.plugins import Plugin, PluginRequest
 from tests.conftest import one_pool, pool_yaml
-from tests.fakes.rawhttp import RawBackend, read_response
+from tests.fakes.rawhttp import RawBackend, closed_after, read_response
 
 # Larger than any C integer (sys.maxsize is 2**63 - 1): how an operator writes "no limit".
 HUGE = 10**20
@@ -92,11 +92,44 @@ async def test_a_101_that_names_no_protocol_is_a_bad_answer(start_balancer, swit
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         try:
             response = await read_response(reader)
+            assert response.status == 502
+            # The reader stopped at the upgrade head: nothing more can be read on this connection.
+            assert response.header("connection") == "close" and await closed_after(reader)
         finally:
             writer.close()
-        assert response.status == 502
         state = lb.app.pools["web"].backends[backend.name]
         assert (state.websockets, state.active_requests, len(state.tunnels)) == (0, 0, 0)
         assert state.upstream_errors == {"protocol": 1}
     finally:
         await backend.stop()
+
+
+UPGRADE = (b"GET /ws/table HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+@pytest.mark.parametrize("case", ["no route", "backend down", "plugin answer"])
+async def test_an_answer_of_the_balancers_own_to_an_upgrade_request_closes(start_balancer, backends, case):
+    """The balancer's own answers to an upgrade request (its errors, a plugin's answer) end
+    the connection, as a backend's refusal does: the reader stopped at the upgrade head, so a
+    request sent after it would never be read."""
+    bs = await backends(1)
+    plugins = "[{'tests.example_plugins.probes:Teapot': {status: 429}}]" if case == "plugin answer" else "[]"
+    lb = await start_balancer(f"""
+        routes:
+          - {{name: games, pool: web, match: {{host: casino.test}}, plugins: {plugins}}}
+        pools:
+          web:
+            backends: {pool_yaml(bs)}
+        """)
+    if case == "backend down":
+        await bs[0].stop()
+    host = b"elsewhere.test" if case == "no route" else b"casino.test"
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port())
+    writer.write(UPGRADE % host)
+    try:
+        response = await read_response(reader)
+        assert response.status == {"no route": 404, "backend down": 502, "plugin answer": 429}[case]
+        assert response.header("connection") == "close" and await closed_after(reader)
+    finally:
+        writer.close()
