@@ -169,12 +169,14 @@ class UpstreamConnection:
         bodiless = self.expect_head_only or status in (204, 304)
         self._until_close = not (chunked or has_length or bodiless or status == 101)
         if status == 101:
-            if not parser.should_upgrade():
+            if not parser.should_upgrade() or exchange.head.upgrade is None:
                 # RFC 9110 §15.2.2: a 101 names what it switches to (Upgrade, and Connection:
                 # upgrade). Without them llhttp reads on as HTTP while the exchange would turn
                 # into a tunnel, each side sure the other owns the connection (and the finished
-                # half-tunnel would read the client's released request reader). data_received
-                # answers it as any malformed response: a protocol error.
+                # half-tunnel would read the client's released request reader). And it answers
+                # only a request that asked to switch: an unasked one would turn a player's
+                # plain HTTP connection into a raw pipe to the backend. data_received answers
+                # either as any malformed response: a protocol error.
                 raise _NotSwitching()
             self._tunnel = True
         exchange.response_head(self, status, self._status_reason, headers, chunked,

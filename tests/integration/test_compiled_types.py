@@ -104,6 +104,27 @@ async def test_a_101_that_names_no_protocol_is_a_bad_answer(start_balancer, swit
         await backend.stop()
 
 
+async def test_a_101_to_a_request_that_asked_for_no_upgrade_is_a_bad_answer(start_balancer):
+    """RFC 9110 §15.2.2: a server switches protocols only when the request asked to. A 101 to a
+    plain GET must not turn the player's HTTP connection into a raw pipe to the backend."""
+    backend = await RawBackend(response=b"HTTP/1.1 101 Switching Protocols\r\n"
+                                        b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n").start()
+    try:
+        lb = await start_balancer(one_pool([backend]))
+        reader, writer = await asyncio.open_connection("127.0.0.1", lb.port())
+        writer.write(b"GET /lobby HTTP/1.1\r\nHost: casino.test\r\n\r\n")
+        try:
+            response = await read_response(reader)
+            assert response.status == 502
+        finally:
+            writer.close()
+        state = lb.app.pools["web"].backends[backend.name]
+        assert (state.websockets, state.active_requests, len(state.tunnels)) == (0, 0, 0)
+        assert state.upstream_errors == {"protocol": 1}
+    finally:
+        await backend.stop()
+
+
 UPGRADE = (b"GET /ws/table HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 
