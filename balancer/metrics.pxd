@@ -1,5 +1,8 @@
 # Types for the compiled build of metrics.py (see balancer/compiled.py).
 
+cdef dict _CODE_CLASS
+
+
 cdef class Stats:
     cdef public dict requests, durations, rejected, connections, reloads
     cdef public dict connection_limit_reached

@@ -9,7 +9,7 @@ parent, which is also why the snapshot is plain JSON-able data.
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 import time
 from typing import Callable, Iterable, Iterator
 
@@ -54,7 +54,7 @@ class Stats:
         hist = self.durations.get(dkey)
         if hist is None:
             hist = self.durations[dkey] = [0.0] * (len(BUCKETS) + 2)
-        hist[bisect.bisect_left(BUCKETS, seconds)] += 1
+        hist[bisect_left(BUCKETS, seconds)] += 1
         hist[-1] += seconds
 
     def reject(self, listener: str, reason: str) -> None:

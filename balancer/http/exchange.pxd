@@ -9,6 +9,11 @@ from .parser cimport RequestHead
 from .upstream cimport UpstreamConnection
 
 
+cdef dict _STATUS_LINES, _PLUGIN_REJECT_REASON
+
+cpdef bytes status_line(int status, bytes reason)
+
+
 cdef class Exchange:
     cdef public ClientConnection client
     cdef public RequestHead head

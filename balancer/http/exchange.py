@@ -200,27 +200,28 @@ class Exchange:
         client = self.client
         drop = NOT_FORWARDED if head.connection is None else hop_by_hop_with(head.connection, NOT_FORWARDED)
         lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-        append = lines.append
-        extend = lines.extend
         for lname, name, value in head.headers:
             if lname not in drop:
-                extend((name, b": ", value, b"\r\n"))
+                lines.append(name)
+                lines.append(b": ")
+                lines.append(value)
+                lines.append(b"\r\n")
         if head.chunked:
-            append(b"transfer-encoding: chunked\r\n")
+            lines.append(b"transfer-encoding: chunked\r\n")
         if head.upgrade is not None:
-            append(b"connection: upgrade\r\nupgrade: " + head.upgrade + b"\r\n")
-        append(b"x-forwarded-for: " + forwarded_for(head.forwarded_for, client.client_ip, client.peer_trusted)
+            lines.append(b"connection: upgrade\r\nupgrade: " + head.upgrade + b"\r\n")
+        lines.append(b"x-forwarded-for: " + forwarded_for(head.forwarded_for, client.client_ip, client.peer_trusted)
                + b"\r\nx-forwarded-proto: " + client.scheme
                + b"\r\nx-request-id: " + self.request_id.encode())
         if head.host_header is not None:
-            append(b"\r\nx-forwarded-host: " + head.host_header)
+            lines.append(b"\r\nx-forwarded-host: " + head.host_header)
         else:
             # An HTTP/1.0 request may lack Host, but we forward as HTTP/1.1, which requires
             # one; RFC 9112 §3.2: with no authority to name, send it empty.
-            append(b"\r\nhost: ")
+            lines.append(b"\r\nhost: ")
         if self.region is not None:
-            append(b"\r\nx-client-region: " + self.region.encode())
-        append(b"\r\n\r\n")
+            lines.append(b"\r\nx-client-region: " + self.region.encode())
+        lines.append(b"\r\n\r\n")
         return b"".join(lines)
 
     def _attempt(self, backend: Backend) -> None:
@@ -356,27 +357,28 @@ class Exchange:
             self.close_client = True
         drop = HOP_BY_HOP if connection is None else hop_by_hop_with(connection)
         out = [status_line(status, reason)]
-        append = out.append
-        extend = out.extend
         for lname, name, value in headers:
             if lname in drop and not (status == 101 and lname == b"upgrade"):
                 continue
-            extend((name, b": ", value, b"\r\n"))
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
         if status == 101:
-            append(b"connection: upgrade\r\n")
+            out.append(b"connection: upgrade\r\n")
         elif not bodiless and not has_length and not self._head_only:
             if self.head.version == b"1.1":
                 self.chunked_out = True
-                append(b"transfer-encoding: chunked\r\n")
+                out.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.close_client = True  # HTTP/1.0 reads a close-delimited body
         if self.set_cookie is not None:
-            append(b"set-cookie: " + self.set_cookie + b"\r\n")
+            out.append(b"set-cookie: " + self.set_cookie + b"\r\n")
         if self.close_client:
-            append(b"connection: close\r\n")
+            out.append(b"connection: close\r\n")
         elif self.head.version == b"1.0":
-            append(b"connection: keep-alive\r\n")
-        append(b"\r\n")
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
         client.write(b"".join(out))
         if status == 101:
             self._become_tunnel(conn)

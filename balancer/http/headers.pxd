@@ -1,5 +1,7 @@
 # Types for the compiled build of headers.py (see balancer/compiled.py).
 
+cdef dict _WITH_TOKENS
+
 cpdef str request_id_from(value)
 cpdef str new_request_id()
 cpdef frozenset hop_by_hop_with(bytes connection, frozenset base=*)

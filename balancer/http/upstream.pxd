@@ -4,6 +4,8 @@
 
 from .timers cimport Deadline
 
+cdef frozenset _WATCHED  # looked up per response header
+
 
 cdef class UpstreamConnection:
     cdef public object backend, loop, transport, parser, exchange
