@@ -1,7 +1,7 @@
 """Compiles the data plane's hot modules with Cython when it can.
 
-The modules stay plain Python (`balancer/http/*.py`), typed for the compiler by the `.pxd`
-files beside them. Where Cython or a C compiler is missing, or the build fails, the package
+The modules on the request path stay plain Python, typed for the compiler by the `.pxd` files
+beside them. Where Cython or a C compiler is missing, or the build fails, the package
 installs and runs as pure Python: slower, same behaviour. `balancer/compiled.py` decides at
 import time which of the two runs; docs/decisions.md has the measurements.
 """
@@ -10,23 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-COMPILED_MODULES = [
-    "balancer/metrics.py",
-    "balancer/routing.py",
-    "balancer/pool.py",
-    "balancer/balance/__init__.py",
-    "balancer/runtime.py",
-    "balancer/http/headers.py",
-    "balancer/http/timers.py",
-    "balancer/http/parser.py",
-    "balancer/http/upstream.py",
-    "balancer/http/exchange.py",
-    "balancer/http/client_side.py",
-]
+# Every module with a .pxd beside it (its types for the compiler); balancer/compiled.py lists
+# the same modules by name (tests/unit/test_compiled.py checks that the two agree).
+COMPILED_MODULES = sorted(str(pxd.with_suffix(".py")) for pxd in Path("balancer").rglob("*.pxd"))
 
 CYTHON_OPTIONS = dict(
     compiler_directives={

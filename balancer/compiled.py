@@ -1,7 +1,7 @@
 """Which data plane runs: the Cython-compiled hot modules, or the same modules as Python.
 
 setup.py compiles the modules in COMPILED_MODULES in place (typed by the .pxd files beside
-them), which takes about a third off the Python time of every request (docs/decisions.md).
+them), which halves the Python time of every request (docs/decisions.md).
 A compiled module that is older than its source is stale: it would run code that is no longer
 in the repository. Then, and when BALANCER_PURE_PYTHON is set or a module was not compiled,
 every one of them is loaded from source instead. It is all or none: the compiled modules

@@ -57,6 +57,15 @@ def test_the_environment_can_ask_for_pure_python(package: Path) -> None:
     assert why(package, {"BALANCER_PURE_PYTHON": "1"}) == "BALANCER_PURE_PYTHON is set"
 
 
+def test_every_module_with_types_is_one_the_loader_knows() -> None:
+    """setup.py compiles each module that has a .pxd; compiled.py must guard the same ones,
+    or a stale build of a module it does not know would run."""
+    root = Path(compiled.__file__).parent
+    typed = {".".join(("balancer", *pxd.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+             for pxd in root.rglob("*.pxd")}
+    assert typed == set(compiled.COMPILED_MODULES)
+
+
 def _imported_from(env: dict[str, str]) -> list[str]:
     code = ("import balancer.compiled as c, balancer.http.exchange as e, balancer.http.parser as p;"
             "print(c.COMPILED, e.__file__, p.__file__)")
