@@ -1,6 +1,5 @@
 # Types for the compiled build of runtime.py (see balancer/compiled.py).
 
-from .balance cimport _Weighted
 from .metrics cimport Stats
 from .pool cimport Backend, Pool
 from .routing cimport RouteTable
@@ -16,7 +15,7 @@ cdef class PoolRuntime:
     cdef public str name
     cdef public Pool pool
     cdef public object config, geo, sticky, retry_statuses
-    cdef public _Weighted strategy
+    cdef public object strategy  # LeastConn, RoundRobin or Random: each has pick()
     # The pool's timeouts, read on every request and body chunk.
     cdef public double connect_timeout, response_timeout, idle_timeout, websocket_idle_timeout
     cdef dict _tokens

@@ -27,9 +27,6 @@ class _Weighted:
     def __init__(self, weight_of: WeightFn = static_weight) -> None:
         self.weight_of = weight_of
 
-    def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
-        raise NotImplementedError
-
 
 class LeastConn(_Weighted):
     """Fewest (active requests + open WebSockets) per unit of weight; ties broken at random,
