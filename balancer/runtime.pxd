@@ -19,17 +19,18 @@ cdef class PoolRuntime:
     # The pool's timeouts, read on every request and body chunk.
     cdef public double connect_timeout, response_timeout, idle_timeout, websocket_idle_timeout
     cdef dict _tokens
-    cdef object _tokens_members, _hash_key, _weight_of
+    cdef object _tokens_members, _hash_key
 
     cpdef Choice choose(self, exchange)
     cpdef Backend _balance(self, candidates, exchange, double now)
+    cdef tuple _region_order(self, exchange, bint pinned)
+    cdef bytes _new_cookie(self, Backend backend, exchange)
 
 
 cdef class Runtime:
     cdef public object config, geo, limits, _trusted
     cdef public RouteTable routes
     cdef public dict pools, _trusted_cache
-    cdef public bytes geo_header
     cdef public Stats stats
 
     cpdef bint is_trusted(self, str ip)

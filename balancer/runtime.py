@@ -45,7 +45,7 @@ class PoolRuntime:
     """The policy side of one pool for one config generation."""
 
     __slots__ = ("name", "pool", "config", "geo", "strategy", "sticky", "_tokens",
-                 "_tokens_members", "retry_statuses", "_hash_key", "_weight_of",
+                 "_tokens_members", "retry_statuses", "_hash_key",
                  "connect_timeout", "response_timeout", "idle_timeout", "websocket_idle_timeout")
 
     def __init__(self, pool: Pool, geo: Geo | None, sticky_secret: Callable[[str], bytes]) -> None:
@@ -54,13 +54,13 @@ class PoolRuntime:
         self.pool = pool
         self.config = config
         self.geo = geo
-        self._weight_of = static_weight
+        weight_of = static_weight
         if config.slow_start > 0:
             slow_start = config.slow_start
-            self._weight_of = lambda b, now: health.effective_weight(b, now, slow_start)
+            weight_of = lambda b, now: health.effective_weight(b, now, slow_start)
         self.strategy = {
             "least_conn": LeastConn, "round_robin": RoundRobin, "random": Random,
-        }.get(config.balance, LeastConn)(self._weight_of)
+        }.get(config.balance, LeastConn)(weight_of)
         self._hash_key = _hash_key_reader(config.hash_on) if config.balance == "consistent_hash" else None
         self.sticky = (StickyCookies(config.sticky, pool.name, sticky_secret(config.sticky.secret_env))
                        if config.sticky is not None else None)
@@ -87,8 +87,7 @@ class PoolRuntime:
         now = time.monotonic()
         pool = self.pool
         geo = self.geo
-        country = exchange.country
-        pinned = geo is not None and geo.is_pinned(country)
+        pinned = geo is not None and geo.is_pinned(exchange.country)
 
         # 2. Sticky: a valid cookie naming a usable backend wins. A valid cookie whose backend
         # is gone, unusable, or (for a pinned country) abroad fails closed under `fail`.
@@ -105,22 +104,16 @@ class PoolRuntime:
 
         # 3. Geo: the client's region, then its fallbacks; a pinned country never leaves.
         candidates = pool.eligible(now, allow_panic=not pinned)
-        order: tuple[str, ...] = ()
-        if geo is not None and (pinned or self.config.geo):
-            order = geo.region_order(exchange.region, country)
-            if order:
-                candidates = geo.candidates(candidates, order)
+        order = self._region_order(exchange, pinned)
+        if order:
+            candidates = Geo.candidates(candidates, order)
         if not candidates:
             reason = "no backend in your jurisdiction" if pinned else "no eligible backend"
             return Choice(None, reason, self._retry_after(now, order if pinned else ()))
 
         # 4. Balance.
         backend = self._balance(candidates, exchange, now)
-        cookie = None
-        if sticky is not None:
-            cookie = sticky.set_cookie_header(sticky.encode(backend.id, time.time()),
-                                              exchange.client.scheme == b"https")
-        return Choice(backend, set_cookie=cookie)
+        return Choice(backend, set_cookie=self._new_cookie(backend, exchange) if sticky is not None else None)
 
     def choose_again(self, exchange: Exchange) -> Backend | None:
         """A different backend for a retry, under the same geo rules; None if there is none."""
@@ -131,21 +124,32 @@ class PoolRuntime:
             return None
         now = time.monotonic()
         geo = self.geo
-        country = exchange.country
-        pinned = geo is not None and geo.is_pinned(country)
+        pinned = geo is not None and geo.is_pinned(exchange.country)
         tried = exchange.tried
         candidates = [b for b in self.pool.eligible(now, allow_panic=not pinned) if b not in tried]
-        if geo is not None and (pinned or self.config.geo):
-            order = geo.region_order(exchange.region, country)
-            if order:
-                candidates = geo.candidates(candidates, order)
+        order = self._region_order(exchange, pinned)
+        if order:
+            candidates = Geo.candidates(candidates, order)
         if not candidates:
             return None
         backend = self._balance(candidates, exchange, now)
-        if self.sticky is not None:
-            exchange.set_cookie = self.sticky.set_cookie_header(
-                self.sticky.encode(backend.id, time.time()), exchange.client.scheme == b"https")
+        if sticky is not None:
+            exchange.set_cookie = self._new_cookie(backend, exchange)
         return backend
+
+    def _region_order(self, exchange: Exchange, pinned: bool) -> tuple[str, ...]:
+        """Geo (§4 step 3): the regions to choose in, best first; () when geo does not apply
+        (the pool has no `geo: true` and the country is not pinned, or no region is known)."""
+        geo = self.geo
+        if geo is not None and (pinned or self.config.geo):
+            return geo.region_order(exchange.region, exchange.country)
+        return ()
+
+    def _new_cookie(self, backend: Backend, exchange: Exchange) -> bytes:
+        """The Set-Cookie value that pins the player to the backend just balanced to."""
+        sticky = self.sticky
+        return sticky.set_cookie_header(sticky.encode(backend.id, time.time()),
+                                        exchange.client.scheme == b"https")
 
     def _balance(self, candidates: Sequence[Backend], exchange: Exchange, now: float) -> Backend:
         if self._hash_key is not None:
@@ -218,7 +222,7 @@ def _hash_key_reader(hash_on: str) -> Callable[[Exchange], bytes | None]:
 class Runtime:
     """One config generation, compiled."""
 
-    __slots__ = ("config", "routes", "pools", "geo", "geo_header", "limits", "stats",
+    __slots__ = ("config", "routes", "pools", "geo", "limits", "stats",
                  "_trusted", "_trusted_cache")
 
     def __init__(self, config: Config, pools: dict[str, Pool], stats: Stats,
@@ -228,7 +232,6 @@ class Runtime:
         self.stats = stats
         self.limits = config.limits
         self.geo = Geo(config.geo, config.trusted_proxies) if config.geo is not None else None
-        self.geo_header = config.geo.country_header.lower().encode() if config.geo is not None else b""
         routes = [Route(r) for r in config.routes]
         if plugin_factory is not None:
             for route in routes:
