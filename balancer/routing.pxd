@@ -15,6 +15,5 @@ cdef class RouteTable:
     cdef public list routes
     cdef public set _hosts
     cdef public tuple _wildcards
-    cdef public bint _any_host
 
     cpdef Route match(self, str host, bytes path, bytes method, list headers)

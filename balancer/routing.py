@@ -59,14 +59,13 @@ class Route:
 
 
 class RouteTable:
-    __slots__ = ("routes", "_hosts", "_wildcards", "_any_host")
+    __slots__ = ("routes", "_hosts", "_wildcards")
 
     def __init__(self, routes: list[Route]) -> None:
         self.routes = routes
         # For absolute-form targets: is this host one of ours at all? (no open proxy)
         self._hosts = {r._host for r in routes if r._host is not None}
         self._wildcards = tuple(r._suffix for r in routes if r._suffix is not None)
-        self._any_host = any(r._host is None and r._suffix is None for r in routes)
 
     def match(self, host: str, path: bytes, method: bytes,
               headers: list[tuple[bytes, bytes, bytes]]) -> Route | None:
