@@ -58,13 +58,12 @@ class Geo:
     """Geo policy of one config: built once per (re)load, then read-only except its caches."""
 
     __slots__ = (
-        "country_header", "header_name", "default_region",
+        "header_name", "default_region",
         "_trusted", "_reader", "_country_region", "_pinned", "_blocked",
         "_orders", "_pinned_orders", "_trusted_cache", "_db_cache",
     )
 
     def __init__(self, config: GeoConfig, trusted_proxies: tuple[IPNetwork, ...]) -> None:
-        self.country_header = config.country_header
         # Lower-case bytes, as the parser hands header names over.
         self.header_name = config.country_header.lower().encode("latin-1")
         self.default_region = config.default_region

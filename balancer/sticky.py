@@ -91,7 +91,7 @@ class StickyCookies:
     """Encodes and verifies the sticky cookie of one pool."""
 
     __slots__ = (
-        "name", "ttl", "pool_name", "_secret", "_pool_prefix", "_mac_key", "_mac_prefix",
+        "name", "ttl", "_secret", "_pool_prefix", "_mac_key", "_mac_prefix",
         "_tokens", "_header_prefix", "_header_suffix", "_header_suffix_secure", "fail_closed",
         "_verified",
     )
@@ -103,7 +103,6 @@ class StickyCookies:
         self.fail_closed = config.on_failure == "fail"  # 503 rather than a new backend
         # Whole seconds: Max-Age is an integer and the expiry field counts seconds.
         self.ttl = int(config.ttl)
-        self.pool_name = pool_name
         self._secret = secret
         self._pool_prefix = pool_name.encode("utf-8") + b"\0"
         self._mac_key = hmac.digest(secret, _MAC_KEY_LABEL, "sha256")
