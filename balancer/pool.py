@@ -53,8 +53,8 @@ class Backend:
         self.ramp_start = 0.0
         self.active_requests = 0
         self.websockets = 0
-        self.idle: list[UpstreamConnection] = []
-        self.tunnels: set = set()  # open WebSocket exchanges, closed when a drain runs out  # keep-alive connections, most recent last
+        self.idle: list[UpstreamConnection] = []  # keep-alive connections, most recent last
+        self.tunnels: set = set()  # open WebSocket exchanges, closed when a drain runs out
         self.open_connections = 0
         self.upstream_errors: dict[str, int] = {}
         self.health_checks: dict[str, int] = {}
