@@ -146,7 +146,7 @@ class BalancerCollector(Collector):
             buckets = []
             for bound, count in zip(BUCKETS, hist):
                 cumulative += count
-                buckets.append((_bound(bound), cumulative))
+                buckets.append((repr(bound), cumulative))
             cumulative += hist[len(BUCKETS)]
             buckets.append(("+Inf", cumulative))
             durations.add_metric([route, pool, code_class], buckets, hist[-1])
@@ -212,7 +212,3 @@ class BalancerCollector(Collector):
             last.add_metric([service], value)
         yield updates
         yield last
-
-
-def _bound(value: float) -> str:
-    return repr(value)
