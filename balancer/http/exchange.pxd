@@ -25,7 +25,7 @@ cdef class Exchange:
     cdef public str request_id
     cdef public double started
     cdef public list tried, body
-    cdef public Py_ssize_t body_size, unsent_from
+    cdef public Py_ssize_t body_size
     cdef public bint replayable, request_done, response_started, finished
     cdef public int status
     cdef public bint chunked_out, close_client, tunnel

@@ -55,7 +55,7 @@ def status_line(status: int, reason: bytes) -> bytes:
 class Exchange:
     __slots__ = (
         "client", "head", "runtime", "route", "pool", "backend", "upstream", "request_id",
-        "started", "tried", "body", "body_size", "unsent_from", "replayable", "request_done",
+        "started", "tried", "body", "body_size", "replayable", "request_done",
         "response_started", "finished", "status", "chunked_out", "close_client",
         "upstream_head", "set_cookie", "region", "country", "early_tunnel", "tunnel",
         "_connecting", "_retry_statuses", "_head_only", "_response_hooks",
@@ -74,9 +74,11 @@ class Exchange:
         # so most requests would last 0 s and the duration histogram's sum would read ~0.
         self.started = perf_counter()
         self.tried: list[Backend] = []
-        self.body: list[bytes] = []  # framed body chunks: unsent ones, plus sent ones for replay
+        # Framed body chunks: before a backend connection is attached, the ones to send; after,
+        # the ones sent, kept for a retry while they fit in RETRY_BUFFER. Every attach (the
+        # first, or a retry's) sends all of them.
+        self.body: list[bytes] = []
         self.body_size = 0
-        self.unsent_from = 0
         self.replayable = True
         self.request_done = not head.has_body
         self.response_started = False
@@ -260,12 +262,10 @@ class Exchange:
         body = self.body
         data = self.upstream_head
         if body:
-            data = data + b"".join(body[self.unsent_from:]) if self.unsent_from else data + b"".join(body)
-            self.unsent_from = len(body)
+            data = data + b"".join(body)
             if self.body_size > RETRY_BUFFER:
                 self.replayable = False
                 body.clear()
-                self.unsent_from = 0
         conn.deadline.set_in(self.pool.response_timeout)  # type: ignore[union-attr]
         conn.start(self, data, self._head_only)
         if self.client.write_paused:
@@ -299,11 +299,9 @@ class Exchange:
             if self.replayable:
                 self.body.append(data)
                 self.body_size += len(data)
-                self.unsent_from = len(self.body)
                 if self.body_size > RETRY_BUFFER:
                     self.replayable = False
                     self.body.clear()
-                    self.unsent_from = 0
             return
         self.body.append(data)
         self.body_size += len(data)
@@ -489,7 +487,6 @@ class Exchange:
         pool = self.pool
         assert pool is not None
         pool.retries_total += 1
-        self.unsent_from = 0
         self._attempt(backend)
 
     def _release_backend(self) -> None:
