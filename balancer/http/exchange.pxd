@@ -9,7 +9,7 @@ from .parser cimport RequestHead
 from .upstream cimport UpstreamConnection
 
 
-cdef dict _STATUS_LINES, _PLUGIN_REJECT_REASON
+cdef dict _STATUS_LINES, _PLUGIN_REJECT_REASON, _RETRY_CONDITION
 
 cpdef bytes status_line(int status, bytes reason)
 
@@ -45,5 +45,5 @@ cdef class Exchange:
     cpdef response_body(self, bytes data)
     cpdef response_end(self, UpstreamConnection conn, bint reusable)
     cpdef _release_backend(self)
-    cpdef _finish(self, bint record=*)
+    cpdef _finish(self)
     cpdef _record(self)

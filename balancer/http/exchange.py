@@ -41,6 +41,8 @@ _STATUS_LINES: dict[int, bytes] = {}
 # Plugin answers counted in balancer_rejected_requests_total; other statuses (403...) have no
 # reason among the contract's labels (PRODUCT.md §8).
 _PLUGIN_REJECT_REASON = {429: "rate_limited", 451: "geo_blocked"}
+# An upstream failure kind -> the name retries.on gives it (a 5xx status is its own name).
+_RETRY_CONDITION = {CONNECT: "connect_failure", RESET: "reset", TIMEOUT: "504", PROTOCOL: "reset"}
 
 
 def status_line(status: int, reason: bytes) -> bytes:
@@ -437,7 +439,7 @@ class Exchange:
         self._release_backend()
         if self.response_started:
             self.client.abort()  # half a response cannot be mended; the player must see it
-            self._finish(record=True)
+            self._finish()
             return
         retry_to = self._retry_target(kind)
         if retry_to is not None:
@@ -461,8 +463,7 @@ class Exchange:
         retries = pool.config.retries
         if len(self.tried) >= retries.attempts or self.tunnel:
             return False
-        condition = {CONNECT: "connect_failure", RESET: "reset", TIMEOUT: "504",
-                     PROTOCOL: "reset"}.get(kind, kind)
+        condition = _RETRY_CONDITION.get(kind, kind)
         if condition not in retries.on and not (kind == TIMEOUT and "timeout" in retries.on):
             return False
         if kind == CONNECT:
@@ -633,12 +634,11 @@ class Exchange:
             self.client.count_rejected(reason)
         self._finish()
 
-    def _finish(self, record: bool = True) -> None:
+    def _finish(self) -> None:
         if self.finished:
             return
         self.finished = True
-        if record:
-            self._record()
+        self._record()
         self.client.exchange_finished(self)
 
     def _record(self) -> None:
