@@ -98,7 +98,7 @@ class AdminServer:
 
     async def pools(self, request: web.Request) -> web.Response:
         await self.app.refresh_from_workers()
-        return web.json_response({"pools": self.app.describe_pools()})
+        return web.json_response({"pools": describe_pools(self.app.pools)})
 
     async def drain(self, request: web.Request) -> web.Response:
         return await self._set_drain(request, True)

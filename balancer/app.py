@@ -104,7 +104,7 @@ class App:
         self._adopt_pools(self.config)
         if self.serves_traffic:
             for listener in self.config.listeners:
-                await self._start_listener(listener)
+                self.listeners[listener.name] = await self._open_listener(listener)
         await self._sync_background()
         self._tasks.append(self.loop.create_task(self._sweep()))
         if self.runs_probes:
@@ -129,9 +129,6 @@ class App:
                 for backend in self.pools[name].backends.values():
                     self.pools[name].start_drain(backend)
                 del self.pools[name]
-
-    async def _start_listener(self, listener: ListenerConfig) -> None:
-        self.listeners[listener.name] = await self._open_listener(listener)
 
     async def _open_listener(self, listener: ListenerConfig) -> ListenerServer:
         context = server_context(listener.tls) if listener.tls is not None else None
@@ -204,12 +201,11 @@ class App:
         # the configured address.
         listener = first.config if first is not None else self.config.listeners[0]
         port = first.port if first is not None else listener.address.port
-        admin = self.admin
+        # A wildcard host is sent as "" by the registration itself (Consul then advertises
+        # the node's own address).
         host = listener.address.host
-        if host in ("0.0.0.0", "::"):
-            host = ""  # Consul then advertises the node's own address
         registration = self.registration = ConsulRegistration(consul)
-        admin_url = admin.url if admin else ""
+        admin_url = self.admin.url if self.admin else ""
         try:
             await registration.register(host, port, admin_url)
         except Exception as exc:  # Consul down must not stop the balancer from serving
@@ -299,8 +295,9 @@ class App:
             if previous is not None:
                 await previous.stop_accepting()  # its open connections carry on
                 self.retired.append(previous)
+        kept = {listener.name for listener in config.listeners}
         for name in list(self.listeners):
-            if name not in {listener.name for listener in config.listeners}:
+            if name not in kept:
                 # Stop accepting; its open connections finish on their own.
                 server = self.listeners.pop(name)
                 await server.stop_accepting()
@@ -335,11 +332,6 @@ class App:
         if self.workers is not None:
             await self.workers.collect(self)
 
-    def describe_pools(self) -> list[dict]:
-        from .admin import describe_pools
-
-        return describe_pools(self.pools)
-
     def not_ready_reasons(self) -> list[str]:
         """Why this instance should not get traffic: a route whose pool has no eligible backend."""
         now = time.monotonic()
@@ -362,8 +354,8 @@ class App:
         else:
             pool.stop_drain(backend)
         if self.workers is not None:
-            await self.workers.broadcast({"op": "drain" if drain else "undrain",
-                                          "pool": pool_name, "backend": backend_id})
+            self.workers.broadcast({"op": "drain" if drain else "undrain",
+                                    "pool": pool_name, "backend": backend_id})
         return None
 
     async def reload_everywhere(self) -> list[str]:

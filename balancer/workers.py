@@ -182,14 +182,12 @@ class Workers:
         app.workers = self
         spawn(self._push_health(app))
 
-    async def broadcast(self, message: dict) -> None:
+    def broadcast(self, message: dict) -> None:
         for handle in self.handles:
             handle.send(message)
 
     def broadcast_discovered(self, pool: str, backends: list[BackendConfig]) -> None:
-        message = {"op": "discovered", "pool": pool, "backends": [_backend_to(b) for b in backends]}
-        for handle in self.handles:
-            handle.send(message)
+        self.broadcast({"op": "discovered", "pool": pool, "backends": [_backend_to(b) for b in backends]})
 
     async def ask(self, message: dict) -> list[dict]:
         """Send to every live worker and gather the replies (a silent worker is skipped)."""
@@ -225,11 +223,12 @@ class Workers:
         self.stats = stats
         now = time.monotonic()
         for name, pool in app.pools.items():
-            pool.retries_total = sum(r["pools"].get(name, {}).get("retries", 0) for r in replies)
-            pool.panics_total = sum(r["pools"].get(name, {}).get("panics", 0) for r in replies)
+            counters = [r["pools"].get(name, {}) for r in replies]
+            pool.retries_total = sum(c.get("retries", 0) for c in counters)
+            pool.panics_total = sum(c.get("panics", 0) for c in counters)
             for backend in pool.backends.values():
-                parts = [r["pools"].get(name, {}).get("backends", {}).get(backend.id) for r in replies]
-                parts = [p for p in parts if p is not None]
+                parts = [c["backends"][backend.id] for c in counters
+                         if backend.id in c.get("backends", ())]
                 backend.active_requests = sum(p["active"] for p in parts)
                 backend.websockets = sum(p["websockets"] for p in parts)
                 backend.ejections_total = sum(p["ejections"] for p in parts)
@@ -250,7 +249,7 @@ class Workers:
             }
             if state != self._last_health:
                 self._last_health = state
-                await self.broadcast({"op": "health", "pools": state})
+                self.broadcast({"op": "health", "pools": state})
             await asyncio.sleep(HEALTH_PUSH_INTERVAL)
 
 
