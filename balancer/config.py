@@ -27,7 +27,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union, get_args
 from urllib.parse import urlsplit
 
 import maxminddb
@@ -538,8 +538,10 @@ _ID = re.compile(r"^[A-Za-z0-9._:-]+$")
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$", re.IGNORECASE)
 _HOST_PATTERN = re.compile(rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*$")
-_BALANCES = ("least_conn", "round_robin", "random", "consistent_hash")
-_RETRY_CONDITIONS = ("connect_failure", "reset", "timeout", "502", "503", "504")
+# The accepted words are the Literal types' own, so the two cannot drift apart.
+_BALANCES = get_args(BalanceName)
+_ON_FAILURE = get_args(OnFailure)
+_RETRY_CONDITIONS = get_args(RetryCondition)
 _CONSUL_MAX_WAIT = "10m"  # Consul caps a blocking query's wait there
 
 
@@ -1099,7 +1101,7 @@ def _sticky(s: _Section) -> StickyConfig:
         cookie=s.take("cookie", _scalar(_token("cookie name"))),
         ttl=s.take("ttl", _scalar(_duration()), d.ttl),
         secret_env=s.take("secret_env", _scalar(_env_name), d.secret_env),
-        on_failure=s.take("on_failure", _scalar(_choice("rebalance", "fail")), d.on_failure),
+        on_failure=s.take("on_failure", _scalar(_choice(*_ON_FAILURE)), d.on_failure),
     )
 
 
