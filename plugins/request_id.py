@@ -15,15 +15,13 @@ route's list so that answers of the plugins after it carry the id too.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable
 
 from balancer.http.headers import new_request_id
-from balancer.plugins import PROTECTED_REQUEST_HEADERS, Plugin, PluginRequest, PluginResponse
+from balancer.plugins import _REQUEST_ID, PROTECTED_REQUEST_HEADERS, Plugin, PluginRequest, PluginResponse
 from plugins._settings import Errors, header_name, section, show
 
-_WELL_FORMED = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Ids must be unique, not secret: the balancer's own generator (no system call per request).
 FORMATS: dict[str, Callable[[], str]] = {
     "uuid4": new_request_id,
@@ -51,7 +49,8 @@ class RequestId(Plugin):
 
     def on_request(self, request: PluginRequest) -> None:
         incoming = request.headers.get(self.header)
-        request_id = incoming if incoming is not None and _WELL_FORMED.fullmatch(incoming) else self.new_id()
+        # Well-formed is what `request.request_id` itself accepts.
+        request_id = incoming if incoming is not None and _REQUEST_ID.fullmatch(incoming) else self.new_id()
         request.request_id = request_id
         if self.extra_header:
             request.headers.set(self.header, request_id)
