@@ -286,28 +286,24 @@ class RequestReader:
 
     def _check_target(self, head: RequestHead) -> None:
         target = head.target
-        if target.startswith(b"/"):
-            query = target.find(b"?")
-            head.path = target if query < 0 else target[:query]
-            return
-        lower = target[:8].lower()
-        if lower.startswith(b"http://") or lower.startswith(b"https://"):
+        if not target.startswith(b"/"):
+            lower = target[:8].lower()
+            if not (lower.startswith(b"http://") or lower.startswith(b"https://")):
+                raise RequestError(400, "unsupported request target")
             # Absolute form (RFC 9112 §3.2.2): the authority replaces Host. Whether that host is
             # ours is for the router to say; a foreign one is refused there (no open proxy).
             rest = target[target.index(b"//") + 2:]
             slash = rest.find(b"/")
-            authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            authority, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
             if b"@" in authority or not authority:
                 raise RequestError(400, "invalid absolute-form target")
             head.host_header = authority
             head.headers = [h for h in head.headers if h[0] != b"host"]
             head.headers.append((b"host", b"Host", authority))
-            head.target = path
-            query = path.find(b"?")
-            head.path = path if query < 0 else path[:query]
+            head.target = target
             head.absolute = True
-            return
-        raise RequestError(400, "unsupported request target")
+        query = target.find(b"?")
+        head.path = target if query < 0 else target[:query]
 
     def on_chunk_header(self) -> None:
         # After a chunk size line comes chunk data, or, after the last one, a trailer section
