@@ -458,15 +458,23 @@ class FakeConsul:
                 self._start_probe(inst, check)
         return web.Response(status=200)
 
-    async def _agent_deregister(self, request: web.Request) -> web.StreamResponse:
+    def _agent_service_call(
+        self, request: web.Request,
+    ) -> tuple[str, FakeInstance | None, web.Response | None]:
+        """What /v1/agent/service/<verb>/<id> calls do first: record the call, fail if told to,
+        find the agent's instance and check that the token may write its service. Returns the
+        service id, the instance (None if unknown) and the refusal to answer with, if any."""
         token = self._record(request)
-        if self._failure is not None:
-            return self._failure_response()
         service_id = request.match_info["service_id"]
+        if self._failure is not None:
+            return service_id, None, self._failure_response()
         inst = self._instances.get((self.agent_node, service_id))
-        denied = self._acl_denied(token, write=inst.service if inst else service_id)
-        if denied is not None:
-            return denied
+        return service_id, inst, self._acl_denied(token, write=inst.service if inst else service_id)
+
+    async def _agent_deregister(self, request: web.Request) -> web.StreamResponse:
+        service_id, inst, refused = self._agent_service_call(request)
+        if refused is not None:
+            return refused
         if inst is None:
             return web.Response(status=404, text=f'Unknown service ID "{service_id}". '
                                 "Ensure that the service ID is passed, not the service name.")
@@ -474,14 +482,9 @@ class FakeConsul:
         return web.Response(status=200)
 
     async def _agent_maintenance(self, request: web.Request) -> web.StreamResponse:
-        token = self._record(request)
-        if self._failure is not None:
-            return self._failure_response()
-        service_id = request.match_info["service_id"]
-        inst = self._instances.get((self.agent_node, service_id))
-        denied = self._acl_denied(token, write=inst.service if inst else service_id)
-        if denied is not None:
-            return denied
+        service_id, inst, refused = self._agent_service_call(request)
+        if refused is not None:
+            return refused
         if "enable" not in request.query:
             return web.Response(status=400, text="Missing value for enable")
         try:
