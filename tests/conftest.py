@@ -15,6 +15,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.app import App
 from balancer.config import load_config
@@ -160,6 +161,18 @@ async def consul() -> AsyncIterator[FakeConsul]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+Samples = dict[tuple[str, frozenset], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """A /metrics page as {(sample name, frozenset(labels)): value}."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
 
 
 async def backends_seen(http: aiohttp.ClientSession, url: str, want: int, tries: int = 64) -> set[str]:

@@ -7,25 +7,19 @@ import time
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Running, backends_seen, one_pool, pool_yaml
+from tests.conftest import Running, Samples, backends_seen, metric_samples, one_pool, pool_yaml
 from tests.fakes.backends import free_port
 
 BACKEND_KEYS = {"id", "address", "region", "weight", "source", "state", "active_requests", "websockets"}
 
 
-async def scrape(http: aiohttp.ClientSession, lb: Running) -> dict[tuple[str, frozenset], float]:
+async def scrape(http: aiohttp.ClientSession, lb: Running) -> Samples:
     """Every sample as {(name, frozenset(labels)): value}."""
     async with http.get(lb.admin_url + "/metrics") as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
-        text = await resp.text()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
+        return metric_samples(await resp.text())
 
 
 def value(samples: dict, name: str, **labels: str) -> float | None:

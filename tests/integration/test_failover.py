@@ -14,11 +14,10 @@ from collections import Counter
 from typing import Awaitable, Callable
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.health import JITTER
 from balancer.http.exchange import RETRY_BUFFER
-from tests.conftest import Running, pool_yaml
+from tests.conftest import Running, Samples, metric_samples, pool_yaml
 from tests.fakes.backends import Backend, free_port
 
 # Scheduling slack for the event loop shared by balancer, backends and test client.
@@ -29,19 +28,14 @@ ALL_CONDITIONS = "[connect_failure, reset, 502, 503, 504]"
 # -- what an operator looks at ------------------------------------------------------------
 
 
-async def scrape(lb: Running, http: aiohttp.ClientSession) -> dict[tuple[str, frozenset], float]:
+async def scrape(lb: Running, http: aiohttp.ClientSession) -> Samples:
     """/metrics as {(sample name, labels): value}."""
     async with http.get(lb.admin_url + "/metrics") as resp:
         assert resp.status == 200
-        text = await resp.text()
-    out: dict[tuple[str, frozenset], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
+        return metric_samples(await resp.text())
 
 
-def metric(samples: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
+def metric(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
@@ -96,6 +90,20 @@ def pool_config(bs: list[Backend] | str, extra: str = "", pools_extra: str = "")
 {extra}
 {pools_extra}
         """
+
+
+async def failing_and_good(start_balancer, backends, name: str, mode: str,
+                           attempts: int) -> tuple[Running, Backend, Backend]:
+    """Backend `name` answering in `mode` beside one named `good`, round robin; every failure
+    condition is retried up to `attempts` times and no backend is ever ejected."""
+    failing, good = await backends(name, "good")
+    failing.mode = mode
+    lb = await start_balancer(pool_config([failing, good], f"""
+            balance: round_robin
+            retries: {{attempts: {attempts}, on: {ALL_CONDITIONS}}}
+            outlier: {{consecutive_failures: 100}}
+            """))
+    return lb, failing, good
 
 
 def closed_port_address() -> str:
@@ -479,13 +487,7 @@ async def test_connect_failure_is_retried_for_a_post(start_balancer, backends, h
 
 
 async def test_a_post_that_reached_a_backend_is_never_sent_again(start_balancer, backends, http):
-    flaky, good = await backends("flaky", "good")
-    flaky.mode = "reset"
-    lb = await start_balancer(pool_config([flaky, good], f"""
-            balance: round_robin
-            retries: {{attempts: 3, on: {ALL_CONDITIONS}}}
-            outlier: {{consecutive_failures: 100}}
-            """))
+    lb, flaky, good = await failing_and_good(start_balancer, backends, "flaky", "reset", attempts=3)
     answers = [await post(http, lb.url + "/bet", data=b'{"stake": 5}') for _ in range(6)]
     assert Counter(answers) == Counter({(502, None): 3, (200, "good"): 3})
     # Six bets, six deliveries: the three that hit the resetting backend were not replayed.
@@ -506,13 +508,7 @@ async def test_a_post_that_reached_a_backend_is_never_sent_again(start_balancer,
 
 
 async def test_5xx_is_retried_only_for_idempotent_requests(start_balancer, backends, http):
-    busy, good = await backends("busy", "good")
-    busy.mode = "status:503"
-    lb = await start_balancer(pool_config([busy, good], f"""
-            balance: round_robin
-            retries: {{attempts: 2, on: {ALL_CONDITIONS}}}
-            outlier: {{consecutive_failures: 100}}
-            """))
+    lb, busy, good = await failing_and_good(start_balancer, backends, "busy", "status:503", attempts=2)
     gets = [await get(http, lb.url + "/lobby") for _ in range(4)]
     assert {status for status, _, _ in gets} == {200}
     assert busy.count("GET", "/lobby") == 2 and good.count("GET", "/lobby") == 4
@@ -528,13 +524,7 @@ async def test_5xx_is_retried_only_for_idempotent_requests(start_balancer, backe
 
 
 async def test_a_body_streamed_past_the_retry_buffer_is_not_replayed(start_balancer, backends, http):
-    flaky, good = await backends("flaky", "good")
-    flaky.mode = "reset"
-    lb = await start_balancer(pool_config([flaky, good], f"""
-            balance: round_robin
-            retries: {{attempts: 2, on: {ALL_CONDITIONS}}}
-            outlier: {{consecutive_failures: 100}}
-            """))
+    lb, flaky, good = await failing_and_good(start_balancer, backends, "flaky", "reset", attempts=2)
     small = b"s" * (RETRY_BUFFER // 2)
     big = b"b" * (RETRY_BUFFER * 2)
     results = []

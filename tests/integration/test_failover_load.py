@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import pool_yaml
+from tests.conftest import Samples, metric_samples, pool_yaml
 from tests.fakes.backends import Backend
 
 CONCURRENCY = 32
@@ -131,7 +130,7 @@ async def _run(start_balancer, servers: list[GameServer]) -> None:
         caught = await asyncio.wait_for(servers[1].crash_with_bets_in_flight(2), 1.0)
         await asyncio.gather(*players)
         async with http.get(lb.admin_url + "/metrics") as resp:
-            metrics = _samples(await resp.text())
+            metrics = metric_samples(await resp.text())
 
     executed = Counter(bet for server in servers for bet in server.bet_ids())
     duplicated = [bet for bet, n in executed.items() if n > 1]
@@ -159,17 +158,6 @@ async def _run(start_balancer, servers: list[GameServer]) -> None:
     # The dead backend was taken out and the others carried the load.
     assert _metric(metrics, "balancer_backend_up", pool="games", backend="g2", region="") == 0
     assert servers[0].count() > 0 and servers[2].count() > 0
-
-
-Samples = dict[tuple[str, frozenset], float]
-
-
-def _samples(text: str) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
 
 
 def _metric(samples: Samples, name: str, **labels: str) -> float:
