@@ -74,6 +74,17 @@ async def test_a_plugin_may_set_the_request_id_to_a_str_subclass(start_balancer,
         assert (await resp.json())["request_id"] == "maintenance-window.7"
 
 
+UPGRADE = (b"GET /ws/table HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+def assert_only_a_protocol_error(lb, backend: RawBackend) -> None:
+    """The backend's bad 101 counted as a protocol error and left nothing open on it."""
+    state = lb.app.pools["web"].backends[backend.name]
+    assert (state.websockets, state.active_requests, len(state.tunnels)) == (0, 0, 0)
+    assert state.upstream_errors == {"protocol": 1}
+
+
 @pytest.mark.parametrize("switch", [
     pytest.param(b"Connection: upgrade\r\n", id="no-upgrade-header"),
     pytest.param(b"Upgrade: websocket\r\n", id="no-connection-upgrade"),
@@ -87,9 +98,7 @@ async def test_a_101_that_names_no_protocol_is_a_bad_answer(start_balancer, swit
     try:
         lb = await start_balancer(one_pool([backend]))
         reader, writer = await asyncio.open_connection("127.0.0.1", lb.port())
-        writer.write(b"GET /ws/table HTTP/1.1\r\nHost: casino.test\r\nConnection: Upgrade\r\n"
-                     b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        writer.write(UPGRADE % b"casino.test")
         try:
             response = await read_response(reader)
             assert response.status == 502
@@ -97,9 +106,7 @@ async def test_a_101_that_names_no_protocol_is_a_bad_answer(start_balancer, swit
             assert response.header("connection") == "close" and await closed_after(reader)
         finally:
             writer.close()
-        state = lb.app.pools["web"].backends[backend.name]
-        assert (state.websockets, state.active_requests, len(state.tunnels)) == (0, 0, 0)
-        assert state.upstream_errors == {"protocol": 1}
+        assert_only_a_protocol_error(lb, backend)
     finally:
         await backend.stop()
 
@@ -118,15 +125,9 @@ async def test_a_101_to_a_request_that_asked_for_no_upgrade_is_a_bad_answer(star
             assert response.status == 502
         finally:
             writer.close()
-        state = lb.app.pools["web"].backends[backend.name]
-        assert (state.websockets, state.active_requests, len(state.tunnels)) == (0, 0, 0)
-        assert state.upstream_errors == {"protocol": 1}
+        assert_only_a_protocol_error(lb, backend)
     finally:
         await backend.stop()
-
-
-UPGRADE = (b"GET /ws/table HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 
 
 @pytest.mark.parametrize("case", ["no route", "backend down", "plugin answer"])
