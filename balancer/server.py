@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .config import ListenerConfig
 from .tasks import spawn
+from .http.errors import REJECT_REASON
 from .http.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_header
 
 if TYPE_CHECKING:
@@ -162,8 +163,6 @@ class ListenerServer:
         self.runtime().stats.reject(self.name, reason)
 
     def count_rejected_status(self, status: int) -> None:
-        from .http.errors import REJECT_REASON
-
         reason = REJECT_REASON.get(status)
         if reason is not None:
             self.count_rejected(reason)

@@ -76,14 +76,11 @@ class ClientConnection:
         if not self.client_ip:
             peer = transport.get_extra_info("peername")
             self.client_ip = peer[0] if peer else ""
-        self.set_client_ip(self.client_ip)
+        runtime = self.server.runtime()
+        self.peer_trusted = runtime.is_trusted(self.client_ip)
         self.server.connection_opened(self)
         # HAProxy's `timeout http-request`: the first request head is due from accept on.
-        self.deadline.set_in(self.server.runtime().limits.header_timeout)
-
-    def set_client_ip(self, ip: str) -> None:
-        self.client_ip = ip
-        self.peer_trusted = self.server.runtime().is_trusted(ip)
+        self.deadline.set_in(runtime.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
