@@ -10,11 +10,11 @@ A backend's region is matched by plain string equality with the configured regio
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Protocol, TypeVar
 
 import maxminddb
 
+from .addresses import parse_ip
 from .config import GeoConfig, IPNetwork
 
 # Cloudflare: "XX" = no country known, "T1" = Tor exit node. Neither is a jurisdiction.
@@ -40,18 +40,6 @@ def normalize_country(value: str | bytes | None) -> str | None:
     if len(code) != 2 or not (code.isascii() and code.isalpha()) or code in _UNKNOWN_COUNTRIES:
         return None
     return code
-
-
-def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    # A listener bound to [::] sees IPv4 players as ::ffff:a.b.c.d; they must match IPv4
-    # networks and IPv4 database entries.
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 class Geo:
@@ -112,7 +100,7 @@ class Geo:
         """Is the direct peer one of `trusted_proxies` (whose geo header we believe)?"""
         trusted = self._trusted_cache.get(peer_ip)
         if trusted is None:
-            address = _parse_ip(peer_ip)
+            address = parse_ip(peer_ip)
             trusted = address is not None and any(address in network for network in self._trusted)
             if len(self._trusted_cache) >= _CACHE_MAX:
                 self._trusted_cache.clear()
@@ -151,7 +139,7 @@ class Geo:
         entry = peer_ip
         for part in reversed(forwarded_for.decode("latin-1").split(",")):
             entry = part.strip()
-            address = _parse_ip(entry)
+            address = parse_ip(entry)
             if address is None:
                 return ""  # a trusted proxy writes addresses: whatever this is, it is not one
             if not any(address in network for network in self._trusted):
@@ -168,7 +156,7 @@ class Geo:
         return code  # type: ignore[return-value]
 
     def _read_database(self, ip: str) -> str | None:
-        address = _parse_ip(ip)
+        address = parse_ip(ip)
         if address is None:
             return None
         try:

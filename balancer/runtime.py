@@ -10,13 +10,13 @@ Choosing a backend follows PRODUCT.md §4 to the letter: blocked (done before, i
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 from typing import TYPE_CHECKING, Callable, Sequence
 from urllib.parse import parse_qsl
 
 from . import health
+from .addresses import parse_ip
 from .balance import LeastConn, Random, RoundRobin, static_weight
 from .balance import consistent_hash
 from .config import Config
@@ -245,13 +245,8 @@ class Runtime:
         """Is the direct peer one of `trusted_proxies`? Cached per address (bounded)."""
         trusted = self._trusted_cache.get(ip)
         if trusted is None:
-            trusted = False
-            if self._trusted:
-                try:
-                    address = ipaddress.ip_address(ip.split("%", 1)[0])
-                    trusted = any([address in net for net in self._trusted])
-                except ValueError:
-                    trusted = False
+            address = parse_ip(ip) if self._trusted else None
+            trusted = address is not None and any([address in net for net in self._trusted])
             if len(self._trusted_cache) > 65536:
                 self._trusted_cache.clear()
             self._trusted_cache[ip] = trusted

@@ -11,9 +11,11 @@ import pytest
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from balancer.config import Address, BackendConfig, GeoConfig
+from balancer.config import Address, BackendConfig, GeoConfig, parse_config
 from balancer.geo import Geo, normalize_country
-from balancer.pool import Backend
+from balancer.metrics import Stats
+from balancer.pool import Backend, Pool
+from balancer.runtime import Runtime
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:ffff::/48"))
 
@@ -212,3 +214,20 @@ def test_header_to_candidates_end_to_end(geo: Geo) -> None:
     assert country == "CA" and not geo.is_blocked(country)
     order = geo.region_order(geo.region_of(country), country)
     assert [b.id for b in geo.candidates(backends, order)] == ["n1"]
+
+
+def test_the_balancer_and_geo_agree_on_trusted_peers_seen_through_a_dual_stack_listener() -> None:
+    """A listener bound to [::] sees an IPv4 proxy as ::ffff:a.b.c.d: it is the same trusted
+    proxy for X-Forwarded-For and PROXY headers (Runtime) as for the country header (Geo)."""
+    config = parse_config({
+        "listeners": [{"name": "public", "address": "[::]:0"}],
+        "trusted_proxies": ["10.0.0.0/8"],
+        "geo": {"country_header": "CF-IPCountry"},
+        "routes": [{"name": "all", "pool": "web"}],
+        "pools": {"web": {"backends": [{"id": "a", "address": "127.0.0.1:1"}]}},
+    }, "test.yaml")
+    runtime = Runtime(config, {"web": Pool(config.pools["web"])}, Stats(), lambda env: b"s" * 32)
+    for peer in ("::ffff:10.1.2.3", "10.1.2.3"):
+        assert runtime.is_trusted(peer) and runtime.geo.is_trusted(peer)
+    for peer in ("::ffff:11.1.2.3", "fe80::1%eth0", "not an address"):
+        assert not runtime.is_trusted(peer) and not runtime.geo.is_trusted(peer)
