@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from tests.conftest import Running, one_pool, pool_yaml
-from tests.fakes.backends import free_port
+from tests.fakes.backends import Backend, free_port
 from tests.fakes.rawhttp import RawBackend, RawResponse, closed_after, read_head, read_response
 
 HOST = b"casino.test"
@@ -50,6 +50,13 @@ def assert_own_error(response: RawResponse, status: int) -> dict:
     return body
 
 
+async def one_backend(start_balancer, backends, pool_extra: str = "",
+                      top: str = "") -> tuple[Running, Backend]:
+    """The balancer in front of one backend, with `one_pool`'s config and extras."""
+    (b,) = await backends(1)
+    return await start_balancer(one_pool([b], pool_extra, top)), b
+
+
 async def raw_backend(response: bytes | None = None) -> RawBackend:
     backend = RawBackend() if response is None else RawBackend(response=response)
     return await backend.start()
@@ -68,8 +75,7 @@ async def eventually(predicate, timeout: float = 3.0) -> bool:
 
 
 async def test_keep_alive_requests_share_one_client_and_one_backend_connection(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     reader, writer = await connect(lb)
     for i in range(5):
         writer.write(get(f"/round/{i}"))
@@ -91,8 +97,7 @@ async def test_keep_alive_requests_share_one_client_and_one_backend_connection(s
 
 
 async def test_pipelined_requests_are_answered_in_order(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     reader, writer = await connect(lb)
     writer.write(get("/first")
                  + b"POST /second HTTP/1.1\r\nHost: casino.test\r\nContent-Length: 11\r\n\r\nhello world"
@@ -107,8 +112,7 @@ async def test_pipelined_requests_are_answered_in_order(start_balancer, backends
 
 @pytest.mark.parametrize("good", [1, 2])
 async def test_a_bad_pipelined_request_is_answered_after_the_good_ones_before_it(start_balancer, backends, good):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     reader, writer = await connect(lb)
     bad = b"POST /bad HTTP/1.1\r\nHost: casino.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
     writer.write(b"".join(get(f"/good/{i}") for i in range(good)) + bad + get("/never"))
@@ -123,8 +127,7 @@ async def test_a_bad_pipelined_request_is_answered_after_the_good_ones_before_it
 async def test_head_and_bodiless_statuses_keep_the_connection_in_step(start_balancer, backends):
     """HEAD, 204 and 304 have no body whatever their headers say; the next answer must not
     be swallowed as one."""
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     reader, writer = await connect(lb)
     writer.write(b"HEAD /lobby HTTP/1.1\r\nHost: casino.test\r\n\r\n")
     head = await read_response(reader, head_request=True)
@@ -141,8 +144,7 @@ async def test_head_and_bodiless_statuses_keep_the_connection_in_step(start_bala
 
 
 async def test_client_connection_close_is_honoured(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     reader, writer = await connect(lb)
     writer.write(get("/", b"Connection: close\r\n"))
     response = await read_response(reader)
@@ -198,8 +200,7 @@ async def test_close_delimited_backend_body_is_reframed_for_the_client(start_bal
 
 
 async def test_http10_client_gets_a_close_delimited_or_framed_answer(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     reader, writer = await connect(lb)
     writer.write(b"GET /old HTTP/1.0\r\n\r\n")
     response = await read_response(reader)
@@ -211,8 +212,7 @@ async def test_http10_client_gets_a_close_delimited_or_framed_answer(start_balan
 
 
 async def test_content_length_upload_of_several_mb_arrives_intact(start_balancer, backends, http):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     payload = os.urandom(5 * 1024 * 1024)
     async with http.post(lb.url + "/upload", data=payload) as resp:
         assert resp.status == 200
@@ -221,8 +221,7 @@ async def test_content_length_upload_of_several_mb_arrives_intact(start_balancer
 
 
 async def test_chunked_upload_of_several_mb_arrives_intact_and_chunked(start_balancer, backends, http):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     pieces = [os.urandom(65536) for _ in range(96)]  # 6 MiB, no length known up front
 
     async def stream():
@@ -238,8 +237,7 @@ async def test_chunked_upload_of_several_mb_arrives_intact_and_chunked(start_bal
 
 
 async def test_chunked_response_of_several_mb_arrives_intact(start_balancer, backends, http):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     size = 8 * 1024 * 1024 + 123
     async with http.get(lb.url + f"/stream/{size}") as resp:
         assert resp.status == 200
@@ -250,8 +248,7 @@ async def test_chunked_response_of_several_mb_arrives_intact(start_balancer, bac
 
 async def test_a_client_that_does_not_read_does_not_make_the_balancer_buffer(start_balancer, backends):
     """50 MB to a player who stops reading: the balancer must pause the backend, not hold it."""
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     size = 50 * 1024 * 1024
     loop = asyncio.get_running_loop()
     sock = socket.socket()
@@ -395,8 +392,7 @@ async def test_a_backend_that_does_not_read_pauses_the_uploading_client(start_ba
 
 
 async def test_expect_100_continue_is_answered_before_the_body_is_sent(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     reader, writer = await connect(lb)
     writer.write(b"POST /bet HTTP/1.1\r\nHost: casino.test\r\nExpect: 100-continue\r\n"
                  b"Content-Length: 11\r\n\r\n")
@@ -411,8 +407,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(start_bal
 
 
 async def test_expect_100_continue_with_a_body_too_large_is_refused_without_the_body(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], top="limits: {max_body_bytes: 1000}"))
+    lb, b = await one_backend(start_balancer, backends, top="limits: {max_body_bytes: 1000}")
     reader, writer = await connect(lb)
     writer.write(b"POST /bet HTTP/1.1\r\nHost: casino.test\r\nExpect: 100-continue\r\n"
                  b"Content-Length: 5000\r\n\r\n")
@@ -573,8 +568,7 @@ async def test_backend_reset_is_502_json(start_balancer, backends):
 
 
 async def test_idle_pooled_backend_connections_expire(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], "timeouts: {idle: 300ms}"))
+    lb, b = await one_backend(start_balancer, backends, "timeouts: {idle: 300ms}")
     backend = lb.app.pools["web"].backends["b1"]
     assert (await exchange(lb, get("/"))).status == 200
     assert backend.open_connections == 1 and len(backend.idle) == 1
@@ -601,8 +595,7 @@ async def test_no_route_is_404(start_balancer, backends):
 
 
 async def test_malformed_request_is_400_and_closed(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b]))
+    lb, b = await one_backend(start_balancer, backends)
     reader, writer = await connect(lb)
     writer.write(b"GET / HTTP/1.1\r\nHost: casino.test\r\nBad Header\r\n\r\n")
     assert_own_error(await read_response(reader), 400)
@@ -610,8 +603,7 @@ async def test_malformed_request_is_400_and_closed(start_balancer, backends):
 
 
 async def test_declared_body_over_max_body_bytes_is_413(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], top="limits: {max_body_bytes: 1000}"))
+    lb, b = await one_backend(start_balancer, backends, top="limits: {max_body_bytes: 1000}")
     response = await exchange(lb, b"POST / HTTP/1.1\r\nHost: casino.test\r\nContent-Length: 1001\r\n\r\n"
                               + b"x" * 1001)
     assert_own_error(response, 413)
@@ -619,8 +611,7 @@ async def test_declared_body_over_max_body_bytes_is_413(start_balancer, backends
 
 
 async def test_chunked_body_streaming_over_max_body_bytes_is_413(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], top="limits: {max_body_bytes: 1000}"))
+    lb, b = await one_backend(start_balancer, backends, top="limits: {max_body_bytes: 1000}")
     reader, writer = await connect(lb)
     writer.write(b"POST /bet HTTP/1.1\r\nHost: casino.test\r\nTransfer-Encoding: chunked\r\n\r\n")
     for _ in range(3):
@@ -633,32 +624,28 @@ async def test_chunked_body_streaming_over_max_body_bytes_is_413(start_balancer,
 
 
 async def test_url_over_max_url_bytes_is_414(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], top="limits: {max_url_bytes: 200}"))
+    lb, b = await one_backend(start_balancer, backends, top="limits: {max_url_bytes: 200}")
     assert (await exchange(lb, get("/" + "u" * 150))).status == 200
     assert_own_error(await exchange(lb, get("/" + "u" * 250)), 414)
     assert b.count() == 1
 
 
 async def test_header_bytes_over_max_header_bytes_is_431(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], top="limits: {max_header_bytes: 2000}"))
+    lb, b = await one_backend(start_balancer, backends, top="limits: {max_header_bytes: 2000}")
     assert (await exchange(lb, get("/", b"X-Big: " + b"v" * 1000 + b"\r\n"))).status == 200
     assert_own_error(await exchange(lb, get("/", b"X-Big: " + b"v" * 3000 + b"\r\n")), 431)
     assert b.count() == 1
 
 
 async def test_header_count_over_max_header_count_is_431(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], top="limits: {max_header_count: 10}"))
+    lb, b = await one_backend(start_balancer, backends, top="limits: {max_header_count: 10}")
     assert (await exchange(lb, get("/", b"".join(b"X-%d: v\r\n" % i for i in range(8))))).status == 200
     assert_own_error(await exchange(lb, get("/", b"".join(b"X-%d: v\r\n" % i for i in range(12)))), 431)
     assert b.count() == 1
 
 
 async def test_incomplete_head_gets_408_at_header_timeout(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], top="limits: {header_timeout: 300ms}"))
+    lb, b = await one_backend(start_balancer, backends, top="limits: {header_timeout: 300ms}")
     reader, writer = await connect(lb)
     writer.write(b"GET / HTTP/1.1\r\nHost: casino.test\r\n")
     assert_own_error(await read_response(reader, timeout=3), 408)
@@ -667,8 +654,7 @@ async def test_incomplete_head_gets_408_at_header_timeout(start_balancer, backen
 
 
 async def test_slowloris_trickle_gets_408_at_the_deadline_not_later(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], top="limits: {header_timeout: 500ms}"))
+    lb, b = await one_backend(start_balancer, backends, top="limits: {header_timeout: 500ms}")
     reader, writer = await connect(lb)
     started = time.monotonic()
 
@@ -690,8 +676,8 @@ async def test_slowloris_trickle_gets_408_at_the_deadline_not_later(start_balanc
 
 
 async def test_second_request_on_a_connection_also_has_a_header_deadline(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], top="limits: {header_timeout: 300ms, client_idle_timeout: 5s}"))
+    lb, b = await one_backend(start_balancer, backends,
+                              top="limits: {header_timeout: 300ms, client_idle_timeout: 5s}")
     reader, writer = await connect(lb)
     writer.write(get("/"))
     assert (await read_response(reader)).status == 200
@@ -715,8 +701,7 @@ async def test_a_head_begun_during_the_previous_exchange_is_still_due_at_header_
 
 
 async def test_idle_keep_alive_connection_is_closed_quietly(start_balancer, backends):
-    (b,) = await backends(1)
-    lb = await start_balancer(one_pool([b], top="limits: {client_idle_timeout: 300ms}"))
+    lb, b = await one_backend(start_balancer, backends, top="limits: {client_idle_timeout: 300ms}")
     reader, writer = await connect(lb)
     writer.write(get("/"))
     assert (await read_response(reader)).status == 200
