@@ -89,15 +89,3 @@ def positive_int(raw: object, path: str, errors: Errors) -> int | None:
         errors.append((path, f"expected a whole number of at least 1, got {show(raw)}"))
         return None
     return raw
-
-
-def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """A client address; IPv4-mapped IPv6 (a dual-stack listener's view of an IPv4 player)
-    becomes IPv4 so it matches IPv4 networks."""
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address

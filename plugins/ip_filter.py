@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from balancer.addresses import parse_ip
 from balancer.plugins import Plugin, PluginRequest, Response
-from plugins._settings import Errors, IPNetwork, network, parse_ip, section, string_list
+from plugins._settings import Errors, IPNetwork, network, section, string_list
 
 # Decisions per address, cleared when full: a hit costs one dict lookup.
 _CACHE_MAX = 65536
