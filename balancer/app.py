@@ -402,9 +402,7 @@ class App:
             await self.admin.stop()
         for pool in self.pools.values():
             for backend in pool.backends.values():
-                for conn in backend.idle:
-                    conn.close()
-                backend.idle.clear()
+                backend.close_idle()
         self.runtime.close()
 
     async def serve(self) -> None:

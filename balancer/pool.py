@@ -89,6 +89,12 @@ class Backend:
         """What least_conn counts: requests in flight plus open WebSockets."""
         return self.active_requests + self.websockets
 
+    def close_idle(self) -> None:
+        """Close the pooled keep-alive connections (the backend left, or the balancer stops)."""
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
     def count_error(self, kind: str) -> None:
         self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
 
@@ -187,9 +193,7 @@ class Pool:
                 overdue.append(backend)
             if backend.removed and (expired or (backend.load == 0 and not sticky)):
                 del self.backends[backend_id]
-                for conn in backend.idle:
-                    conn.close()
-                backend.idle.clear()
+                backend.close_idle()
         return overdue
 
     def get(self, backend_id: str) -> Backend | None:
