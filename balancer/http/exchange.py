@@ -37,7 +37,7 @@ RETRY_BUFFER = 64 * 1024
 # Unsent body held while the backend connection opens; past this the client is paused.
 PENDING_LIMIT = 256 * 1024
 
-_STATUS_LINES: dict[int, bytes] = {}
+_STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}  # status -> (reason, line)
 # Plugin answers counted in balancer_rejected_requests_total; other statuses (403...) have no
 # reason among the contract's labels (PRODUCT.md §8).
 _PLUGIN_REJECT_REASON = {429: "rate_limited", 451: "geo_blocked"}
@@ -46,11 +46,13 @@ _RETRY_CONDITION = {CONNECT: "connect_failure", RESET: "reset", TIMEOUT: "504", 
 
 
 def status_line(status: int, reason: bytes) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
-        if len(_STATUS_LINES) < 512:
-            _STATUS_LINES[status] = line
+    """The status line relayed for a backend's status and reason phrase (its own, kept)."""
+    cached = _STATUS_LINES.get(status)
+    if cached is not None and cached[0] == reason:
+        return cached[1]
+    line = b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
+    if cached is None and len(_STATUS_LINES) < 512:
+        _STATUS_LINES[status] = (reason, line)  # backends send the same few over and over
     return line
 
 
