@@ -200,13 +200,14 @@ class Workers:
             future = loop.create_future()
             handle.pending[self._next_id] = future
             handle.send({**message, "id": self._next_id})
-            futures.append(future)
+            futures.append((handle, self._next_id, future))
         replies = []
-        for future in futures:
+        for handle, message_id, future in futures:
             try:
                 replies.append(await asyncio.wait_for(future, REPLY_TIMEOUT))
             except (asyncio.TimeoutError, ConnectionError):
-                continue
+                # Forget the question: a worker that never answers must not collect them.
+                handle.pending.pop(message_id, None)
         return replies
 
     async def reload(self) -> list[str]:
