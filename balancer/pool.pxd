@@ -1,5 +1,7 @@
 # Types for the compiled build of pool.py (see balancer/compiled.py).
 
+cimport cython
+
 cdef class Backend:
     cdef public str pool_name, id, host, source
     cdef public object config, address, region, weight
@@ -12,6 +14,8 @@ cdef class Backend:
     cdef public set tunnels
     cdef public dict upstream_errors, health_checks
 
+    cpdef take_idle(self, double now, double idle_timeout)
+
 
 cdef class Pool:
     cdef public str name
@@ -22,5 +26,6 @@ cdef class Pool:
     cdef public tuple _static, _discovered
     cdef public double created
 
+    @cython.locals(b=Backend, usable=long, out=list)
     cpdef list eligible(self, double now, bint allow_panic=*)
     cpdef bint is_usable(self, Backend backend, double now)

@@ -89,6 +89,20 @@ class Backend:
         """What least_conn counts: requests in flight plus open WebSockets."""
         return self.active_requests + self.websockets
 
+    def take_idle(self, now: float, idle_timeout: float) -> UpstreamConnection | None:
+        """Pop the most recently used live keep-alive connection, if any. Expired ones and ones
+        whose peer has closed are dropped on the way (connection_lost already removed most)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if now - conn.last_used > idle_timeout:
+                conn.close()
+                continue
+            return conn
+        return None
+
     def close_idle(self) -> None:
         """Close the pooled keep-alive connections (the backend left, or the balancer stops)."""
         for conn in self.idle:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from time import monotonic
 from typing import TYPE_CHECKING, Callable, Sequence
 from urllib.parse import parse_qsl
 
@@ -84,7 +85,7 @@ class PoolRuntime:
     # -- choosing ---------------------------------------------------------------------------
 
     def choose(self, exchange: Exchange) -> Choice:
-        now = time.monotonic()
+        now = monotonic()
         pool = self.pool
         geo = self.geo
         pinned = geo is not None and geo.is_pinned(exchange.country)

@@ -22,6 +22,9 @@ REASONS: dict[int, bytes] = {
     504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 
+# Upstream failure kinds, as counted in balancer_upstream_errors_total{kind}.
+CONNECT, RESET, TIMEOUT, PROTOCOL = "connect", "reset", "timeout", "protocol"
+
 # Which rejection reason (metric label) a status of ours counts as.
 REJECT_REASON: dict[int, str] = {
     400: "malformed", 411: "malformed", 501: "malformed", 505: "malformed",

@@ -1,5 +1,7 @@
 # Types for the compiled build of exchange.py (see balancer/compiled.py).
 
+cimport cython
+
 from ..pool cimport Backend
 from ..routing cimport Route
 from ..runtime cimport PoolRuntime, Runtime
@@ -37,13 +39,22 @@ cdef class Exchange:
 
     cpdef begin(self)
     cpdef _choose(self)
+    @cython.locals(drop=frozenset, lines=list)
     cpdef bytes _build_upstream_head(self)
     cpdef _attempt(self, Backend backend)
     cpdef _attach(self, UpstreamConnection conn)
     cpdef request_body(self, bytes data)
     cpdef request_ended(self)
+    # What the backend connection calls: C calls, not Python method calls.
+    cpdef response_interim(self, int status, bytes reason, list headers)
+    @cython.locals(drop=frozenset, out=list)
+    cpdef response_head(self, UpstreamConnection conn, int status, bytes reason, list headers,
+                        bint chunked, bint has_length, bint bodiless, object connection)
     cpdef response_body(self, bytes data)
     cpdef response_end(self, UpstreamConnection conn, bint reusable)
+    cpdef upstream_failed(self, UpstreamConnection conn, str kind)
+    cpdef tunnel_from_backend(self, bytes data)
+    cpdef tunnel_closed(self)
     cpdef _release_backend(self)
     cpdef _finish(self)
     cpdef _record(self)

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 from .. import health
 from ..tasks import spawn
 from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, render_answer, report_failure
-from .errors import REJECT_REASON, RequestError, error_response, reason_phrase
+from . import upstream
+from .errors import (
+    CONNECT, PROTOCOL, REJECT_REASON, RESET, TIMEOUT, RequestError, error_response, reason_phrase,
+)
 from .headers import (
     HOP_BY_HOP, NOT_FORWARDED, forwarded_for, hop_by_hop_with, request_id_from,
 )
 from .parser import IDEMPOTENT_METHODS, RequestHead
-from .upstream import CONNECT, PROTOCOL, RESET, TIMEOUT, UpstreamConnection, connect, take_idle
 
 if TYPE_CHECKING:
     from ..plugins import PluginChain
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from ..routing import Route
     from ..runtime import PoolRuntime, Runtime
     from .client_side import ClientConnection
+    from .upstream import UpstreamConnection
 
 # Request body kept for a retry; past this a streamed body can no longer be replayed.
 RETRY_BUFFER = 64 * 1024
@@ -215,18 +218,26 @@ class Exchange:
         if head.chunked:
             lines.append(b"transfer-encoding: chunked\r\n")
         if head.upgrade is not None:
-            lines.append(b"connection: upgrade\r\nupgrade: " + head.upgrade + b"\r\n")
-        lines.append(b"x-forwarded-for: " + forwarded_for(head.forwarded_for, client.client_ip, client.peer_trusted)
-               + b"\r\nx-forwarded-proto: " + client.scheme
-               + b"\r\nx-request-id: " + self.request_id.encode())
+            lines.append(b"connection: upgrade\r\nupgrade: ")
+            lines.append(head.upgrade)
+            lines.append(b"\r\n")
+        # Pieces for the one join below, not `+`: each `+` would make a bytes object of its own.
+        lines.append(b"x-forwarded-for: ")
+        lines.append(forwarded_for(head.forwarded_for, client.client_ip, client.peer_trusted))
+        lines.append(b"\r\nx-forwarded-proto: ")
+        lines.append(client.scheme)
+        lines.append(b"\r\nx-request-id: ")
+        lines.append(self.request_id.encode())
         if head.host_header is not None:
-            lines.append(b"\r\nx-forwarded-host: " + head.host_header)
+            lines.append(b"\r\nx-forwarded-host: ")
+            lines.append(head.host_header)
         else:
             # An HTTP/1.0 request may lack Host, but we forward as HTTP/1.1, which requires
             # one; RFC 9112 §3.2: with no authority to name, send it empty.
             lines.append(b"\r\nhost: ")
         if self.region is not None:
-            lines.append(b"\r\nx-client-region: " + self.region.encode())
+            lines.append(b"\r\nx-client-region: ")
+            lines.append(self.region.encode())
         lines.append(b"\r\n\r\n")
         return b"".join(lines)
 
@@ -237,7 +248,7 @@ class Exchange:
         pool = self.pool
         assert pool is not None
         loop = self.client.loop
-        conn = take_idle(backend, loop.time(), pool.idle_timeout)
+        conn = backend.take_idle(loop.time(), pool.idle_timeout)
         if conn is not None:
             self._attach(conn)
         else:
@@ -247,7 +258,7 @@ class Exchange:
     async def _connect(self, backend: Backend, timeout: float, idle: float) -> None:
         loop = self.client.loop
         try:
-            conn = await connect(backend, loop, timeout, idle)
+            conn = await upstream.connect(backend, loop, timeout, idle)
         except (OSError, asyncio.TimeoutError):
             self._connecting = False
             if not self.finished:  # else client_lost already released the backend

@@ -7,8 +7,8 @@ client cannot make the balancer delete what it adds ("Connection: X-Forwarded-Fo
 
 from __future__ import annotations
 
+import os
 import re
-from random import getrandbits
 
 # Always hop-by-hop (RFC 9110 §7.6.1 plus the de-facto Proxy-Connection and Keep-Alive, and
 # HTTP2-Settings, which RFC 7540 §3.2.1 makes connection-specific: an h2c upgrade attempt must
@@ -33,16 +33,56 @@ def request_id_from(value: bytes | None) -> str:
     return new_request_id()
 
 
-# RFC 9562 §5.4 version and variant bits of a UUIDv4, placed in a 128-bit integer.
-_V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_V4_SET = (0x4000 << 64) | (0x8000 << 48)
+# Header names as sent -> lower case, one shared object per name. Peers send the same few
+# names over and over: a hit saves an allocation per header, and the lower-case name's hash,
+# which the set lookups after it need, is already computed. Bounded in count and length.
+_LOWER_NAMES: dict[bytes, bytes] = {}
+_LOWER_NAMES_MAX = 2048
+_LOWER_NAME_MAX_LEN = 64
+
+
+def lower_name(name: bytes) -> bytes:
+    """`name.lower()`, remembered for the names seen most."""
+    lname = _LOWER_NAMES.get(name)
+    if lname is None:
+        lname = name.lower()
+        if len(_LOWER_NAMES) < _LOWER_NAMES_MAX and len(name) <= _LOWER_NAME_MAX_LEN:
+            _LOWER_NAMES[name] = lname
+    return lname
+
+
+# Request ids are cut from one os.urandom call per batch: per id, that leaves six slices and
+# a join, against formatting a 128-bit integer (~0.1 us saved, on every request).
+_IDS_PER_BATCH = 128
+# RFC 9562 §5.4: a UUIDv4's variant digit is 8, 9, a or b; its two random bits are the low
+# two of the random hex digit it replaces.
+_VARIANT_DIGIT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+_random_hex = ""
+_random_at = 0  # next id ends here; 0 = batch used up
 
 
 def new_request_id() -> str:
-    """A random UUIDv4 string. A request id must be unique, not secret, so the Mersenne
-    Twister serves: uuid.uuid4() reads os.urandom (a system call) on every request."""
-    h = "%032x" % (getrandbits(128) & _V4_CLEAR | _V4_SET)
-    return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+    """A random UUIDv4 string (122 random bits from os.urandom)."""
+    global _random_hex, _random_at
+    at = _random_at
+    if at == 0:
+        _random_hex = os.urandom(16 * _IDS_PER_BATCH).hex()
+        at = len(_random_hex)
+    at -= 32
+    _random_at = at
+    h = _random_hex
+    # 8-4-4-4-12 hex digits; the version digit (4) replaces h[at + 12].
+    return (f"{h[at:at + 8]}-{h[at + 8:at + 12]}-4{h[at + 13:at + 16]}-"
+            f"{_VARIANT_DIGIT[h[at + 16]]}{h[at + 17:at + 20]}-{h[at + 20:at + 32]}")
+
+
+def _forget_random_ids() -> None:
+    """A forked worker must not hand out the ids its parent already drew."""
+    global _random_at
+    _random_at = 0
+
+
+os.register_at_fork(after_in_child=_forget_random_ids)
 
 
 # Towards the backend we drop hop-by-hop headers and a client's copies of our own headers.
@@ -54,6 +94,8 @@ _WITH_TOKENS: dict[tuple[frozenset[bytes], bytes], frozenset[bytes]] = {}
 def hop_by_hop_with(connection: bytes, base: frozenset[bytes] = HOP_BY_HOP) -> frozenset[bytes]:
     """`base` plus the names a Connection header lists. Cached (bounded): peers send the same
     few values ("keep-alive", "close", "Upgrade") over and over."""
+    if connection == b"keep-alive" and b"keep-alive" in base:  # what most peers send
+        return base
     key = (base, connection)
     found = _WITH_TOKENS.get(key)
     if found is None:

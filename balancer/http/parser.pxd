@@ -1,9 +1,11 @@
 # Types for the compiled build of parser.py (see balancer/compiled.py).
 
+from .headers cimport lower_name
+
 # Module tables looked up per request: C globals, so a lookup is a dict call, not a
 # method found by name.
 cdef dict _METHODS, _HOSTS, _VERSIONS
-cdef frozenset _SPECIAL_HEADERS, _FRAMING_LOOKALIKES
+cdef frozenset _SPECIAL_HEADERS, _FRAMING_LOOKALIKES, _LOOKALIKE_LENGTHS
 
 
 cdef class RequestHead:

@@ -1,14 +1,18 @@
 # Types for the compiled build of upstream.py (see balancer/compiled.py).
-# `exchange` stays untyped: exchange.pxd cimports this file, and a cycle of typed
-# references would make each module import the other half-initialised.
+# exchange.pxd cimports this file and this one cimports it: a cycle of types is fine (each
+# module creates its own types before importing the other's), as long as neither module's
+# body imports names from the other at import time (exchange.py imports this module whole).
 
+from .exchange cimport Exchange
+from .headers cimport lower_name
 from .timers cimport Deadline
 
 cdef frozenset _WATCHED  # looked up per response header
 
 
 cdef class UpstreamConnection:
-    cdef public object backend, loop, transport, parser, exchange
+    cdef public object backend, loop, transport, parser
+    cdef public Exchange exchange
     cdef public double last_used, idle_timeout
     cdef public bint closed, expect_head_only
     cdef public Deadline deadline
@@ -18,7 +22,7 @@ cdef class UpstreamConnection:
     cdef object _connection
     cdef bint _head_sent, _until_close, _tunnel, _reading_paused
 
-    cpdef start(self, object exchange, bytes data, bint head_only)
+    cpdef start(self, Exchange exchange, bytes data, bint head_only)
     cpdef write(self, bytes data)
     cpdef release(self, double now)
     cpdef pause_reading(self)

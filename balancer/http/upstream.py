@@ -2,9 +2,9 @@
 
 An `UpstreamConnection` carries one exchange at a time (no pipelining towards backends, so a
 failure is always attributable to one request). Between exchanges it waits in its backend's
-`idle` list with its last-used time. Taking one is synchronous and pure, as in httpcore: we
-drop expired ones and ones whose peer has closed (`connection_lost` already removed those, and
-`is_closing()` catches the rest) and nothing awaits between taking it and using it.
+`idle` list with its last-used time. Taking one (`Backend.take_idle`) is synchronous and pure,
+as in httpcore: expired ones and ones whose peer has closed are dropped, and nothing awaits
+between taking it and using it.
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from .errors import PROTOCOL, RESET, TIMEOUT
+from .headers import lower_name
 from .timers import Deadline
 
 if TYPE_CHECKING:
     from ..pool import Backend
     from .exchange import Exchange
-
-# Upstream failure kinds, as counted in balancer_upstream_errors_total{kind}.
-CONNECT, RESET, TIMEOUT, PROTOCOL = "connect", "reset", "timeout", "protocol"
-
 
 # Response headers on_header notes besides keeping them.
 _WATCHED = frozenset({b"content-length", b"transfer-encoding", b"connection"})
@@ -143,7 +141,7 @@ class UpstreamConnection:
         self._status_reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()  # once per header: the exchange filters on it
+        lname = lower_name(name)  # once per header: the exchange filters on it
         self._headers.append((lname, name, value))
         if lname in _WATCHED:
             if lname == b"content-length":
@@ -271,20 +269,6 @@ class UpstreamConnection:
         idle = self.backend.idle
         if self in idle:
             idle.remove(self)
-
-
-def take_idle(backend: Backend, now: float, idle_timeout: float) -> UpstreamConnection | None:
-    """Pop the most recently used live keep-alive connection of `backend`, if any."""
-    idle = backend.idle
-    while idle:
-        conn = idle.pop()
-        if conn.closed or conn.transport is None or conn.transport.is_closing():
-            continue
-        if now - conn.last_used > idle_timeout:
-            conn.close()
-            continue
-        return conn
-    return None
 
 
 async def connect(backend: Backend, loop: asyncio.AbstractEventLoop, timeout: float,

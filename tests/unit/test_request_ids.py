@@ -1,0 +1,50 @@
+"""Request ids the balancer makes (PRODUCT.md §5: a UUID4 when the client sent none usable)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from balancer.http.headers import new_request_id, request_id_from
+
+
+def test_every_id_is_a_canonical_uuid4() -> None:
+    # Several batches' worth, so the refill is crossed more than once.
+    ids = [new_request_id() for _ in range(1000)]
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text  # lower-case, 8-4-4-4-12
+    assert len(set(ids)) == len(ids)
+
+
+def test_variant_digits_are_all_used() -> None:
+    # The variant digit carries two random bits: a stuck one would mean less randomness.
+    digits = {new_request_id()[19] for _ in range(2000)}
+    assert digits == set("89ab")
+
+
+def test_a_well_formed_client_id_is_kept_and_a_bad_one_replaced() -> None:
+    assert request_id_from(b"abc-123_X.y") == "abc-123_X.y"
+    assert uuid.UUID(request_id_from(b"has space")).version == 4
+    assert uuid.UUID(request_id_from(b"x" * 129)).version == 4
+    assert uuid.UUID(request_id_from(None)).version == 4
+
+
+def test_a_forked_worker_draws_ids_of_its_own() -> None:
+    new_request_id()  # the parent holds a partly used batch
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the ids it would hand out next
+        try:
+            os.write(write, " ".join(new_request_id() for _ in range(5)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode().split()
+    os.waitpid(pid, 0)
+    parent = [new_request_id() for _ in range(5)]
+    assert len(child) == 5
+    assert not set(child) & set(parent)
