@@ -22,7 +22,7 @@ from .health import HealthChecker
 from .metrics import Stats
 from .plugins import build_plugins
 from .pool import Pool
-from .runtime import Runtime
+from .runtime import Runtime, RuntimeRef
 from .server import ListenerServer
 from .sticky import secret_from_env
 from .tasks import spawn
@@ -63,7 +63,7 @@ class App:
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.started = False
-        self.runtime = self._compile(config)
+        self._runtime_ref = RuntimeRef(self._compile(config))
         # Listener sockets handed over by a parent process (workers); name -> socket.
         self.inherited_sockets: dict = {}
 
@@ -86,8 +86,15 @@ class App:
             pools[name] = pool
         return Runtime(config, pools, self.stats, self._secret, build_plugins)
 
-    def current_runtime(self) -> Runtime:
-        return self.runtime
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime in force. Listeners share its holder (RuntimeRef), so setting it here
+        reaches every connection's next request."""
+        return self._runtime_ref.current
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        self._runtime_ref.current = runtime
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -132,7 +139,7 @@ class App:
 
     async def _open_listener(self, listener: ListenerConfig) -> ListenerServer:
         context = server_context(listener.tls) if listener.tls is not None else None
-        server = ListenerServer(listener, self.current_runtime, self.loop, context,
+        server = ListenerServer(listener, self._runtime_ref, self.loop, context,
                                 reuse_port=self.config.workers != 1)
         # Our own listener on the same address (a reload re-opening it) may share the port;
         # anyone else's means a second instance started by mistake: fail loudly.

@@ -27,6 +27,10 @@ cdef class PoolRuntime:
     cdef bytes _new_cookie(self, Backend backend, exchange)
 
 
+cdef class RuntimeRef:
+    cdef public Runtime current
+
+
 cdef class Runtime:
     cdef public object config, geo, limits, _trusted
     cdef public RouteTable routes

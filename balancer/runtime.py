@@ -256,3 +256,17 @@ class Runtime:
     def close(self) -> None:
         if self.geo is not None:
             self.geo.close()
+
+
+class RuntimeRef:
+    """The runtime in force, swapped whole by a reload. Listeners and their connections hold
+    this one object and read `current` per request: compiled, that is a field read, where
+    asking the app for it was a call into interpreted code on every request."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+
+    def __call__(self) -> Runtime:
+        return self.current

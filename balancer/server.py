@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .config import ListenerConfig
 from .tasks import spawn
@@ -21,7 +21,7 @@ from .http.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_he
 
 if TYPE_CHECKING:
     from .http.client_side import ClientConnection
-    from .runtime import Runtime
+    from .runtime import RuntimeRef
 
 log = logging.getLogger("balancer.listener")
 
@@ -35,7 +35,7 @@ class ListenerServer:
     """Accepts with its own loop (sock_accept + connect_accepted_socket) so that it can stop
     accepting at max_connections and leave the rest in the kernel backlog."""
 
-    def __init__(self, config: ListenerConfig, runtime: Callable[[], Runtime],
+    def __init__(self, config: ListenerConfig, runtime: RuntimeRef,
                  loop: asyncio.AbstractEventLoop, ssl_context: ssl.SSLContext | None = None,
                  reuse_port: bool = False) -> None:
         self.config = config

@@ -1,5 +1,6 @@
 # Types for the compiled build of client_side.py (see balancer/compiled.py).
 
+from ..runtime cimport RuntimeRef
 from .exchange cimport Exchange
 from .parser cimport RequestHead, RequestReader
 from .timers cimport Deadline
@@ -17,6 +18,7 @@ cdef class ClientConnection:
     cdef bint _write_paused, _idle, _received, _lingering
     cdef list _batch
     cdef object _error
+    cdef RuntimeRef _runtime
     cdef double _body_rate, _body_since
     cdef Py_ssize_t _body_base
 

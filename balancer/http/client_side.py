@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import TYPE_CHECKING
 
 from .errors import RequestError, error_response
 from .exchange import Exchange
 from .headers import request_id_from
 from .parser import RequestHead, RequestReader
 from .timers import Deadline
+
+if TYPE_CHECKING:
+    from ..runtime import RuntimeRef
 
 # Why reading from the player is paused; reading resumes when no reason is left.
 _PIPELINE = 1
@@ -37,7 +41,7 @@ class ClientConnection:
         "server", "listener", "loop", "transport", "reader", "client_ip", "peer_trusted",
         "scheme", "exchange", "reading", "queue", "deadline", "_paused", "_write_paused",
         "closed", "tunnel", "_batch", "_error", "_idle", "_received", "_body_rate",
-        "_body_since", "_body_base", "_lingering",
+        "_body_since", "_body_base", "_lingering", "_runtime",
     )
 
     def __init__(self, server: "ListenerServer", proxied_ip: str | None = None) -> None:
@@ -45,7 +49,9 @@ class ClientConnection:
         self.listener = server.config
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
-        limits = server.runtime().limits
+        # The listener's holder of the runtime in force: read per request, never stale.
+        self._runtime: RuntimeRef = server.runtime
+        limits = self._runtime.current.limits
         self.reader = RequestReader(self, limits)
         # The address a trusted PROXY header carried, if any; connection_made falls back to
         # the TCP peer.
@@ -76,7 +82,7 @@ class ClientConnection:
         if not self.client_ip:
             peer = transport.get_extra_info("peername")
             self.client_ip = peer[0] if peer else ""
-        runtime = self.server.runtime()
+        runtime = self._runtime.current
         self.peer_trusted = runtime.is_trusted(self.client_ip)
         self.server.connection_opened(self)
         # HAProxy's `timeout http-request`: the first request head is due from accept on.
@@ -112,7 +118,7 @@ class ClientConnection:
             # (re-arming it on every packet would let a slowloris trickle on for ever).
             self._idle = False
             if self._received:
-                self.deadline.set_in(self.server.runtime().limits.header_timeout)
+                self.deadline.set_in(self._runtime.current.limits.header_timeout)
             self._received = True
         try:
             offset = self.reader.feed(data)
@@ -142,7 +148,7 @@ class ClientConnection:
     # -- request events from the reader ---------------------------------------------------
 
     def request_started(self, head: RequestHead) -> None:
-        exchange = Exchange(self, head, self.server.runtime())
+        exchange = Exchange(self, head, self._runtime.current)
         self.reading = exchange
         if self.exchange is None:
             self.deadline.clear()

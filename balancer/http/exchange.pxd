@@ -4,7 +4,7 @@ cimport cython
 
 from ..pool cimport Backend
 from ..routing cimport Route
-from ..runtime cimport PoolRuntime, Runtime
+from ..runtime cimport Choice, PoolRuntime, Runtime
 from .client_side cimport ClientConnection
 from .headers cimport forwarded_for, hop_by_hop_with, request_id_from
 from .parser cimport RequestHead
@@ -38,11 +38,12 @@ cdef class Exchange:
     cdef tuple _response_hooks
 
     cpdef begin(self)
+    @cython.locals(pool=PoolRuntime, choice=Choice)
     cpdef _choose(self)
     @cython.locals(drop=frozenset, lines=list)
     cpdef bytes _build_upstream_head(self)
     cpdef _attempt(self, Backend backend)
-    cpdef _attach(self, UpstreamConnection conn)
+    cpdef _attach(self, UpstreamConnection conn, double now)
     cpdef request_body(self, bytes data)
     cpdef request_ended(self)
     # What the backend connection calls: C calls, not Python method calls.

@@ -46,6 +46,7 @@ _STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}  # status -> (reason, line)
 _PLUGIN_REJECT_REASON = {429: "rate_limited", 451: "geo_blocked"}
 # An upstream failure kind -> the name retries.on gives it (a 5xx status is its own name).
 _RETRY_CONDITION = {CONNECT: "connect_failure", RESET: "reset", TIMEOUT: "504", PROTOCOL: "reset"}
+_NO_STATUSES: frozenset[int] = frozenset()
 
 
 def status_line(status: int, reason: bytes) -> bytes:
@@ -100,7 +101,7 @@ class Exchange:
         self.early_tunnel: bytes = b""
         self.tunnel = False
         self._connecting = False
-        self._retry_statuses: frozenset[int] = frozenset()
+        self._retry_statuses: frozenset[int] = _NO_STATUSES
         self._head_only = head.method == b"HEAD"
         self._response_hooks: tuple = ()
 
@@ -247,10 +248,10 @@ class Exchange:
         backend.active_requests += 1
         pool = self.pool
         assert pool is not None
-        loop = self.client.loop
-        conn = backend.take_idle(loop.time(), pool.idle_timeout)
+        now = self.client.loop.time()
+        conn = backend.take_idle(now, pool.idle_timeout)
         if conn is not None:
-            self._attach(conn)
+            self._attach(conn, now)
         else:
             self._connecting = True
             spawn(self._connect(backend, pool.connect_timeout, pool.idle_timeout))
@@ -269,10 +270,10 @@ class Exchange:
         if self.finished:
             conn.release(loop.time())  # the player left meanwhile; keep it for the next one
             return
-        self._attach(conn)
+        self._attach(conn, loop.time())
         self.client.flush()
 
-    def _attach(self, conn: UpstreamConnection) -> None:
+    def _attach(self, conn: UpstreamConnection, now: float) -> None:
         self.upstream = conn
         body = self.body
         data = self.upstream_head
@@ -281,7 +282,7 @@ class Exchange:
             if self.body_size > RETRY_BUFFER:
                 self.replayable = False
                 body.clear()
-        conn.deadline.set_in(self.pool.response_timeout)  # type: ignore[union-attr]
+        conn.deadline.set_at(now + self.pool.response_timeout)  # type: ignore[union-attr]
         conn.start(self, data, self._head_only)
         if self.client.write_paused:
             # The player stopped reading during an earlier response (or while this backend
@@ -421,9 +422,6 @@ class Exchange:
         if self.chunked_out:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         self.client.write(data)
-        conn = self.upstream
-        if conn is not None:
-            conn.deadline.set_in(self.pool.response_timeout)  # type: ignore[union-attr]
 
     def response_end(self, conn: UpstreamConnection, reusable: bool) -> None:
         if self.finished:

@@ -119,6 +119,12 @@ class UpstreamConnection:
             # else: the exchange gave this connection up from a callback (retry elsewhere)
         except httptools.HttpParserError:
             self._protocol_error(exchange)
+        else:
+            if self.exchange is exchange and self._head_sent and not self._tunnel:
+                # A body is streaming: the response timeout counts from its latest bytes.
+                # Once per read, not per chunk; a response that ended here released the
+                # connection to its idle deadline instead.
+                self.deadline.set_in(exchange.pool.response_timeout)
         client.flush()
 
     def pause_writing(self) -> None:
