@@ -8,38 +8,18 @@ import asyncio
 from dataclasses import dataclass, field
 
 from tests.conftest import one_pool
-from tests.fakes.rawhttp import read_head
+from tests.fakes.rawhttp import RawBackend, read_head
 
 
 @dataclass
-class PacedBackend:
+class PacedBackend(RawBackend):
     """Answers one chunked response whose pieces leave `gaps` seconds apart (the head first)."""
 
-    gaps: list[float]
+    gaps: list[float] = field(default_factory=list)
     head_delay: float = 0.0
     name: str = "paced"
-    region: str | None = None
-    port: int = 0
-    _server: asyncio.AbstractServer | None = None
-    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> "PacedBackend":
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in self._writers:
-            writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
         try:
             await reader.readuntil(b"\r\n\r\n")
             await asyncio.sleep(self.head_delay)
