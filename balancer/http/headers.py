@@ -51,6 +51,43 @@ def lower_name(name: bytes) -> bytes:
     return lname
 
 
+class HeaderNames:
+    """Lower-case header names for one connection, remembered by position. A peer sends the
+    same names in the same order in every message (a browser, a game client, a backend): the
+    n-th name is compared with the n-th of the previous message, which is cheaper than hashing
+    it for the shared cache. Call `restart` at each message's first header."""
+
+    __slots__ = ("_sent", "_lower", "_at")
+
+    def __init__(self) -> None:
+        self._sent: list[bytes] = []  # names as sent, by position
+        self._lower: list[bytes] = []
+        self._at = 0
+
+    def restart(self) -> None:
+        self._at = 0
+
+    def lower(self, name: bytes) -> bytes:
+        at = self._at
+        self._at = at + 1
+        sent = self._sent
+        if at < len(sent):
+            if sent[at] == name:
+                return self._lower[at]
+            lname = lower_name(name)
+            sent[at] = name
+            self._lower[at] = lname
+            return lname
+        lname = lower_name(name)
+        if at < _NAMES_BY_POSITION and len(name) <= _LOWER_NAME_MAX_LEN:
+            sent.append(name)
+            self._lower.append(lname)
+        return lname
+
+
+_NAMES_BY_POSITION = 32  # per connection, at most
+
+
 # Request ids are cut from one os.urandom call per batch: per id, that leaves six slices and
 # a join, against formatting a 128-bit integer (~0.1 us saved, on every request).
 _IDS_PER_BATCH = 128

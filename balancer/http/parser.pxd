@@ -1,6 +1,6 @@
 # Types for the compiled build of parser.py (see balancer/compiled.py).
 
-from .headers cimport lower_name
+from .headers cimport HeaderNames
 
 # Module tables looked up per request: C globals, so a lookup is a dict call, not a
 # method found by name.
@@ -25,6 +25,7 @@ cdef class RequestReader:
     cdef object _events
     cdef Py_ssize_t _max_url, _max_header_bytes, _max_header_count, _max_body
     cdef object _parser
+    cdef HeaderNames _names
     cdef RequestHead _head
     cdef Py_ssize_t _url_bytes, _head_size, _head_bytes, _body_bytes
     cdef bint _in_head

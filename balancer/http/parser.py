@@ -18,7 +18,7 @@ import httptools
 
 from ..config import Limits
 from .errors import RequestError
-from .headers import lower_name
+from .headers import HeaderNames
 
 ALLOWED_METHODS: frozenset[bytes] = frozenset(
     {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"}
@@ -132,7 +132,7 @@ class RequestReader:
     __slots__ = (
         "_events", "_parser", "_head", "_url_bytes", "_head_size", "_head_bytes",
         "_body_bytes", "_in_head", "_hosts", "head_started",
-        "_max_url", "_max_header_bytes", "_max_header_count", "_max_body",
+        "_max_url", "_max_header_bytes", "_max_header_count", "_max_body", "_names",
     )
 
     def __init__(self, events: RequestEvents, limits: Limits) -> None:
@@ -146,6 +146,7 @@ class RequestReader:
         self._max_header_count = min(limits.max_header_count, sys.maxsize)
         self._max_body = min(limits.max_body_bytes, sys.maxsize)
         self._parser = httptools.HttpRequestParser(self)
+        self._names = HeaderNames()
         self._head = RequestHead()
         self._url_bytes = 0
         self._head_size = 0  # request line + header lines, as parsed
@@ -192,6 +193,7 @@ class RequestReader:
         self.head_started = True
         # _head_bytes is not reset here: the bytes fed since the last message ended are this head's.
         self._head = RequestHead()
+        self._names.restart()
         self._url_bytes = 0
         self._head_size = 0
         self._body_bytes = 0
@@ -209,7 +211,7 @@ class RequestReader:
         headers = head.headers
         if len(headers) >= self._max_header_count:
             raise RequestError(431, "too many request headers")
-        lname = lower_name(name)
+        lname = self._names.lower(name)
         headers.append((lname, name, value))
         # Cheap enough to keep exact: the running head size (name, value, ": ", CRLF).
         self._head_size += len(name) + len(value) + 4
@@ -259,7 +261,13 @@ class RequestReader:
         head = self._head
         parser = self._parser
         method = _METHODS.get(parser.get_method())
-        version = _VERSIONS.get(parser.get_http_version())
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and head.connection is None:
+            # Of the versions llhttp accepts (0.9, 1.0, 1.1, 2.0), only HTTP/1.1 is kept alive
+            # without a Connection header asking for it: no need to format the version string.
+            version = b"1.1"
+        else:
+            version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             raise RequestError(400, "unsupported HTTP version")
         head.version = version
@@ -275,7 +283,7 @@ class RequestReader:
             head.host = host_of(head.host_header)
         elif version == b"1.1":
             raise RequestError(400, "missing Host header")
-        head.keep_alive = parser.should_keep_alive()
+        head.keep_alive = keep_alive
         # llhttp sees an upgrade only with an Upgrade header (CONNECT is refused above).
         if head.upgrade is not None and parser.should_upgrade():
             if head.upgrade != b"websocket":

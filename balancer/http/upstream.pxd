@@ -4,7 +4,7 @@
 # body imports names from the other at import time (exchange.py imports this module whole).
 
 from .exchange cimport Exchange
-from .headers cimport lower_name
+from .headers cimport HeaderNames
 from .timers cimport Deadline
 
 cdef frozenset _WATCHED  # looked up per response header
@@ -18,6 +18,7 @@ cdef class UpstreamConnection:
     cdef public Deadline deadline
     cdef bytes _status_reason
     cdef list _headers
+    cdef HeaderNames _names
     cdef int _framing
     cdef object _connection
     cdef bint _head_sent, _until_close, _tunnel, _reading_paused

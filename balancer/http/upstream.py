@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .errors import PROTOCOL, RESET, TIMEOUT
-from .headers import lower_name
+from .headers import HeaderNames
 from .timers import Deadline
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class UpstreamConnection:
         "backend", "loop", "transport", "parser", "exchange", "last_used", "closed",
         "deadline", "_status_reason", "_headers", "_head_sent", "_until_close",
         "_tunnel", "_reading_paused", "expect_head_only",
-        "idle_timeout", "_framing", "_connection",
+        "idle_timeout", "_framing", "_connection", "_names",
     )
 
     def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
@@ -57,6 +57,7 @@ class UpstreamConnection:
         self._status_reason = b""
         # (lower-case name, name as sent, value) of the response being read
         self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._names = HeaderNames()
         self._framing = 0
         self._connection: bytes | None = None
         self._head_sent = False
@@ -139,6 +140,7 @@ class UpstreamConnection:
 
     def on_message_begin(self) -> None:
         self._headers = []
+        self._names.restart()
         self._status_reason = b""
         self._framing = 0
         self._connection = None
@@ -147,7 +149,7 @@ class UpstreamConnection:
         self._status_reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = lower_name(name)  # once per header: the exchange filters on it
+        lname = self._names.lower(name)  # once per header: the exchange filters on it
         self._headers.append((lname, name, value))
         if lname in _WATCHED:
             if lname == b"content-length":

@@ -115,6 +115,23 @@ def test_http10_needs_no_host_and_is_not_keep_alive_by_default() -> None:
     assert head.version == b"1.0" and head.host == "" and not head.keep_alive
 
 
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n", b"Connection: close\r\n"])
+def test_the_version_is_exact_whatever_the_connection_header(connection: bytes) -> None:
+    # HTTP/1.0 may ask to be kept alive, 1.1 may ask to close: neither changes the version read.
+    old = read(b"GET / HTTP/1.0\r\n" + connection + b"\r\n").heads[0]
+    assert old.version == b"1.0"
+    assert old.keep_alive == (connection == b"Connection: keep-alive\r\n")
+    new = read(b"GET / HTTP/1.1\r\nHost: a\r\n" + connection + b"\r\n").heads[0]
+    assert new.version == b"1.1"
+    assert new.keep_alive == (connection != b"Connection: close\r\n")
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/2.0", b"GET / HTTP/0.9"])
+def test_other_versions_are_refused_even_when_asking_for_keep_alive(line: bytes) -> None:
+    error, _ = refused(line + b"\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+    assert error.status == 400
+
+
 def test_connection_close_ends_keep_alive_and_connection_values_are_joined() -> None:
     rec = read(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: X-Foo\r\n\r\n")
     head = rec.heads[0]
