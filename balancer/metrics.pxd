@@ -3,7 +3,7 @@
 cimport cython
 
 cdef dict _CODE_CLASS
-cdef tuple BUCKETS
+cdef tuple _BUCKETS
 cdef Py_ssize_t _BUCKET_COUNT
 
 

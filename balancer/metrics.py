@@ -24,6 +24,7 @@ from .pool import BackendState, Pool
 
 BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                               2.5, 5.0, 10.0, 30.0, 60.0)
+_BUCKETS = BUCKETS  # the same, as a C global when compiled (BUCKETS stays public)
 _BUCKET_COUNT = len(BUCKETS)
 _CODE_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
@@ -56,7 +57,7 @@ class Stats:
             hist = self.durations[dkey] = [0.0] * (len(BUCKETS) + 2)
         # bisect_left(BUCKETS, seconds), as a loop: most requests stop at the first buckets
         bucket = 0
-        while bucket < _BUCKET_COUNT and BUCKETS[bucket] < seconds:
+        while bucket < _BUCKET_COUNT and _BUCKETS[bucket] < seconds:
             bucket += 1
         hist[bucket] += 1
         hist[-1] += seconds

@@ -10,7 +10,7 @@ cdef class _Weighted:
 
 
 cdef class LeastConn(_Weighted):
-    @cython.locals(b=Backend, best=Backend, weight=double, score=double, best_score=double, ties=long)
+    @cython.locals(b=Backend, best=Backend, score=double, best_score=double, ties=long)
     cpdef Backend pick(self, candidates, double now)
 
 

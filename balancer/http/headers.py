@@ -71,17 +71,16 @@ class HeaderNames:
         at = self._at
         self._at = at + 1
         sent = self._sent
-        if at < len(sent):
-            if sent[at] == name:
-                return self._lower[at]
-            lname = lower_name(name)
-            sent[at] = name
-            self._lower[at] = lname
-            return lname
+        if at < len(sent) and sent[at] == name:
+            return self._lower[at]
         lname = lower_name(name)
-        if at < _NAMES_BY_POSITION and len(name) <= _LOWER_NAME_MAX_LEN:
-            sent.append(name)
-            self._lower.append(lname)
+        if len(name) <= _LOWER_NAME_MAX_LEN:  # a long name is never held by a connection
+            if at < len(sent):
+                sent[at] = name
+                self._lower[at] = lname
+            elif at < _NAMES_BY_POSITION:
+                sent.append(name)
+                self._lower.append(lname)
         return lname
 
 
@@ -99,7 +98,8 @@ _random_at = 0  # next id ends here; 0 = batch used up
 
 
 def new_request_id() -> str:
-    """A random UUIDv4 string (122 random bits from os.urandom)."""
+    """A random UUIDv4 string (122 random bits from os.urandom). Event-loop thread only: the
+    batch position is not guarded against another thread."""
     global _random_hex, _random_at
     at = _random_at
     if at == 0:

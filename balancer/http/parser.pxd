@@ -28,7 +28,7 @@ cdef class RequestReader:
     cdef HeaderNames _names
     cdef RequestHead _head
     cdef Py_ssize_t _url_bytes, _head_size, _head_bytes, _body_bytes
-    cdef bint _in_head
+    cdef bint _in_head, _keep_alive_asked
     cdef int _hosts
     cdef public bint head_started
 

@@ -37,7 +37,7 @@ _HOST_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789.-_:[]"
 # The headers on_header looks at; every other header costs one set lookup.
 _SPECIAL_HEADERS = frozenset({
     b"host", b"transfer-encoding", b"content-length", b"connection", b"upgrade", b"expect",
-    b"x-forwarded-for", b"x-request-id", b"cookie",
+    b"x-forwarded-for", b"x-request-id", b"cookie", b"proxy-connection",
 })
 
 
@@ -133,6 +133,7 @@ class RequestReader:
         "_events", "_parser", "_head", "_url_bytes", "_head_size", "_head_bytes",
         "_body_bytes", "_in_head", "_hosts", "head_started",
         "_max_url", "_max_header_bytes", "_max_header_count", "_max_body", "_names",
+        "_keep_alive_asked",
     )
 
     def __init__(self, events: RequestEvents, limits: Limits) -> None:
@@ -156,6 +157,8 @@ class RequestReader:
         self._body_bytes = 0
         self._in_head = True  # reading a head or a trailer section (not a body)
         self._hosts = 0
+        # A Connection or Proxy-Connection header was sent (llhttp reads both for keep-alive).
+        self._keep_alive_asked = False
         # A request's first byte has arrived but its head is not complete yet: the owner's
         # header deadline applies, not its keep-alive idle one.
         self.head_started = False
@@ -198,6 +201,7 @@ class RequestReader:
         self._head_size = 0
         self._body_bytes = 0
         self._hosts = 0
+        self._keep_alive_asked = False
 
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
@@ -240,7 +244,10 @@ class RequestReader:
                 raise RequestError(400, "invalid Content-Length")
             head.content_length = int(value)
         elif lname == b"connection":
+            self._keep_alive_asked = True
             head.connection = value if head.connection is None else head.connection + b"," + value
+        elif lname == b"proxy-connection":
+            self._keep_alive_asked = True  # hop-by-hop, never forwarded; llhttp honours it
         elif lname == b"upgrade":
             head.upgrade = value.strip().lower()
         elif lname == b"expect":
@@ -262,9 +269,10 @@ class RequestReader:
         parser = self._parser
         method = _METHODS.get(parser.get_method())
         keep_alive = parser.should_keep_alive()
-        if keep_alive and head.connection is None:
+        if keep_alive and not self._keep_alive_asked:
             # Of the versions llhttp accepts (0.9, 1.0, 1.1, 2.0), only HTTP/1.1 is kept alive
-            # without a Connection header asking for it: no need to format the version string.
+            # without a Connection (or Proxy-Connection) header asking for it: no need to
+            # format the version string.
             version = b"1.1"
         else:
             version = _VERSIONS.get(parser.get_http_version())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from balancer.http.headers import HeaderNames, lower_name
 
 
@@ -35,3 +37,21 @@ def test_a_long_message_is_lowered_past_what_is_remembered() -> None:
     message = [b"X-Field-%d" % i for i in range(200)]
     for _ in range(2):
         assert names_of(memo, message) == [name.lower() for name in message]
+
+
+def test_a_connection_never_holds_long_names() -> None:
+    # A client could send a long name at each position in turn, one request after another:
+    # what the memo keeps must stay small however its slots were filled before.
+    memo = HeaderNames()
+    names_of(memo, [b"X-Short-%d" % i for i in range(32)])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for position in range(31, -1, -1):
+            message = [b"X-Short-%d" % i for i in range(position)] + [b"X-" + b"L" * 5000]
+            assert names_of(memo, message) == [name.lower() for name in message]
+            del message
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 20_000  # 32 long names (and their lower-case copies) would be over 300 KB

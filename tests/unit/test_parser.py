@@ -126,10 +126,20 @@ def test_the_version_is_exact_whatever_the_connection_header(connection: bytes) 
     assert new.keep_alive == (connection != b"Connection: close\r\n")
 
 
+@pytest.mark.parametrize("asking", [b"Connection", b"Proxy-Connection"])
 @pytest.mark.parametrize("line", [b"GET / HTTP/2.0", b"GET / HTTP/0.9"])
-def test_other_versions_are_refused_even_when_asking_for_keep_alive(line: bytes) -> None:
-    error, _ = refused(line + b"\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+def test_other_versions_are_refused_even_when_asking_for_keep_alive(line: bytes, asking: bytes) -> None:
+    error, _ = refused(line + b"\r\nHost: a\r\n" + asking + b": keep-alive\r\n\r\n")
     assert error.status == 400
+
+
+def test_proxy_connection_keep_alive_leaves_http10_as_it_is() -> None:
+    # llhttp keeps an HTTP/1.0 request alive on Proxy-Connection too: still 1.0, no Host needed.
+    head = read(b"GET / HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n").heads[0]
+    assert head.version == b"1.0" and head.keep_alive
+    error, _ = refused(b"POST / HTTP/1.0\r\nProxy-Connection: keep-alive\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert error.status == 400 and error.message == "Transfer-Encoding on HTTP/1.0"
 
 
 def test_connection_close_ends_keep_alive_and_connection_values_are_joined() -> None:
