@@ -24,7 +24,9 @@ cdef class RequestHead:
 cdef class RequestReader:
     cdef object _events
     cdef Py_ssize_t _max_url, _max_header_bytes, _max_header_count, _max_body
-    cdef object _parser
+    cdef object _parser, _feed
+    cdef bytes _last_host_header
+    cdef str _last_host
     cdef HeaderNames _names
     cdef RequestHead _head
     cdef Py_ssize_t _url_bytes, _head_size, _head_bytes, _body_bytes

@@ -133,7 +133,7 @@ class RequestReader:
         "_events", "_parser", "_head", "_url_bytes", "_head_size", "_head_bytes",
         "_body_bytes", "_in_head", "_hosts", "head_started",
         "_max_url", "_max_header_bytes", "_max_header_count", "_max_body", "_names",
-        "_keep_alive_asked",
+        "_keep_alive_asked", "_feed", "_last_host_header", "_last_host",
     )
 
     def __init__(self, events: RequestEvents, limits: Limits) -> None:
@@ -147,7 +147,12 @@ class RequestReader:
         self._max_header_count = min(limits.max_header_count, sys.maxsize)
         self._max_body = min(limits.max_body_bytes, sys.maxsize)
         self._parser = httptools.HttpRequestParser(self)
+        self._feed = self._parser.feed_data  # bound once: called for every read
         self._names = HeaderNames()
+        # The Host value of this connection's last request and what it named: a client sends
+        # the same one every time, and comparing bytes is cheaper than the shared cache.
+        self._last_host_header: bytes | None = None
+        self._last_host = ""
         self._head = RequestHead()
         self._url_bytes = 0
         self._head_size = 0  # request line + header lines, as parsed
@@ -174,7 +179,7 @@ class RequestReader:
         if self._in_head:
             self._head_bytes += len(data)
         try:
-            self._parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserUpgrade as exc:
             return int(exc.args[0])
         except httptools.HttpParserCallbackError as exc:
@@ -287,8 +292,14 @@ class RequestReader:
         if head.content_length is not None and head.content_length > self._max_body:
             raise RequestError(413, "request body too large")
         self._check_target(head)
-        if head.host_header is not None:
-            head.host = host_of(head.host_header)
+        host_header = head.host_header
+        if host_header is not None:
+            if host_header == self._last_host_header:
+                head.host = self._last_host
+            else:
+                head.host = host_of(host_header)
+                self._last_host_header = host_header
+                self._last_host = head.host
         elif version == b"1.1":
             raise RequestError(400, "missing Host header")
         head.keep_alive = keep_alive

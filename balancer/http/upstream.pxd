@@ -12,6 +12,7 @@ cdef frozenset _WATCHED  # looked up per response header
 
 cdef class UpstreamConnection:
     cdef public object backend, loop, transport, parser
+    cdef object _feed
     cdef public Exchange exchange
     cdef public double last_used, idle_timeout
     cdef public bint closed, expect_head_only
@@ -30,3 +31,4 @@ cdef class UpstreamConnection:
     cpdef resume_reading(self)
     cpdef close(self)
     cpdef _end_message(self)
+    cdef _new_parser(self)

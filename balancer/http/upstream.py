@@ -42,14 +42,14 @@ class UpstreamConnection:
         "backend", "loop", "transport", "parser", "exchange", "last_used", "closed",
         "deadline", "_status_reason", "_headers", "_head_sent", "_until_close",
         "_tunnel", "_reading_paused", "expect_head_only",
-        "idle_timeout", "_framing", "_connection", "_names",
+        "idle_timeout", "_framing", "_connection", "_names", "_feed",
     )
 
     def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
         self.backend = backend
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self._new_parser()
         self.exchange: Exchange | None = None
         self.last_used = 0.0
         self.closed = False
@@ -106,7 +106,7 @@ class UpstreamConnection:
         client = exchange.client
         client.begin_batch()  # head and body of a small response leave in one write
         try:
-            self.parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0])
             rest = data[offset:]
@@ -114,7 +114,7 @@ class UpstreamConnection:
                 exchange.tunnel_from_backend(rest)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadResponseDone):
-                self.parser = httptools.HttpResponseParser(self)
+                self._new_parser()
             elif self.exchange is exchange:
                 self._protocol_error(exchange)
             # else: the exchange gave this connection up from a callback (retry elsewhere)
@@ -135,6 +135,10 @@ class UpstreamConnection:
     def resume_writing(self) -> None:
         if self.exchange is not None:
             self.exchange.client.resume_reading_for_upstream()
+
+    def _new_parser(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self._feed = self.parser.feed_data  # bound once: called for every read
 
     # -- llhttp callbacks ------------------------------------------------------------------
 

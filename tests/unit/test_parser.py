@@ -142,6 +142,22 @@ def test_proxy_connection_keep_alive_leaves_http10_as_it_is() -> None:
     assert error.status == 400 and error.message == "Transfer-Encoding on HTTP/1.0"
 
 
+def test_each_request_on_a_connection_has_its_host_checked() -> None:
+    # The reader remembers the last Host it read: a different or empty one is still checked.
+    recorder = Recorder()
+    reader = RequestReader(recorder, Limits())
+    reader.feed(b"GET / HTTP/1.1\r\nHost: Lobby.Casino.test:8443\r\n\r\n")
+    reader.feed(b"GET / HTTP/1.1\r\nHost: Lobby.Casino.test:8443\r\n\r\n")
+    reader.feed(b"GET / HTTP/1.1\r\nHost: slots.casino.test\r\n\r\n")
+    assert [head.host for head in recorder.heads] == [
+        "lobby.casino.test", "lobby.casino.test", "slots.casino.test"]
+    for bad in (b"", b"a b"):
+        fresh = RequestReader(Recorder(), Limits())
+        with pytest.raises(RequestError) as info:
+            fresh.feed(b"GET / HTTP/1.1\r\nHost: " + bad + b"\r\n\r\n")
+        assert info.value.status == 400
+
+
 def test_connection_close_ends_keep_alive_and_connection_values_are_joined() -> None:
     rec = read(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: X-Foo\r\n\r\n")
     head = rec.heads[0]
