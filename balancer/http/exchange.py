@@ -518,7 +518,7 @@ class Exchange:
         self.upstream = conn
         # Bytes only from now on: parser state and request headers are dead weight on a
         # socket that may stay open for hours (10,000 of them per worker).
-        conn.parser = None  # type: ignore[assignment]
+        conn.drop_http_state()
         self.head.headers = []
         self.body = []
         conn.deadline.set_in(self.pool.websocket_idle_timeout)

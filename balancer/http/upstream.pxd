@@ -25,6 +25,7 @@ cdef class UpstreamConnection:
     cdef bint _head_sent, _until_close, _tunnel, _reading_paused
 
     cpdef start(self, Exchange exchange, bytes data, bint head_only)
+    cpdef drop_http_state(self)
     cpdef write(self, bytes data)
     cpdef release(self, double now)
     cpdef pause_reading(self)

@@ -227,6 +227,13 @@ class UpstreamConnection:
         assert self.transport is not None
         self.transport.write(data)
 
+    def drop_http_state(self) -> None:
+        """The connection became a tunnel: release what reading HTTP needed."""
+        self.parser = None
+        self._feed = None
+        self._names = HeaderNames()
+        self._headers = []
+
     def write(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
