@@ -7,9 +7,17 @@ cdef tuple _BUCKETS
 cdef Py_ssize_t _BUCKET_COUNT
 
 
+cdef class RequestLine:
+    cdef public long long count
+    cdef public list hist
+
+
 cdef class Stats:
-    cdef public dict requests, durations, rejected, connections, reloads
+    cdef dict _lines
+    cdef public dict durations, rejected, connections, reloads
     cdef public dict connection_limit_reached
 
-    @cython.locals(bucket=Py_ssize_t, hist=list)
+    @cython.locals(bucket=Py_ssize_t, hist=list, line=RequestLine)
     cpdef request(self, str route, str pool, str backend, bytes method, int code, double seconds)
+    cpdef add_requests(self, tuple key, long long count)
+    cdef RequestLine _line(self, tuple key)

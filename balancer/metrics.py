@@ -29,15 +29,27 @@ _BUCKET_COUNT = len(BUCKETS)
 _CODE_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
+class RequestLine:
+    """What one (route, pool, backend, method, code) bumps: its request count, and the duration
+    histogram of its (route, pool, code class), which it shares with the other lines of that
+    class. Found with one dict lookup per request."""
+
+    __slots__ = ("count", "hist")
+
+    def __init__(self, hist: list[float]) -> None:
+        self.count = 0
+        self.hist = hist
+
+
 class Stats:
     """Per-process request counters, bumped on the request path."""
 
-    __slots__ = ("requests", "durations", "rejected", "connections", "reloads",
+    __slots__ = ("_lines", "durations", "rejected", "connections", "reloads",
                  "connection_limit_reached")
 
     def __init__(self) -> None:
-        # (route, pool, backend, method bytes, code) -> count
-        self.requests: dict[tuple[str, str, str, bytes, int], int] = {}
+        # (route, pool, backend, method bytes, code) -> its counters
+        self._lines: dict[tuple[str, str, str, bytes, int], RequestLine] = {}
         # (route, pool, code_class) -> [bucket counts..., +Inf count, sum]
         self.durations: dict[tuple[str, str, str], list[float]] = {}
         self.rejected: dict[tuple[str, str], int] = {}  # (listener, reason) -> count
@@ -46,21 +58,41 @@ class Stats:
         self.connection_limit_reached: dict[str, int] = {}
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
 
+    @property
+    def requests(self) -> dict[tuple[str, str, str, bytes, int], int]:
+        """(route, pool, backend, method bytes, code) -> requests answered."""
+        return {key: line.count for key, line in self._lines.items()}
+
     def request(self, route: str, pool: str, backend: str, method: bytes, code: int,
                 seconds: float) -> None:
         key = (route, pool, backend, method, code)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        dkey = (route, pool, _CODE_CLASS.get(code // 100, "other"))
-        hist = self.durations.get(dkey)
-        if hist is None:
-            hist = self.durations[dkey] = [0.0] * (len(BUCKETS) + 2)
+        line = self._lines.get(key)
+        if line is None:
+            line = self._line(key)
+        line.count += 1
+        hist = line.hist
         # bisect_left(BUCKETS, seconds), as a loop: most requests stop at the first buckets
         bucket = 0
         while bucket < _BUCKET_COUNT and _BUCKETS[bucket] < seconds:
             bucket += 1
         hist[bucket] += 1
         hist[-1] += seconds
+
+    def add_requests(self, key: tuple[str, str, str, bytes, int], count: int) -> None:
+        """Count `count` more requests under `key` (summing workers)."""
+        line = self._lines.get(key)
+        if line is None:
+            line = self._line(key)
+        line.count += count
+
+    def _line(self, key: tuple[str, str, str, bytes, int]) -> RequestLine:
+        route, pool, _, _, code = key
+        dkey = (route, pool, _CODE_CLASS.get(code // 100, "other"))
+        hist = self.durations.get(dkey)
+        if hist is None:
+            hist = self.durations[dkey] = [0.0] * (len(BUCKETS) + 2)
+        line = self._lines[key] = RequestLine(hist)
+        return line
 
     def reject(self, listener: str, reason: str) -> None:
         key = (listener, reason)
@@ -83,8 +115,7 @@ def merge_snapshots(snapshots: Iterable[dict]) -> Stats:
     total = Stats()
     for snap in snapshots:
         for route, pool, backend, method, code, value in snap["requests"]:
-            key = (route, pool, backend, method.encode("latin-1"), code)
-            total.requests[key] = total.requests.get(key, 0) + value
+            total.add_requests((route, pool, backend, method.encode("latin-1"), code), value)
         for route, pool, code_class, hist in snap["durations"]:
             mine = total.durations.setdefault((route, pool, code_class), [0.0] * len(hist))
             for i, v in enumerate(hist):
