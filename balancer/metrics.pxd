@@ -17,7 +17,7 @@ cdef class Stats:
     cdef public dict durations, rejected, connections, reloads
     cdef public dict connection_limit_reached
 
-    @cython.locals(bucket=Py_ssize_t, hist=list, line=RequestLine)
+    @cython.locals(bucket=Py_ssize_t, bound=double, hist=list, line=RequestLine)
     cpdef request(self, str route, str pool, str backend, bytes method, int code, double seconds)
     cpdef add_requests(self, tuple key, long long count)
     cdef RequestLine _line(self, tuple key)

@@ -73,7 +73,10 @@ class Stats:
         hist = line.hist
         # bisect_left(BUCKETS, seconds), as a loop: most requests stop at the first buckets
         bucket = 0
-        while bucket < _BUCKET_COUNT and _BUCKETS[bucket] < seconds:
+        while bucket < _BUCKET_COUNT:
+            bound = _BUCKETS[bucket]
+            if not bound < seconds:
+                break
             bucket += 1
         hist[bucket] += 1
         hist[-1] += seconds
@@ -90,7 +93,7 @@ class Stats:
         dkey = (route, pool, _CODE_CLASS.get(code // 100, "other"))
         hist = self.durations.get(dkey)
         if hist is None:
-            hist = self.durations[dkey] = [0.0] * (len(BUCKETS) + 2)
+            hist = self.durations[dkey] = [0.0] * (_BUCKET_COUNT + 2)
         line = self._lines[key] = RequestLine(hist)
         return line
 

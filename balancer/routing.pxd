@@ -1,5 +1,7 @@
 # Types for the compiled build of routing.py (see balancer/compiled.py).
 
+cimport cython
+
 cdef class Route:
     cdef public str name, pool_name
     cdef public object config, plugins
@@ -16,4 +18,5 @@ cdef class RouteTable:
     cdef public set _hosts
     cdef public tuple _wildcards
 
+    @cython.locals(route=Route)
     cpdef Route match(self, str host, bytes path, bytes method, list headers)

@@ -123,7 +123,7 @@ class PoolRuntime:
             # The player's cookie chose the failed backend (a balanced pick always issues a
             # cookie): moving the game elsewhere is what `on_failure: fail` forbids.
             return None
-        now = time.monotonic()
+        now = monotonic()
         geo = self.geo
         pinned = geo is not None and geo.is_pinned(exchange.country)
         tried = exchange.tried
@@ -267,6 +267,3 @@ class RuntimeRef:
 
     def __init__(self, runtime: Runtime) -> None:
         self.current = runtime
-
-    def __call__(self) -> Runtime:
-        return self.current

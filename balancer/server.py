@@ -75,7 +75,7 @@ class ListenerServer:
 
     async def start(self, sock: socket.socket | None = None, exclusive: bool = False) -> None:
         self.sock = sock if sock is not None else self.bind(exclusive=exclusive)
-        stats = self.runtime().stats
+        stats = self.runtime.current.stats
         # Series exist from the start (at 0), so rate() and alerts see them before the first event.
         stats.connections.setdefault(self.name, 0)
         stats.connection_limit_reached.setdefault(self.name, 0)
@@ -105,16 +105,16 @@ class ListenerServer:
 
     def _take_slot(self) -> None:
         self.slots += 1
-        if self.slots >= self.runtime().limits.max_connections:
+        if self.slots >= self.runtime.current.limits.max_connections:
             self._room.clear()
-            stats = self.runtime().stats
+            stats = self.runtime.current.stats
             stats.connection_limit_reached[self.name] = stats.connection_limit_reached.get(self.name, 0) + 1
             log.warning("listener %s: max_connections reached; new connections wait in the backlog",
                         self.name)
 
     def _free_slot(self) -> None:
         self.slots -= 1
-        if not self._room.is_set() and self.slots < self.runtime().limits.max_connections:
+        if not self._room.is_set() and self.slots < self.runtime.current.limits.max_connections:
             self._room.set()
 
     async def _serve(self, conn: socket.socket, factory: type) -> None:
@@ -122,7 +122,7 @@ class ListenerServer:
             client_ip = await self._proxied_client(conn) if self.config.proxy_protocol else None
             await self.loop.connect_accepted_socket(
                 lambda: factory(self, client_ip), conn, ssl=self.ssl_context,
-                ssl_handshake_timeout=self.runtime().limits.header_timeout if self.ssl_context else None)
+                ssl_handshake_timeout=self.runtime.current.limits.header_timeout if self.ssl_context else None)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ProxyProtocolError) as exc:
             log.debug("listener %s: connection setup failed: %s", self.name, exc)
             conn.close()
@@ -141,7 +141,7 @@ class ListenerServer:
         invalid or late header raises and the connection is closed. An untrusted peer is
         served as it is, from its own address: a PROXY header it sends is never believed (the
         request reader refuses it as malformed, the TLS handshake fails on it)."""
-        runtime = self.runtime()
+        runtime = self.runtime.current
         if not runtime.is_trusted(conn.getpeername()[0]):
             return None
         async with asyncio.timeout(runtime.limits.header_timeout):
@@ -150,17 +150,17 @@ class ListenerServer:
 
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
-        stats = self.runtime().stats
+        stats = self.runtime.current.stats
         stats.connections[self.name] = stats.connections.get(self.name, 0) + 1
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
-        stats = self.runtime().stats
+        stats = self.runtime.current.stats
         stats.connections[self.name] = stats.connections.get(self.name, 1) - 1
         self._free_slot()
 
     def count_rejected(self, reason: str) -> None:
-        self.runtime().stats.reject(self.name, reason)
+        self.runtime.current.stats.reject(self.name, reason)
 
     def count_rejected_status(self, status: int) -> None:
         reason = REJECT_REASON.get(status)

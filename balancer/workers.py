@@ -266,7 +266,7 @@ class Supervisor:
         """Per listener, one SO_REUSEPORT socket per worker, all on the same port."""
         sockets: dict[str, list[socket.socket]] = {}
         for listener in self.config.listeners:
-            server = ListenerServer(listener, lambda: None, None, reuse_port=True)  # type: ignore[arg-type]
+            server = ListenerServer(listener, None, None, reuse_port=True)  # type: ignore[arg-type]
             first = server.bind(exclusive=True)
             port = first.getsockname()[1]
             group = [first]

@@ -159,9 +159,10 @@ class ClientConnection:
             self._pause(_PIPELINE)
         if (head.chunked or head.content_length) and self._body_rate and not self.closed:
             # The deadline is free while a request is in progress: it now watches the body rate.
-            self._body_since = self.loop.time()
+            now = self.loop.time()
+            self._body_since = now
             self._body_base = 0
-            self.deadline.set_in(BODY_RATE_GRACE + BODY_RATE_INTERVAL)
+            self.deadline.set_at(now + BODY_RATE_GRACE + BODY_RATE_INTERVAL)
 
     def request_body(self, data: bytes) -> None:
         reading = self.reading
@@ -323,7 +324,7 @@ class ClientConnection:
             self._body_since = 0.0
             self._reject(RequestError(408, "request body too slow"))
             return
-        self.deadline.set_in(BODY_RATE_INTERVAL)
+        self.deadline.set_at(now + BODY_RATE_INTERVAL)
 
     def _pause(self, reason: int) -> None:
         if not self._paused and not self.closed:

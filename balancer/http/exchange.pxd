@@ -34,7 +34,6 @@ cdef class Exchange:
     cdef public bytes upstream_head, early_tunnel
     cdef public object set_cookie, region, country
     cdef bint _connecting, _head_only
-    cdef object _retry_statuses
     cdef tuple _response_hooks
 
     cpdef begin(self)

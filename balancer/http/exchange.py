@@ -46,7 +46,6 @@ _STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}  # status -> (reason, line)
 _PLUGIN_REJECT_REASON = {429: "rate_limited", 451: "geo_blocked"}
 # An upstream failure kind -> the name retries.on gives it (a 5xx status is its own name).
 _RETRY_CONDITION = {CONNECT: "connect_failure", RESET: "reset", TIMEOUT: "504", PROTOCOL: "reset"}
-_NO_STATUSES: frozenset[int] = frozenset()
 
 
 def status_line(status: int, reason: bytes) -> bytes:
@@ -66,7 +65,7 @@ class Exchange:
         "started", "tried", "body", "body_size", "replayable", "request_done",
         "response_started", "finished", "status", "chunked_out", "close_client",
         "upstream_head", "set_cookie", "region", "country", "early_tunnel", "tunnel",
-        "_connecting", "_retry_statuses", "_head_only", "_response_hooks",
+        "_connecting", "_head_only", "_response_hooks",
     )
 
     def __init__(self, client: ClientConnection, head: RequestHead, runtime: Runtime) -> None:
@@ -101,7 +100,6 @@ class Exchange:
         self.early_tunnel: bytes = b""
         self.tunnel = False
         self._connecting = False
-        self._retry_statuses: frozenset[int] = _NO_STATUSES
         self._head_only = head.method == b"HEAD"
         self._response_hooks: tuple = ()
 
@@ -196,7 +194,6 @@ class Exchange:
         assert route is not None
         pool = self.runtime.pools[route.pool_name]
         self.pool = pool
-        self._retry_statuses = pool.retry_statuses
         choice = pool.choose(self)
         if choice.backend is None:
             self.reply(503, choice.reason, retry_after=choice.retry_after)
@@ -347,7 +344,7 @@ class Exchange:
         assert backend is not None
         if status >= 500:
             self._count_failure(backend, None)
-            retry_to = self._retry_target(str(status)) if status in self._retry_statuses else None
+            retry_to = self._retry_target(str(status)) if status in self.pool.retry_statuses else None
             if retry_to is not None:
                 # Give this answer up: free the backend it came from and forget its
                 # connection, or body still streaming in would be written to the dead one.
@@ -387,7 +384,9 @@ class Exchange:
             else:
                 self.close_client = True  # HTTP/1.0 reads a close-delimited body
         if self.set_cookie is not None:
-            out.append(b"set-cookie: " + self.set_cookie + b"\r\n")
+            out.append(b"set-cookie: ")
+            out.append(self.set_cookie)
+            out.append(b"\r\n")
         if self.close_client:
             out.append(b"connection: close\r\n")
         elif self.head.version == b"1.0":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import enum
 
-import aiohttp
 import pytest
 
 from balancer.plugins import Plugin, PluginRequest
