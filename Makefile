@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PXD := $(shell find balancer -name '*.pxd')
 COMPILED := $(PXD) $(PXD:.pxd=.py)
 
-.PHONY: run test bench check clean
+.PHONY: run test bench check clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ $(STAMP): pyproject.toml setup.py $(COMPILED) | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/python -m balancer demo --config config/demo.yaml
 
-test: $(STAMP)
+# The Debian programs the tests drive for real (scripts/system-packages says which).
+system-packages:
+	scripts/system-packages
+
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest
 	@# The same modules, uncompiled: what runs where no C compiler is at hand.
 	BALANCER_PURE_PYTHON=1 $(BIN)/python -m pytest -p no:cacheprovider
