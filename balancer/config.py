@@ -35,7 +35,7 @@ import yaml
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-BalanceName = Literal["least_conn", "round_robin", "random", "consistent_hash"]
+BalanceName = Literal["least_conn", "round_robin", "random", "consistent_hash", "ewma"]
 OnFailure = Literal["rebalance", "fail"]
 # What a retry may be triggered by (PRODUCT.md §3 retries.on).
 RetryCondition = Literal["connect_failure", "reset", "timeout", "502", "503", "504"]
@@ -215,6 +215,7 @@ class PoolConfig:
     balance: BalanceName = "least_conn"
     hash_on: str = "client_ip"  # header:NAME | cookie:NAME | query:NAME | client_ip
     hash_balance_factor: float = 0.0
+    ewma_decay: float = 10.0  # balance: ewma: how fast a latency measurement fades
     geo: bool = False
     sticky: StickyConfig | None = None
     health_check: HealthCheckConfig | None = None
@@ -1067,6 +1068,7 @@ def _pool(s: _Section, name: str) -> PoolConfig:
     balance = s.take("balance", _scalar(_choice(*_BALANCES)), d.balance)
     hash_on = s.take("hash_on", _scalar(_hash_on), d.hash_on)
     hash_balance_factor = s.take("hash_balance_factor", _scalar(_balance_factor), d.hash_balance_factor)
+    ewma_decay = s.take("ewma_decay", _scalar(_duration()), d.ewma_decay)
     geo = s.take("geo", _scalar(_bool), d.geo)
     if geo:
         s.ctx.geo_pools.append(s.at("geo"))
@@ -1076,6 +1078,7 @@ def _pool(s: _Section, name: str) -> PoolConfig:
         balance=balance,
         hash_on=hash_on,
         hash_balance_factor=hash_balance_factor,
+        ewma_decay=ewma_decay,
         geo=geo,
         sticky=s.take("sticky", _mapping(_sticky), None),
         health_check=s.take("health_check", _mapping(_health_check), None),

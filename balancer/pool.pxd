@@ -7,7 +7,7 @@ cdef class Backend:
     cdef public object config, address, region, weight
     cdef public int port
     cdef public bint healthy, draining, removed
-    cdef public double ejected_until, drain_deadline, ramp_start
+    cdef public double ejected_until, drain_deadline, ramp_start, latency, latency_at
     cdef public long ejections, consecutive_failures, ejections_total
     cdef public long active_requests, websockets, open_connections
     cdef public list idle

@@ -37,6 +37,7 @@ class Backend:
         "draining", "drain_deadline", "removed", "ramp_start",
         "active_requests", "websockets", "idle", "open_connections",
         "upstream_errors", "health_checks", "ejections_total", "tunnels",
+        "latency", "latency_at",
     )
 
     def __init__(self, pool_name: str, config: BackendConfig) -> None:
@@ -59,6 +60,10 @@ class Backend:
         self.upstream_errors: dict[str, int] = {}
         self.health_checks: dict[str, int] = {}
         self.ejections_total = 0
+        # Peak-EWMA of response latency in seconds (balance: ewma), and when it was last
+        # updated; latency_at 0.0 means never measured (the strategy seeds it at the median).
+        self.latency = 0.0
+        self.latency_at = 0.0
         self.update(config)
 
     def update(self, config: BackendConfig) -> None:

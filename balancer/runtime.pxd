@@ -15,7 +15,8 @@ cdef class PoolRuntime:
     cdef public str name
     cdef public Pool pool
     cdef public object config, geo, sticky, retry_statuses
-    cdef public object strategy  # LeastConn, RoundRobin or Random: each has pick()
+    cdef public object strategy  # LeastConn, RoundRobin, Random or PeakEwma: each has pick()
+    cdef public bint latency_aware  # strategy is PeakEwma: report response latencies to it
     # The pool's timeouts, read on every request and body chunk.
     cdef public double connect_timeout, response_timeout, idle_timeout, websocket_idle_timeout
     cdef dict _tokens

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 from . import health
 from .addresses import parse_ip
-from .balance import LeastConn, Random, RoundRobin, static_weight
+from .balance import LeastConn, PeakEwma, Random, RoundRobin, static_weight
 from .balance import consistent_hash
 from .config import Config
 from .geo import Geo
@@ -45,7 +45,7 @@ class Choice:
 class PoolRuntime:
     """The policy side of one pool for one config generation."""
 
-    __slots__ = ("name", "pool", "config", "geo", "strategy", "sticky", "_tokens",
+    __slots__ = ("name", "pool", "config", "geo", "strategy", "latency_aware", "sticky", "_tokens",
                  "_tokens_members", "retry_statuses", "_hash_key",
                  "connect_timeout", "response_timeout", "idle_timeout", "websocket_idle_timeout")
 
@@ -59,9 +59,14 @@ class PoolRuntime:
         if config.slow_start > 0:
             slow_start = config.slow_start
             weight_of = lambda b, now: health.effective_weight(b, now, slow_start)
-        self.strategy = {
-            "least_conn": LeastConn, "round_robin": RoundRobin, "random": Random,
-        }.get(config.balance, LeastConn)(weight_of)
+        if config.balance == "ewma":
+            self.strategy = PeakEwma(weight_of, config.ewma_decay)
+        else:
+            self.strategy = {
+                "least_conn": LeastConn, "round_robin": RoundRobin, "random": Random,
+            }.get(config.balance, LeastConn)(weight_of)
+        # The exchange reports response latencies only to a strategy that uses them.
+        self.latency_aware = config.balance == "ewma"
         self._hash_key = _hash_key_reader(config.hash_on) if config.balance == "consistent_hash" else None
         self.sticky = (StickyCookies(config.sticky, pool.name, sticky_secret(config.sticky.secret_env))
                        if config.sticky is not None else None)

@@ -22,3 +22,15 @@ cdef class RoundRobin(_Weighted):
 
 cdef class Random(_Weighted):
     cpdef Backend pick(self, candidates, double now)
+
+
+cdef class PeakEwma(_Weighted):
+    cdef public double decay
+
+    @cython.locals(count=Py_ssize_t, first=Py_ssize_t, second=Py_ssize_t, a=Backend, b=Backend)
+    cpdef Backend pick(self, candidates, double now)
+    @cython.locals(latency=double, weight=double)
+    cpdef double cost(self, Backend backend, double now)
+    cpdef seed(self, candidates, double now)
+    @cython.locals(kept=double)
+    cpdef observe(self, Backend backend, double seconds, double now)

@@ -34,6 +34,7 @@ cdef class Exchange:
     cdef public bytes upstream_head, early_tunnel
     cdef public object set_cookie, region, country
     cdef bint _connecting, _head_only
+    cdef double _sent_at
     cdef tuple _response_hooks
 
     cpdef begin(self)
@@ -47,7 +48,7 @@ cdef class Exchange:
     cpdef request_ended(self)
     # What the backend connection calls: C calls, not Python method calls.
     cpdef response_interim(self, int status, bytes reason, list headers)
-    @cython.locals(drop=frozenset, out=list)
+    @cython.locals(drop=frozenset, out=list, pool=PoolRuntime, now=double)
     cpdef response_head(self, UpstreamConnection conn, int status, bytes reason, list headers,
                         bint chunked, bint has_length, bint bodiless, object connection)
     cpdef response_body(self, bytes data)

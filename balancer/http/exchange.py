@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING
 
 from .. import health
@@ -65,7 +65,7 @@ class Exchange:
         "started", "tried", "body", "body_size", "replayable", "request_done",
         "response_started", "finished", "status", "chunked_out", "close_client",
         "upstream_head", "set_cookie", "region", "country", "early_tunnel", "tunnel",
-        "_connecting", "_head_only", "_response_hooks",
+        "_connecting", "_head_only", "_response_hooks", "_sent_at",
     )
 
     def __init__(self, client: ClientConnection, head: RequestHead, runtime: Runtime) -> None:
@@ -102,6 +102,7 @@ class Exchange:
         self._connecting = False
         self._head_only = head.method == b"HEAD"
         self._response_hooks: tuple = ()
+        self._sent_at = 0.0  # when the current attempt began (balance: ewma measures from it)
 
     # -- the way of a request -------------------------------------------------------------
 
@@ -245,6 +246,8 @@ class Exchange:
         backend.active_requests += 1
         pool = self.pool
         assert pool is not None
+        if pool.latency_aware:
+            self._sent_at = monotonic()
         now = self.client.loop.time()
         conn = backend.take_idle(now, pool.idle_timeout)
         if conn is not None:
@@ -342,6 +345,10 @@ class Exchange:
         `connection` is the backend's Connection header, whose tokens are hop-by-hop too."""
         backend = self.backend
         assert backend is not None
+        pool = self.pool
+        if pool.latency_aware:
+            now = monotonic()
+            pool.strategy.observe(backend, now - self._sent_at, now)
         if status >= 500:
             self._count_failure(backend, None)
             retry_to = self._retry_target(str(status)) if status in self.pool.retry_statuses else None

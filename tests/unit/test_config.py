@@ -435,6 +435,14 @@ def test_consistent_hash_settings() -> None:
     error_at(pool_with(balance="fastest"), "pools.games.balance")
 
 
+def test_ewma_settings() -> None:
+    pool = parse_config(pool_with(balance="ewma", ewma_decay="30s"), "x").pools["games"]
+    assert (pool.balance, pool.ewma_decay) == ("ewma", 30.0)
+    assert parse_config(pool_with(balance="ewma"), "x").pools["games"].ewma_decay == 10.0
+    for bad in (10, "0", "fast"):
+        error_at(pool_with(balance="ewma", ewma_decay=bad), "pools.games.ewma_decay")
+
+
 def test_health_check_http_and_tcp() -> None:
     check = parse_config(pool_with(health_check={"path": "/ready", "expect_status": "200-299"}), "x")
     assert check.pools["games"].health_check == HealthCheckConfig(path="/ready", expect_status=(200, 299))
