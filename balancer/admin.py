@@ -50,6 +50,7 @@ class AdminServer:
         webapp.router.add_post("/admin/pools/{pool}/backends/{backend}/drain", self.drain)
         webapp.router.add_post("/admin/pools/{pool}/backends/{backend}/undrain", self.undrain)
         webapp.router.add_post("/admin/reload", self.reload)
+        webapp.router.add_post("/admin/routes/{route}/split", self.split)
         return webapp
 
     async def start(self) -> None:
@@ -115,11 +116,47 @@ class AdminServer:
         return web.json_response({"result": "draining" if drain else "undrained",
                                   "pool": pool_name, "backend": backend_id})
 
+    async def split(self, request: web.Request) -> web.Response:
+        """New canary weights for a route, until the next reload: body
+        `{"split": [{"pool": "games-v1", "weight": 90}, {"pool": "games-v2", "weight": 10}]}`,
+        naming the route's pools in any order."""
+        route = request.match_info["route"]
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "expected a JSON body"}, status=400)
+        weights = _split_weights(body)
+        if isinstance(weights, str):
+            return web.json_response({"error": weights}, status=400)
+        status, answer = await self.app.set_split(route, weights)
+        return web.json_response(answer, status=status)
+
     async def reload(self, request: web.Request) -> web.Response:
         errors = await self.app.reload_everywhere()
         if errors:
             return web.json_response({"errors": errors}, status=400)
         return web.json_response({"result": "reloaded"})
+
+
+def _split_weights(body: object) -> dict[str, int] | str:
+    """pool -> weight from an admin split request; a string says what is wrong with it."""
+    sides = body.get("split") if isinstance(body, dict) else None
+    if not isinstance(sides, list) or not sides:
+        return 'expected {"split": [{"pool": NAME, "weight": N}, ...]}'
+    weights: dict[str, int] = {}
+    for side in sides:
+        pool = side.get("pool") if isinstance(side, dict) else None
+        weight = side.get("weight") if isinstance(side, dict) else None
+        if not isinstance(pool, str) or isinstance(weight, bool) or not isinstance(weight, int):
+            return 'each side is {"pool": NAME, "weight": N} with a whole number N'
+        if weight < 0:
+            return f"pool {pool}: weight must be 0 or more, got {weight}"
+        if pool in weights:
+            return f"pool {pool} is given twice"
+        weights[pool] = weight
+    if not any(weights.values()):
+        return "the weights add up to 0; at least one side must have players"
+    return weights
 
 
 def describe_pools(pools: dict, now: float | None = None) -> list[dict]:

@@ -344,9 +344,12 @@ class App:
         now = time.monotonic()
         reasons = []
         for route in self.runtime.routes.routes:
-            pool = self.pools.get(route.pool_name)
-            if pool is None or not pool.eligible(now, allow_panic=False):
-                reasons.append(f"route {route.name}: pool {route.pool_name} has no eligible backend")
+            names = route.config.pools
+            if not any(name in self.pools and self.pools[name].eligible(now, allow_panic=False)
+                       for name in names):
+                which = "pool " + names[0] if len(names) == 1 else "pools " + ", ".join(names)
+                reasons.append(f"route {route.name}: {which} {'has' if len(names) == 1 else 'have'} "
+                               "no eligible backend")
         return reasons
 
     async def set_drain(self, pool_name: str, backend_id: str, drain: bool) -> str | None:
@@ -364,6 +367,29 @@ class App:
             self.workers.broadcast({"op": "drain" if drain else "undrain",
                                     "pool": pool_name, "backend": backend_id})
         return None
+
+    async def set_split(self, route_name: str, weights: dict[str, int]) -> tuple[int, dict]:
+        """Change a route's canary weights at run time (and in every worker). Returns the HTTP
+        status and answer for the admin API. The change lives in the running config only: the
+        next reload takes the weights from the file again."""
+        route = next((r for r in self.runtime.routes.routes if r.name == route_name), None)
+        if route is None:
+            return 404, {"error": f"no route {route_name}"}
+        split = route.split
+        if split is None:
+            return 409, {"error": f"route {route_name} has no split (it serves pool {route.pool_name})"}
+        names = [pool.name for pool in split.sides]
+        if sorted(weights) != sorted(names):
+            return 400, {"error": f"give a weight for each pool of the split: {', '.join(names)}"}
+        split.set_weights([weights[name] for name in names])
+        split.changed_at_runtime = True
+        if self.workers is not None:
+            self.workers.broadcast({"op": "split", "route": route_name, "weights": weights})
+        log.warning("route %s: split set to %s at run time (until the next reload)", route_name,
+                    ", ".join(f"{name} {weights[name]}" for name in names))
+        return 200, {"route": route_name, "split": split.describe(),
+                     "note": "a run-time change: the next reload (SIGHUP, /admin/reload) "
+                             "restores the weights of the config file; change the file too to keep it"}
 
     async def reload_everywhere(self) -> list[str]:
         """Reload here, and (control process) in every worker once it validated here."""

@@ -144,11 +144,43 @@ class MatchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SplitSide:
+    pool: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class SplitCookieConfig:
+    name: str = "LB_SPLIT"
+    ttl: float = 24 * 3600.0
+    secret_env: str = "STICKY_SECRET"
+
+
+_MIRROR_IN_FLIGHT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    pool: str
+    percent: float
+    max_in_flight: int = _MIRROR_IN_FLIGHT  # copies under way per worker; past it, dropped
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
-    pool: str
+    pool: str | None  # None when the route has a split
     match: MatchConfig = MatchConfig()
     plugins: tuple[PluginConfig, ...] = ()
+    split: tuple[SplitSide, ...] = ()  # canary: the pools sharing the route's players
+    split_on: str = "cookie"  # cookie | hash:header:NAME | hash:cookie:NAME | hash:query:NAME | hash:client_ip
+    split_cookie: SplitCookieConfig = SplitCookieConfig()
+    mirror: MirrorConfig | None = None
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        """Every pool that may serve the route's players (not the mirror's)."""
+        return tuple(side.pool for side in self.split) if self.split else (self.pool,)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,13 +426,14 @@ def _run(parse: Parse[T], raw: object, path: str, ctx: _Context, fallback: Any) 
 class _Section:
     """Reads one mapping: each key taken once with its parser; leftovers are unknown keys."""
 
-    __slots__ = ("_raw", "path", "ctx", "failed")
+    __slots__ = ("_raw", "path", "ctx", "failed", "_consumed")
 
     def __init__(self, raw: dict[Any, Any], path: str, ctx: _Context) -> None:
         self._raw = dict(raw)
         self.path = path
         self.ctx = ctx
         self.failed: set[str] = set()  # keys with an error at or below them
+        self._consumed: set[str] = set()  # keys given in the file (taken so far)
 
     def at(self, key: str) -> str:
         return _join(self.path, key)
@@ -414,6 +447,7 @@ class _Section:
                 return None  # type: ignore[return-value]
             return default  # type: ignore[no-any-return]
         raw = self._raw.pop(key)
+        self._consumed.add(key)
         if raw is None and default is None:
             return None  # type: ignore[return-value]
         errors_before = len(self.ctx.errors)
@@ -424,6 +458,10 @@ class _Section:
 
     def error(self, key: str, message: str) -> None:
         self.ctx.error(self.at(key), message)
+
+    def given(self, key: str) -> bool:
+        """Is `key` in the file (taken already or not)?"""
+        return key in self._raw or key in self._consumed
 
     def finish(self) -> None:
         for key in self._raw:
@@ -1005,11 +1043,88 @@ def _consul_check(s: _Section) -> ConsulCheck:
 def _route(s: _Section) -> RouteConfig:
     name = s.take("name", _scalar(_string))
     match = s.take("match", _mapping(_match), MatchConfig())
+    has_split = s.given("split")
+    pool = s.take("pool", _scalar(_string), None if has_split else _REQUIRED)
+    if pool is not None:
+        s.ctx.pool_refs.append((s.at("pool"), pool))
+        if has_split:
+            s.error("pool", "give either pool or split, not both")
+    split = s.take("split", _split_sides, ())
+    split_on = s.take("split_on", _scalar(_split_on), "cookie")
+    split_cookie = s.take("split_cookie", _mapping(_split_cookie), SplitCookieConfig())
+    if not has_split:
+        for key in ("split_on", "split_cookie"):
+            if s.given(key):
+                s.error(key, "only has a meaning with split")
+    mirror = s.take("mirror", _mapping(_mirror), None)
+    if mirror is not None and mirror.pool in ((pool,) if pool else tuple(side.pool for side in split)):
+        s.error("mirror.pool", "is a pool that serves this route; mirror to another pool")
+    plugins = s.take("plugins", _list_of(_plugin), ())
+    return RouteConfig(name=name, pool=pool, match=match, plugins=plugins, split=split,
+                       split_on=split_on, split_cookie=split_cookie, mirror=mirror)
+
+
+def _split_sides(raw: object, path: str, ctx: _Context) -> tuple[SplitSide, ...]:
+    sides = _list_of(_mapping(_split_side))(raw, path, ctx)
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise _Invalid("expected a list of at least two {pool, weight}")
+    seen: dict[str, int] = {}
+    for index, side in enumerate(sides):
+        if side.pool in seen:
+            ctx.error(_join(path, f"{index}.pool"), f"pool {side.pool!r} is already at {path}.{seen[side.pool]}")
+        seen.setdefault(side.pool, index)
+    if len(sides) == len(raw) and not any(side.weight for side in sides):
+        raise _Invalid("the weights add up to 0; at least one side must have players")
+    return sides
+
+
+def _split_side(s: _Section) -> SplitSide:
     pool = s.take("pool", _scalar(_string))
     if pool is not None:
         s.ctx.pool_refs.append((s.at("pool"), pool))
-    plugins = s.take("plugins", _list_of(_plugin), ())
-    return RouteConfig(name=name, pool=pool, match=match, plugins=plugins)
+    return SplitSide(pool=pool, weight=s.take("weight", _scalar(_int(0))))
+
+
+def _split_on(raw: object) -> str:
+    text = _string(raw)
+    if text == "cookie":
+        return text
+    kind, colon, key = text.partition(":")
+    if kind == "hash" and colon:
+        try:
+            return f"hash:{_hash_on(key)}"
+        except _Invalid:
+            pass
+    raise _Invalid("expected cookie, or hash: with header:NAME, cookie:NAME, query:NAME or client_ip "
+                   f"(hash:header:X-Player-Id); got {show_value(raw)}")
+
+
+def _split_cookie(s: _Section) -> SplitCookieConfig:
+    d = SplitCookieConfig()
+    return SplitCookieConfig(
+        name=s.take("name", _scalar(_token("cookie name")), d.name),
+        ttl=s.take("ttl", _scalar(_duration()), d.ttl),
+        secret_env=s.take("secret_env", _scalar(_env_name), d.secret_env),
+    )
+
+
+def _mirror(s: _Section) -> MirrorConfig:
+    pool = s.take("pool", _scalar(_string))
+    if pool is not None:
+        s.ctx.pool_refs.append((s.at("pool"), pool))
+    return MirrorConfig(
+        pool=pool,
+        percent=s.take("percent", _scalar(_percent)),
+        max_in_flight=s.take("max_in_flight", _scalar(_int(1)), _MIRROR_IN_FLIGHT),
+    )
+
+
+def _percent(raw: object) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise _Invalid(f"expected a number of percent, like 10 or 0.5; got {show_value(raw)}")
+    if not 0 < raw <= 100:
+        raise _Invalid(f"must be more than 0 and at most 100, got {raw}")
+    return float(raw)
 
 
 def _match(s: _Section) -> MatchConfig:

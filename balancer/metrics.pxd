@@ -15,7 +15,7 @@ cdef class RequestLine:
 cdef class Stats:
     cdef dict _lines
     cdef public dict durations, rejected, connections, reloads
-    cdef public dict connection_limit_reached
+    cdef public dict connection_limit_reached, mirrored
 
     @cython.locals(bucket=Py_ssize_t, bound=double, hist=list, line=RequestLine)
     cpdef request(self, str route, str pool, str backend, bytes method, int code, double seconds)

@@ -45,7 +45,7 @@ class Stats:
     """Per-process request counters, bumped on the request path."""
 
     __slots__ = ("_lines", "durations", "rejected", "connections", "reloads",
-                 "connection_limit_reached")
+                 "connection_limit_reached", "mirrored")
 
     def __init__(self) -> None:
         # (route, pool, backend, method bytes, code) -> its counters
@@ -57,6 +57,7 @@ class Stats:
         # listener -> times it reached max_connections and stopped accepting
         self.connection_limit_reached: dict[str, int] = {}
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
+        self.mirrored: dict[tuple[str, str, str], int] = {}  # (route, pool, result) -> copies
 
     @property
     def requests(self) -> dict[tuple[str, str, str, bytes, int], int]:
@@ -101,12 +102,17 @@ class Stats:
         key = (listener, reason)
         self.rejected[key] = self.rejected.get(key, 0) + 1
 
+    def mirror(self, route: str, pool: str, result: str) -> None:
+        key = (route, pool, result)
+        self.mirrored[key] = self.mirrored.get(key, 0) + 1
+
     def snapshot(self) -> dict:
         """Plain data for summing across workers."""
         return {
             "requests": [[*k[:3], k[3].decode("latin-1"), k[4], v] for k, v in self.requests.items()],
             "durations": [[*k, v] for k, v in self.durations.items()],
             "rejected": [[*k, v] for k, v in self.rejected.items()],
+            "mirrored": [[*k, v] for k, v in self.mirrored.items()],
             "connections": self.connections,
             "connection_limit_reached": self.connection_limit_reached,
             "reloads": self.reloads,
@@ -125,6 +131,8 @@ def merge_snapshots(snapshots: Iterable[dict]) -> Stats:
                 mine[i] += v
         for listener, reason, value in snap["rejected"]:
             total.rejected[(listener, reason)] = total.rejected.get((listener, reason), 0) + value
+        for route, pool, result, value in snap["mirrored"]:
+            total.mirrored[(route, pool, result)] = total.mirrored.get((route, pool, result), 0) + value
         for name in ("connections", "connection_limit_reached", "reloads"):
             mine_d = getattr(total, name)
             for key, value in snap[name].items():
@@ -165,6 +173,13 @@ class BalancerCollector(Collector):
         for (listener, reason), value in stats.rejected.items():
             rejected.add_metric([listener, reason], value)
         yield rejected
+        mirrored = CounterMetricFamily("balancer_mirror_requests",
+                                       "Copies of players' requests for a route's mirror pool: sent "
+                                       "(answered, answer discarded), failed, or dropped (max_in_flight "
+                                       "reached).", labels=["route", "pool", "result"])
+        for (route, pool, result), value in stats.mirrored.items():
+            mirrored.add_metric([route, pool, result], value)
+        yield mirrored
         reloads = CounterMetricFamily("balancer_config_reloads", "Config reloads.", labels=["result"])
         for result, value in stats.reloads.items():
             reloads.add_metric([result], value)

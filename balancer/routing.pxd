@@ -4,7 +4,7 @@ cimport cython
 
 cdef class Route:
     cdef public str name, pool_name
-    cdef public object config, plugins
+    cdef public object config, plugins, split, mirror
     cdef public object _host, _suffix, _methods  # str | None, str | None, frozenset | None
     cdef public bytes _prefix
     cdef public tuple _headers

@@ -13,14 +13,16 @@ from .config import RouteConfig
 class Route:
     """A compiled route: its matcher plus what the data plane needs after a match."""
 
-    __slots__ = ("name", "pool_name", "config", "plugins", "_host", "_suffix", "_prefix",
-                 "_methods", "_headers")
+    __slots__ = ("name", "pool_name", "config", "plugins", "split", "mirror", "_host", "_suffix",
+                 "_prefix", "_methods", "_headers")
 
     def __init__(self, config: RouteConfig) -> None:
         self.name = config.name
-        self.pool_name = config.pool
+        self.pool_name = config.pool or ""  # "" when a split chooses the pool per player
         self.config = config
         self.plugins: tuple = ()  # plugin instances, set by the runtime that owns this route
+        self.split = None  # balancer.split.Split, set by the runtime for a route with a split
+        self.mirror = None  # balancer.mirror.Mirror, likewise for a route with a mirror
         match = config.match
         host = match.host
         self._host: str | None = None

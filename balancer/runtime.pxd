@@ -9,6 +9,7 @@ cdef class Choice:
     cdef public Backend backend
     cdef public str reason
     cdef public object retry_after, set_cookie
+    cdef public bint no_backend
 
 
 cdef class PoolRuntime:

@@ -23,8 +23,10 @@ from .balance import consistent_hash
 from .config import Config
 from .geo import Geo
 from .metrics import Stats
+from .mirror import Mirror
 from .pool import Backend, Pool
 from .routing import Route, RouteTable
+from .split import Split
 from .sticky import StickyCookies, read_cookie, secret_from_env
 
 if TYPE_CHECKING:
@@ -32,14 +34,17 @@ if TYPE_CHECKING:
 
 
 class Choice:
-    __slots__ = ("backend", "reason", "retry_after", "set_cookie")
+    __slots__ = ("backend", "reason", "retry_after", "set_cookie", "no_backend")
 
     def __init__(self, backend: Backend | None, reason: str = "", retry_after: int | None = None,
-                 set_cookie: bytes | None = None) -> None:
+                 set_cookie: bytes | None = None, no_backend: bool = False) -> None:
         self.backend = backend
         self.reason = reason
         self.retry_after = retry_after
         self.set_cookie = set_cookie
+        # No backend because none was eligible (as opposed to a sticky player's backend being
+        # unusable under on_failure: fail): a canary split may try its other side.
+        self.no_backend = no_backend
 
 
 class PoolRuntime:
@@ -67,7 +72,7 @@ class PoolRuntime:
             }.get(config.balance, LeastConn)(weight_of)
         # The exchange reports response latencies only to a strategy that uses them.
         self.latency_aware = config.balance == "ewma"
-        self._hash_key = _hash_key_reader(config.hash_on) if config.balance == "consistent_hash" else None
+        self._hash_key = hash_key_reader(config.hash_on) if config.balance == "consistent_hash" else None
         self.sticky = (StickyCookies(config.sticky, pool.name, sticky_secret(config.sticky.secret_env))
                        if config.sticky is not None else None)
         self._tokens: dict[bytes, str] = {}
@@ -115,7 +120,7 @@ class PoolRuntime:
             candidates = Geo.candidates(candidates, order)
         if not candidates:
             reason = "no backend in your jurisdiction" if pinned else "no eligible backend"
-            return Choice(None, reason, self._retry_after(now, order if pinned else ()))
+            return Choice(None, reason, self._retry_after(now, order if pinned else ()), no_backend=True)
 
         # 4. Balance.
         backend = self._balance(candidates, exchange, now)
@@ -200,7 +205,7 @@ class PoolRuntime:
         return max(1, math.ceil(min(ends) - now)) if ends else 1
 
 
-def _hash_key_reader(hash_on: str) -> Callable[[Exchange], bytes | None]:
+def hash_key_reader(hash_on: str) -> Callable[[Exchange], bytes | None]:
     """hash_on -> a function that finds the key of a request (None: no key, balance instead)."""
     kind, _, name = hash_on.partition(":")
     if kind == "header":
@@ -238,12 +243,19 @@ class Runtime:
         self.stats = stats
         self.limits = config.limits
         self.geo = Geo(config.geo, config.trusted_proxies) if config.geo is not None else None
-        routes = [Route(r) for r in config.routes]
-        if plugin_factory is not None:
-            for route in routes:
-                route.plugins = plugin_factory(route)
-        self.routes = RouteTable(routes)
         self.pools = {name: PoolRuntime(pools[name], self.geo, sticky_secret) for name in config.pools}
+        routes = [Route(r) for r in config.routes]
+        geo = self.geo
+        is_pinned = geo.is_pinned if geo is not None else _nobody_pinned
+        for route in routes:
+            if plugin_factory is not None:
+                route.plugins = plugin_factory(route)
+            if route.config.split:
+                route.split = Split(route.config, self.pools, sticky_secret, hash_key_reader, is_pinned)
+            mirror = route.config.mirror
+            if mirror is not None:
+                route.mirror = Mirror(route.name, mirror, self.pools[mirror.pool], stats)
+        self.routes = RouteTable(routes)
         self._trusted = config.trusted_proxies
         self._trusted_cache: dict[str, bool] = {}
 
@@ -259,8 +271,15 @@ class Runtime:
         return trusted
 
     def close(self) -> None:
+        for route in self.routes.routes:
+            if route.mirror is not None:
+                route.mirror.close()
         if self.geo is not None:
             self.geo.close()
+
+
+def _nobody_pinned(country: str | None) -> bool:
+    return False
 
 
 class RuntimeRef:

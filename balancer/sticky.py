@@ -132,18 +132,28 @@ class StickyCookies:
 
     def encode(self, backend_id: str, now: float) -> str:
         """A fresh cookie value for `backend_id`, valid for `ttl` seconds from `now` (unix time)."""
-        signed = self.token_for(backend_id) + int(now + self.ttl).to_bytes(EXPIRY_BYTES, "big")
+        return self.encode_token(self.token_for(backend_id), now)
+
+    def encode_token(self, token: bytes, now: float) -> str:
+        """A fresh cookie value carrying any 9-byte `token` (a canary split keeps a player's
+        bucket in it), signed the same way."""
+        signed = token + int(now + self.ttl).to_bytes(EXPIRY_BYTES, "big")
         raw = signed + self._mac(signed)
         return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE)[:VALUE_CHARS].decode("ascii")
 
     def decode(self, value: str, now: float) -> bytes | None:
         """The backend token of a valid, unexpired cookie; None for anything else. Never raises:
         a forged or damaged cookie is treated as absent (PRODUCT.md §4)."""
+        known = self.verified(value, now)
+        return known[0] if known is not None else None
+
+    def verified(self, value: str, now: float) -> tuple[bytes, int] | None:
+        """(token, expiry in unix seconds) of a valid, unexpired cookie; None for anything else."""
         if type(value) is not str:
             return None
         known = self._verified.get(value)
         if known is not None:
-            return known[0] if known[1] > now else None
+            return known if known[1] > now else None
         if len(value) != VALUE_CHARS or value[-1] not in _CANONICAL_LAST:
             return None
         try:
@@ -159,12 +169,12 @@ class StickyCookies:
         signed = raw[:_SIGNED_BYTES]
         if not hmac.compare_digest(self._mac(signed), raw[_SIGNED_BYTES:]):
             return None
-        token = raw[:TOKEN_BYTES]
+        known = (raw[:TOKEN_BYTES], expiry)
         verified = self._verified
         if len(verified) >= _VERIFIED_CACHE_MAX:
             verified.clear()
-        verified[value] = (token, expiry)
-        return token
+        verified[value] = known
+        return known
 
     def set_cookie_header(self, value: str, secure: bool) -> bytes:
         """The Set-Cookie header value; `secure` on TLS listeners (PRODUCT.md §3)."""

@@ -97,6 +97,9 @@ class ControlLink:
         if op in ("drain", "undrain"):
             await app.set_drain(message["pool"], message["backend"], op == "drain")
             return {}
+        if op == "split":
+            await app.set_split(message["route"], message["weights"])
+            return {}
         if op == "reload":
             return {"errors": await app.reload()}
         if op == "snapshot":

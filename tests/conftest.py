@@ -163,6 +163,13 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """A player without a cookie jar: each test decides exactly which cookies it sends."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        yield session
+
+
 Samples = dict[tuple[str, frozenset], float]
 
 

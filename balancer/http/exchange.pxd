@@ -32,7 +32,7 @@ cdef class Exchange:
     cdef public int status
     cdef public bint chunked_out, close_client, tunnel
     cdef public bytes upstream_head, early_tunnel
-    cdef public object set_cookie, region, country
+    cdef public object set_cookie, split_cookie, region, country
     cdef bint _connecting, _head_only
     cdef double _sent_at
     cdef tuple _response_hooks

@@ -64,7 +64,7 @@ class Exchange:
         "client", "head", "runtime", "route", "pool", "backend", "upstream", "request_id",
         "started", "tried", "body", "body_size", "replayable", "request_done",
         "response_started", "finished", "status", "chunked_out", "close_client",
-        "upstream_head", "set_cookie", "region", "country", "early_tunnel", "tunnel",
+        "upstream_head", "set_cookie", "split_cookie", "region", "country", "early_tunnel", "tunnel",
         "_connecting", "_head_only", "_response_hooks", "_sent_at",
     )
 
@@ -95,6 +95,7 @@ class Exchange:
         self.close_client = not head.keep_alive
         self.upstream_head = b""
         self.set_cookie: bytes | None = None
+        self.split_cookie: bytes | None = None  # a canary split's cookie, new or renewed
         self.region: str | None = None
         self.country: str | None = None
         self.early_tunnel: bytes = b""
@@ -193,14 +194,20 @@ class Exchange:
     def _choose(self) -> None:
         route = self.route
         assert route is not None
-        pool = self.runtime.pools[route.pool_name]
-        self.pool = pool
-        choice = pool.choose(self)
+        split = route.split
+        if split is None:
+            pool = self.runtime.pools[route.pool_name]
+            self.pool = pool
+            choice = pool.choose(self)
+        else:
+            choice = split.choose(self)  # sets self.pool to the side that serves
         if choice.backend is None:
             self.reply(503, choice.reason, retry_after=choice.retry_after)
             return
         self.set_cookie = choice.set_cookie
         self.upstream_head = self._build_upstream_head()
+        if route.mirror is not None:
+            route.mirror.offer(self)
         self._attempt(choice.backend)
 
     def _build_upstream_head(self) -> bytes:
@@ -393,6 +400,10 @@ class Exchange:
         if self.set_cookie is not None:
             out.append(b"set-cookie: ")
             out.append(self.set_cookie)
+            out.append(b"\r\n")
+        if self.split_cookie is not None:
+            out.append(b"set-cookie: ")
+            out.append(self.split_cookie)
             out.append(b"\r\n")
         if self.close_client:
             out.append(b"connection: close\r\n")

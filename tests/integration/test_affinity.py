@@ -14,7 +14,6 @@ import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -56,12 +55,6 @@ def shared_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     # Before any balancer starts: every instance of a test reads the same secret.
     monkeypatch.setenv("STICKY_SECRET", SECRET)
 
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    # No cookie jar: each test decides exactly which cookie a "player" sends.
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
 
 
 async def get(session: aiohttp.ClientSession, lb: Running, path: str = "/",

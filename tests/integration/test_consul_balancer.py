@@ -20,7 +20,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,12 +41,6 @@ SETTLE = 5.0
 
 # ---- fixtures and helpers ------------------------------------------------------------------------
 
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    # No cookie jar: a test decides which sticky cookie a "player" sends.
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
 
 
 @pytest.fixture(autouse=True)

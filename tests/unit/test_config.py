@@ -892,3 +892,91 @@ def test_config_error_lines_format() -> None:
     error = ConfigError("cfg.yaml", [("limits.max_header_byts", "unknown key")])
     assert error.lines() == ["cfg.yaml: limits.max_header_byts: unknown key"]
     assert str(error) == "cfg.yaml: limits.max_header_byts: unknown key"
+
+
+# ------------------------------------------------------------------ canary splits and mirrors
+
+
+def two_pools(route: dict[str, Any]) -> dict[str, Any]:
+    """The minimal config with pools games and canary, and this one route."""
+    data = copy.deepcopy(MINIMAL)
+    data["pools"]["canary"] = {"backends": [{"id": "c1", "address": "127.0.0.1:9001"}]}
+    data["routes"] = [{"name": "all", **route}]
+    return data
+
+
+SPLIT = [{"pool": "games", "weight": 95}, {"pool": "canary", "weight": 5}]
+
+
+def test_split_settings() -> None:
+    route = parse_config(two_pools({"split": SPLIT}), "x").routes[0]
+    assert route.pool is None
+    assert route.pools == ("games", "canary")
+    assert [(s.pool, s.weight) for s in route.split] == [("games", 95), ("canary", 5)]
+    assert route.split_on == "cookie"
+    assert (route.split_cookie.name, route.split_cookie.ttl, route.split_cookie.secret_env) == (
+        "LB_SPLIT", 86400.0, "STICKY_SECRET")
+    hashed = parse_config(two_pools({"split": SPLIT, "split_on": "hash:header:X-Player-Id",
+                                     "split_cookie": {"name": "CANARY", "ttl": "72h"}}), "x")
+    assert hashed.routes[0].split_on == "hash:header:x-player-id"
+    assert hashed.routes[0].split_cookie.ttl == 72 * 3600.0
+    for good in ("hash:client_ip", "hash:cookie:player", "hash:query:p"):
+        assert parse_config(two_pools({"split": SPLIT, "split_on": good}), "x").routes[0].split_on == good
+
+
+def test_split_errors_name_their_key() -> None:
+    assert "either pool or split" in error_at(two_pools({"pool": "games", "split": SPLIT}), "routes.0.pool")
+    assert error_at(two_pools({}), "routes.0.pool") == "required key is missing"
+    assert "no pool named 'nope'" in error_at(
+        two_pools({"split": [SPLIT[0], {"pool": "nope", "weight": 1}]}), "routes.0.split.1.pool")
+    assert "at least two" in error_at(two_pools({"split": [SPLIT[0]]}), "routes.0.split")
+    assert "add up to 0" in error_at(
+        two_pools({"split": [{"pool": "games", "weight": 0}, {"pool": "canary", "weight": 0}]}), "routes.0.split")
+    assert "already at" in error_at(
+        two_pools({"split": [SPLIT[0], {"pool": "games", "weight": 1}]}), "routes.0.split.1.pool")
+    error_at(two_pools({"split": [SPLIT[0], {"pool": "canary", "weight": -1}]}), "routes.0.split.1.weight")
+    error_at(two_pools({"split": [SPLIT[0], {"pool": "canary"}]}), "routes.0.split.1.weight")
+    error_at(two_pools({"split": [SPLIT[0], {"pool": "canary", "weight": 1, "wieght": 2}]}),
+             "routes.0.split.1.wieght")
+    for bad in ("hash", "hash:body:x", "header:X-Player-Id", "random"):
+        error_at(two_pools({"split": SPLIT, "split_on": bad}), "routes.0.split_on")
+    assert "only has a meaning with split" in error_at(two_pools({"pool": "games", "split_on": "cookie"}),
+                                                       "routes.0.split_on")
+    error_at(two_pools({"split": SPLIT, "split_cookie": {"name": "a b"}}), "routes.0.split_cookie.name")
+    error_at(two_pools({"split": SPLIT, "split_cookie": {"ttl": 5}}), "routes.0.split_cookie.ttl")
+
+
+def test_mirror_settings_and_errors() -> None:
+    route = parse_config(two_pools({"pool": "games", "mirror": {"pool": "canary", "percent": 10}}), "x").routes[0]
+    assert route.mirror is not None
+    assert (route.mirror.pool, route.mirror.percent, route.mirror.max_in_flight) == ("canary", 10.0, 100)
+    assert parse_config(two_pools({"pool": "games", "mirror": {"pool": "canary", "percent": 0.5,
+                                                               "max_in_flight": 8}}), "x").routes[0].mirror.max_in_flight == 8
+    for bad in (0, 101, "10%", True):
+        error_at(two_pools({"pool": "games", "mirror": {"pool": "canary", "percent": bad}}), "routes.0.mirror.percent")
+    error_at(two_pools({"pool": "games", "mirror": {"pool": "canary"}}), "routes.0.mirror.percent")
+    error_at(two_pools({"pool": "games", "mirror": {"pool": "canary", "percent": 5, "max_in_flight": 0}}),
+             "routes.0.mirror.max_in_flight")
+    assert "no pool named" in error_at(two_pools({"pool": "games", "mirror": {"pool": "x", "percent": 5}}),
+                                       "routes.0.mirror.pool")
+    assert "serves this route" in error_at(two_pools({"pool": "games", "mirror": {"pool": "games", "percent": 5}}),
+                                           "routes.0.mirror.pool")
+    assert "serves this route" in error_at(two_pools({"split": SPLIT, "mirror": {"pool": "canary", "percent": 5}}),
+                                           "routes.0.mirror.pool")
+
+
+def test_check_prints_split_errors_with_their_key_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, """
+        listeners: [{name: public, address: 127.0.0.1:0}]
+        routes:
+          - name: games
+            split: [{pool: v1, weight: 95}, {pool: v3, weight: 5}]
+            mirror: {pool: v2, percent: 200}
+        pools:
+          v1: {backends: [{id: a, address: 127.0.0.1:9000}]}
+          v2: {backends: [{id: b, address: 127.0.0.1:9001}]}
+        """)
+    assert check_main(path) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert f"{path}: routes.0.split.1.pool: no pool named 'v3' under pools" in err
+    assert f"{path}: routes.0.mirror.percent: must be more than 0 and at most 100, got 200" in err
