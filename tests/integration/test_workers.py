@@ -87,6 +87,53 @@ async def test_two_workers_serve_sum_metrics_and_share_admin_actions(backends, t
     assert code == 0
 
 
+async def test_two_workers_share_a_split_change_and_sum_mirror_counts(backends, tmp_path):
+    v1, v2, shadow = await backends("v1", "v2", "shadow")
+    config = tmp_path / "split.yaml"
+    config.write_text(textwrap.dedent(f"""
+        listeners:
+          - {{name: public, address: 127.0.0.1:0}}
+        admin: {{address: 127.0.0.1:0}}
+        workers: 2
+        routes:
+          - name: games
+            split: [{{pool: v1, weight: 50}}, {{pool: v2, weight: 50}}]
+            mirror: {{pool: shadow, percent: 100}}
+        pools:
+          v1: {{backends: {pool_yaml([v1])}}}
+          v2: {{backends: {pool_yaml([v2])}}}
+          shadow: {{backends: {pool_yaml([shadow])}}}
+        """))
+    proc, port, admin, _ = await start_process(config)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = {"split": [{"pool": "v1", "weight": 100}, {"pool": "v2", "weight": 0}]}
+            async with session.post(admin + "/admin/routes/games/split", json=body) as resp:
+                assert resp.status == 200
+            seen = set()
+            for _ in range(20):
+                # New players on fresh connections, which the kernel spreads over both workers.
+                async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as fresh:
+                    async with fresh.get(url + "/") as resp:
+                        seen.add(resp.headers["X-Backend"])
+            assert seen == {"v1"}  # the change reached every worker
+            copies = 0.0
+            for _ in range(500):  # the copies travel after the answers: wait for all 20
+                async with session.get(admin + "/metrics") as resp:
+                    text = await resp.text()
+                copies = sum(float(v) for v in re.findall(
+                    r'^balancer_mirror_requests_total\{[^}]*result="sent"[^}]*\} (\S+)$', text, re.M))
+                if copies >= 20:
+                    break
+                await asyncio.sleep(0.02)
+            assert copies == 20 == shadow.count()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 20)
+    assert code == 0
+
+
 async def test_a_dying_worker_takes_the_instance_down_with_exit_1(backends, tmp_path):
     """Half an instance that still reports ready would be worse than a restart."""
     bs = await backends(1)
