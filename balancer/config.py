@@ -885,6 +885,7 @@ def _config(s: _Section, source: str) -> Config:
     consul = s.take("consul", _mapping(_consul), None)
     routes = s.take("routes", _list_of(_mapping(_route), non_empty=True, unique="name"))
     pools = s.take("pools", _pools)
+    _check_split_cookies(s, routes or (), pools or {})
     if consul is None and any(pool.discovery for pool in (pools or {}).values()):
         consul = ConsulConfig()  # discovery without a consul section: the documented defaults
     return Config(
@@ -892,6 +893,19 @@ def _config(s: _Section, source: str) -> Config:
         shutdown_timeout=shutdown_timeout, trusted_proxies=trusted_proxies, limits=limits,
         geo=geo, consul=consul, source=source,
     )
+
+
+def _check_split_cookies(s: _Section, routes: tuple[RouteConfig, ...], pools: dict[str, PoolConfig]) -> None:
+    """A split cookie named like the sticky cookie of one of its pools would be read as that
+    pool's cookie (same name, same signing): the two must differ."""
+    for index, route in enumerate(routes):
+        if not route.split or route.split_on != "cookie":
+            continue
+        for side in route.split:
+            pool = pools.get(side.pool)
+            if pool is not None and pool.sticky is not None and pool.sticky.cookie == route.split_cookie.name:
+                s.error(f"routes.{index}.split_cookie.name",
+                        f"{route.split_cookie.name} is the sticky cookie of pool {side.pool}; give the split its own")
 
 
 def _check_references(ctx: _Context, config: Config) -> None:

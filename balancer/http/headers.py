@@ -19,8 +19,10 @@ HOP_BY_HOP: frozenset[bytes] = frozenset({
 })
 
 # Headers the balancer sets itself towards the backend; a client's copies are replaced.
+# (x-balancer-mirror marks shadow copies: a player must not pass a real bet off as one.)
 OWN_REQUEST_HEADERS: frozenset[bytes] = frozenset({
     b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"x-client-region",
+    b"x-balancer-mirror",
 })
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")

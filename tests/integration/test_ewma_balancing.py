@@ -10,7 +10,7 @@ from collections import Counter
 
 import aiohttp
 
-from tests.conftest import Running, one_pool
+from tests.conftest import Running, one_pool, pool_yaml
 from tests.fakes.backends import Backend
 
 SLOWER = 0.020  # seconds the slow backend waits before answering
@@ -97,3 +97,24 @@ async def test_a_stopped_backend_is_left_out(start_balancer, backends, http) -> 
     await fast.stop()  # the cheaper one is gone: connect failures retry on the slow one
     seen = await shares(http, lb, total=30, concurrency=2)
     assert seen == {"slow": 30}
+
+
+async def test_geo_comes_before_latency(start_balancer, backends, http) -> None:
+    near, far = await backends(("near", "eu-west"), ("far", "eu-south"))
+    near.mode = "hang"  # the player's own region is the slower one
+    near.hang_seconds = SLOWER
+    lb = await start_balancer(f"""
+        trusted_proxies: [127.0.0.1/32]
+        geo:
+          regions: {{eu-west: [DE], eu-south: [IT]}}
+          fallback: {{eu-west: [eu-south]}}
+        routes:
+          - {{name: all, pool: web}}
+        pools:
+          web:
+            balance: ewma
+            geo: true
+            backends: {pool_yaml([near, far])}
+        """)
+    seen = await shares(http, lb, total=30, concurrency=2, headers={"CF-IPCountry": "DE"})
+    assert seen == {"near": 30}  # ewma chooses only among the region's backends

@@ -69,6 +69,20 @@ async def test_gets_are_copied_and_the_copies_answers_discarded(start_balancer, 
     assert await mirror_counts(http, lb) == {"sent": 20}
 
 
+async def test_a_player_cannot_pass_a_request_off_as_a_copy(start_balancer, backends, http) -> None:
+    live, shadow = await backends("live", "shadow")
+    lb = await start_balancer(mirror_config(live, shadow))
+    async with http.post(lb.url + "/bet", data=b'{"bet": 10}', headers={"X-Balancer-Mirror": "1"}) as resp:
+        assert resp.status == 200
+    async with http.get(lb.url + "/", headers={"X-Balancer-Mirror": "0"}) as resp:
+        assert resp.status == 200
+    await eventually(lambda: shadow.count() == 1, "the GET's copy arrived")
+    for seen in live.seen_headers:
+        assert "x-balancer-mirror" not in {name.lower() for name in seen}
+    copy = [value for name, value in shadow.seen_headers[0].items() if name.lower() == "x-balancer-mirror"]
+    assert copy == ["1"]  # the balancer's own mark
+
+
 async def test_requests_with_a_body_or_side_effects_are_never_copied(start_balancer, backends, http) -> None:
     live, shadow = await backends("live", "shadow")
     lb = await start_balancer(mirror_config(live, shadow))

@@ -946,6 +946,14 @@ def test_split_errors_name_their_key() -> None:
     error_at(two_pools({"split": SPLIT, "split_cookie": {"ttl": 5}}), "routes.0.split_cookie.ttl")
 
 
+def test_a_split_cookie_must_not_be_a_sides_sticky_cookie() -> None:
+    data = two_pools({"split": SPLIT, "split_cookie": {"name": "LB_GAME"}})
+    data["pools"]["canary"]["sticky"] = {"cookie": "LB_GAME"}
+    assert "sticky cookie of pool canary" in error_at(data, "routes.0.split_cookie.name")
+    data["routes"][0]["split_cookie"] = {"name": "LB_SPLIT"}
+    assert parse_config(data, "x").routes[0].split_cookie.name == "LB_SPLIT"
+
+
 def test_mirror_settings_and_errors() -> None:
     route = parse_config(two_pools({"pool": "games", "mirror": {"pool": "canary", "percent": 10}}), "x").routes[0]
     assert route.mirror is not None
