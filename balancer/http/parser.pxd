@@ -5,6 +5,7 @@ from .headers cimport HeaderNames
 # Module tables looked up per request: C globals, so a lookup is a dict call, not a
 # method found by name.
 cdef dict _METHODS, _HOSTS, _VERSIONS
+cdef tuple _FOREIGN_PROTOCOLS
 cdef frozenset _SPECIAL_HEADERS, _FRAMING_LOOKALIKES, _LOOKALIKE_LENGTHS
 
 
@@ -25,10 +26,12 @@ cdef class RequestReader:
     cdef object _events
     cdef Py_ssize_t _max_url, _max_header_bytes, _max_header_count, _max_body
     cdef object _parser, _feed
-    cdef bytes _last_host_header
+    cdef bytes _last_host_header, _tail
+    cdef object _suspect
     cdef str _last_host
     cdef HeaderNames _names
     cdef RequestHead _head
+    cdef Py_ssize_t _suspect_at
     cdef Py_ssize_t _url_bytes, _head_size, _head_bytes, _body_bytes
     cdef bint _in_head, _keep_alive_asked
     cdef int _hosts
@@ -36,3 +39,4 @@ cdef class RequestReader:
 
     cpdef feed(self, bytes data)
     cpdef _check_target(self, RequestHead head)
+    cpdef bint _foreign_protocol(self, bytes target)

@@ -94,6 +94,11 @@ _HOSTS: dict[bytes, str] = {}
 _HOSTS_MAX = 1024
 # llhttp's version string -> the bytes the rest of the request path compares.
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+# llhttp also reads RTSP/x.y and ICE/x.y request lines and reports only their version, so the
+# protocol token is checked on the bytes themselves: a cheap scan of every read for these, and
+# a closer look at the request line only when one shows up.
+_FOREIGN_PROTOCOLS = (b"RTSP/", b"ICE/")
+_TAIL = 8  # bytes of an unfinished head kept to find a token split between two reads
 
 
 def host_of(value: bytes) -> str:
@@ -133,7 +138,7 @@ class RequestReader:
         "_events", "_parser", "_head", "_url_bytes", "_head_size", "_head_bytes",
         "_body_bytes", "_in_head", "_hosts", "head_started",
         "_max_url", "_max_header_bytes", "_max_header_count", "_max_body", "_names",
-        "_keep_alive_asked", "_feed", "_last_host_header", "_last_host",
+        "_keep_alive_asked", "_feed", "_last_host_header", "_last_host", "_suspect", "_suspect_at", "_tail",
     )
 
     def __init__(self, events: RequestEvents, limits: Limits) -> None:
@@ -167,6 +172,11 @@ class RequestReader:
         # A request's first byte has arrived but its head is not complete yet: the owner's
         # header deadline applies, not its keep-alive idle one.
         self.head_started = False
+        # The bytes, from the read in which a non-HTTP protocol token appeared on, while the
+        # head they belong to is parsed; None nearly always.
+        self._suspect: bytes | None = None
+        self._suspect_at = 0  # where in those bytes the next request line is looked for
+        self._tail = b""  # the last bytes of a read that ended inside a head
 
     @property
     def body_received(self) -> int:
@@ -178,6 +188,19 @@ class RequestReader:
         Raises RequestError with the status to answer."""
         if self._in_head:
             self._head_bytes += len(data)
+        suspect = self._suspect
+        if suspect is not None:
+            # A token was seen earlier in this unfinished head: it still counts.
+            self._suspect = suspect + data
+        elif _FOREIGN_PROTOCOLS[0] in data or _FOREIGN_PROTOCOLS[1] in data:
+            self._suspect = data
+            self._suspect_at = 0
+        elif self._tail:
+            joined = self._tail + data[:_TAIL]
+            if _FOREIGN_PROTOCOLS[0] in joined or _FOREIGN_PROTOCOLS[1] in joined:
+                self._suspect = self._tail + data
+                self._suspect_at = 0
+        self._tail = b""
         try:
             self._feed(data)
         except httptools.HttpParserUpgrade as exc:
@@ -193,6 +216,12 @@ class RequestReader:
             raise RequestError(400, f"malformed request: {exc}") from None
         if self._in_head and self._head_bytes > self._max_header_bytes:
             raise RequestError(431, "request header too large")
+        if self.head_started:
+            # A head continues in the next read: keep what a token split or seen here needs
+            # (bounded by the header size limit just checked).
+            self._tail = data[-_TAIL:]
+        else:
+            self._suspect = None
         return None
 
     # -- llhttp callbacks -------------------------------------------------------------
@@ -283,6 +312,8 @@ class RequestReader:
             version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             raise RequestError(400, "unsupported HTTP version")
+        if self._suspect is not None and self._foreign_protocol(head.target):
+            raise RequestError(400, "unsupported protocol")
         head.version = version
         if method is None:
             raise RequestError(501, "method not supported")
@@ -312,6 +343,22 @@ class RequestReader:
         else:
             head.upgrade = None
         self._events.request_started(head)
+
+    def _foreign_protocol(self, target: bytes) -> bool:
+        """Does this request's line end in RTSP/ or ICE/ rather than HTTP/? Asked only when
+        the read holds one of those tokens. A request line is `method SP target SP protocol`:
+        when the target is in the read, the token must follow it to count; when it is not
+        (the line began in an earlier read), the token in the read is taken as this line's."""
+        data = self._suspect
+        assert data is not None
+        needle = b" " + target + b" "
+        where = data.find(needle, self._suspect_at)
+        if where < 0:
+            return True
+        start = where + len(needle)
+        self._suspect_at = start  # a later pipelined head in the same bytes is looked for after
+        rest = data[start:start + 5]
+        return rest.startswith(_FOREIGN_PROTOCOLS[0]) or rest.startswith(_FOREIGN_PROTOCOLS[1])
 
     def _check_target(self, head: RequestHead) -> None:
         target = head.target

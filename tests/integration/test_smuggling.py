@@ -139,6 +139,17 @@ VECTORS = [
     pytest.param(b"GET / HTTP/2.0\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="http-2.0"),
     pytest.param(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SMUGGLED, 400, id="http2-preface"),
     pytest.param(b"GET / HTTP/1.2\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="http-1.2"),
+    # llhttp also reads RTSP and ICE request lines (and reports just their version): only
+    # HTTP/1.0 and HTTP/1.1 are served.
+    pytest.param(b"GET / RTSP/1.0\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="rtsp-1.0"),
+    pytest.param(b"GET / RTSP/1.1\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="rtsp-1.1"),
+    pytest.param(b"OPTIONS / RTSP/1.0\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="rtsp-options"),
+    pytest.param(b"DESCRIBE /game RTSP/1.0\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="rtsp-describe"),
+    pytest.param(b"GET / ICE/1.0\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="ice-1.0"),
+    pytest.param(b"SOURCE /mount ICE/1.0\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="ice-source"),
+    pytest.param(b"GET / HTTPS/1.1\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="https-token"),
+    pytest.param(b"GET / http/1.1\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="lower-case-http"),
+    pytest.param(b"GET / HTTP/3\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="http-3"),
     pytest.param(b"GET / HTTP/1.1 \r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="space-after-version"),
     pytest.param(b"GET /a\x01b HTTP/1.1\r\nHost: a.example\r\n\r\n" + SMUGGLED, 400, id="control-char-in-target"),
     # -- limits and upgrades ---------------------------------------------------------------

@@ -133,6 +133,46 @@ def test_other_versions_are_refused_even_when_asking_for_keep_alive(line: bytes,
     assert error.status == 400
 
 
+PROTOCOLS = [b"RTSP/1.0", b"RTSP/1.1", b"RTSP/2.0", b"ICE/1.0", b"HTTP/2.0", b"HTTP/0.9",
+             b"HTTP/3.0", b"HTTPS/1.1", b"http/1.1"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("method", [b"GET", b"POST", b"OPTIONS", b"SOURCE", b"DESCRIBE"])
+def test_only_http_10_and_11_request_lines_are_read(method: bytes, protocol: bytes) -> None:
+    error, rec = refused(method + b" /game " + protocol + b"\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    assert error.status == 400 and error.close
+    assert not rec.heads
+
+
+@pytest.mark.parametrize("cut", range(1, 30))
+def test_a_foreign_protocol_split_between_reads_is_still_seen(cut: int) -> None:
+    data = b"GET /game RTSP/1.0\r\nHost: a\r\n\r\n"
+    recorder = Recorder()
+    reader = RequestReader(recorder, Limits())
+    with pytest.raises(RequestError) as info:
+        reader.feed(data[:cut])
+        reader.feed(data[cut:])
+    assert info.value.status == 400 and not recorder.heads
+
+
+def test_a_foreign_protocol_after_a_good_pipelined_request_is_refused() -> None:
+    recorder = Recorder()
+    reader = RequestReader(recorder, Limits())
+    with pytest.raises(RequestError):
+        reader.feed(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nRTSPGET /a RTSP/1.0\r\nHost: a\r\n\r\n")
+    assert [h.target for h in recorder.heads] == [b"/a"]
+
+
+def test_the_tokens_elsewhere_in_a_request_are_just_bytes() -> None:
+    # The same tokens in a header value, a target or a body do not make a request foreign.
+    rec = read(b"POST /RTSP/1.0 HTTP/1.1\r\nHost: a\r\nUser-Agent: ICE/1.0 RTSP/1.0\r\n"
+               b"Content-Length: 8\r\n\r\nRTSP/1.0"
+               b"GET /x HTTP/1.1\r\nHost: a\r\nX-P: GET / RTSP/1.0\r\n\r\n")
+    assert [h.target for h in rec.heads] == [b"/RTSP/1.0", b"/x"]
+    assert rec.body() == b"RTSP/1.0"
+
+
 def test_proxy_connection_keep_alive_leaves_http10_as_it_is() -> None:
     # llhttp keeps an HTTP/1.0 request alive on Proxy-Connection too: still 1.0, no Host needed.
     head = read(b"GET / HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n").heads[0]
