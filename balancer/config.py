@@ -88,6 +88,8 @@ class AdminConfig:
 class Limits:
     max_url_bytes: int = 8192
     max_header_bytes: int = 16384
+    # A backend's response head (status line and headers) longer than this is a 502.
+    max_response_header_bytes: int = 65536
     max_header_count: int = 100
     max_body_bytes: int = 10 * 1024 * 1024
     header_timeout: float = 10.0
@@ -220,7 +222,9 @@ class RetryConfig:
 class Timeouts:
     connect: float = 2.0
     response: float = 30.0
-    idle: float = 60.0
+    # Below the 5 s idle limit of Node.js, uvicorn and Apache (nginx: 75 s), with a margin:
+    # a pooled connection is never reused as the backend closes it (docs/operations.md).
+    idle: float = 4.0
     websocket_idle: float = 3600.0
 
 
@@ -967,6 +971,8 @@ def _limits(s: _Section) -> Limits:
     return Limits(
         max_url_bytes=s.take("max_url_bytes", positive, d.max_url_bytes),
         max_header_bytes=s.take("max_header_bytes", positive, d.max_header_bytes),
+        max_response_header_bytes=s.take("max_response_header_bytes", positive,
+                                         d.max_response_header_bytes),
         max_header_count=s.take("max_header_count", positive, d.max_header_count),
         max_body_bytes=s.take("max_body_bytes", positive, d.max_body_bytes),
         header_timeout=s.take("header_timeout", duration, d.header_timeout),

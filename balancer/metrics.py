@@ -212,6 +212,11 @@ class BalancerCollector(Collector):
                                      labels=["pool", "backend", "kind"])
         retries = CounterMetricFamily("balancer_retries", "Requests retried on another backend.",
                                       labels=["pool"])
+        stale = CounterMetricFamily(
+            "balancer_stale_connection_retries",
+            "Requests sent again on a fresh connection because a reused keep-alive connection "
+            "closed before any answer (not counted as retries or backend failures).",
+            labels=["pool"])
         up = GaugeMetricFamily("balancer_backend_up", "1 when the backend may take players.",
                                labels=["pool", "backend", "region"])
         state = GaugeMetricFamily("balancer_backend_state", "1 for the backend's current state.",
@@ -230,6 +235,7 @@ class BalancerCollector(Collector):
         now = time.monotonic()
         for pool in pools:
             retries.add_metric([pool.name], pool.retries_total)
+            stale.add_metric([pool.name], pool.stale_retries_total)
             panics.add_metric([pool.name], pool.panics_total)
             for b in pool.backends.values():
                 current = b.state(now)
@@ -243,7 +249,7 @@ class BalancerCollector(Collector):
                     errors.add_metric([pool.name, b.id, kind], value)
                 for result, value in b.health_checks.items():
                     checks.add_metric([pool.name, b.id, result], value)
-        yield from (errors, retries, up, state, active, websockets, ejections, checks, panics)
+        yield from (errors, retries, stale, up, state, active, websockets, ejections, checks, panics)
 
     def _consul_families(self) -> Iterator[Metric]:
         updates = CounterMetricFamily("balancer_consul_updates", "Consul blocking-query results.",

@@ -8,12 +8,14 @@ cdef class Backend:
     cdef public int port
     cdef public bint healthy, draining, removed
     cdef public double ejected_until, drain_deadline, ramp_start, latency, latency_at
+    cdef public double keepalive_announced, keepalive_seen, reuse_within
     cdef public long ejections, consecutive_failures, ejections_total
     cdef public long active_requests, websockets, open_connections
     cdef public list idle
     cdef public set tunnels
     cdef public dict upstream_errors, health_checks
 
+    @cython.locals(limit=double, age=double)
     cpdef take_idle(self, double now, double idle_timeout)
 
 
@@ -22,7 +24,7 @@ cdef class Pool:
     cdef public object config
     cdef public dict backends
     cdef public list members
-    cdef public long panics_total, retries_total
+    cdef public long panics_total, retries_total, stale_retries_total
     cdef public tuple _static, _discovered
     cdef public double created
 

@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("balancer.pool")
 
+# A pooled connection is reused only this far inside the backend's idle limit (announced in
+# `Keep-Alive: timeout=N`, or seen when it closed an idle connection): the larger of a quarter
+# of the limit and this many seconds. A request written as the backend closes is lost (a bet
+# cannot be sent again), so the balancer gives the connection up well before.
+KEEPALIVE_MARGIN = 0.25
+
 
 class BackendState(str, enum.Enum):
     HEALTHY = "healthy"
@@ -38,6 +44,7 @@ class Backend:
         "active_requests", "websockets", "idle", "open_connections",
         "upstream_errors", "health_checks", "ejections_total", "tunnels",
         "latency", "latency_at",
+        "keepalive_announced", "keepalive_seen", "reuse_within",
     )
 
     def __init__(self, pool_name: str, config: BackendConfig) -> None:
@@ -64,6 +71,12 @@ class Backend:
         # updated; latency_at 0.0 means never measured (the strategy seeds it at the median).
         self.latency = 0.0
         self.latency_at = 0.0
+        # The backend's idle limit for keep-alive connections, as it announced it and as it
+        # was seen closing one (0.0: not known), and from them how long a pooled connection
+        # may have been idle to be reused (0.0: the pool's timeouts.idle; < 0: never).
+        self.keepalive_announced = 0.0
+        self.keepalive_seen = 0.0
+        self.reuse_within = 0.0
         self.update(config)
 
     def update(self, config: BackendConfig) -> None:
@@ -95,18 +108,54 @@ class Backend:
         return self.active_requests + self.websockets
 
     def take_idle(self, now: float, idle_timeout: float) -> UpstreamConnection | None:
-        """Pop the most recently used live keep-alive connection, if any. Expired ones and ones
-        whose peer has closed are dropped on the way (connection_lost already removed most)."""
+        """Pop the most recently used live keep-alive connection, if it is safe to reuse.
+        Ones whose peer has closed are dropped on the way (connection_lost removed most).
+        Ones idle longer than the backend's known limit allows are left in place: nothing
+        newer is there, and seeing whether the backend closes them keeps that limit right."""
+        limit = self.reuse_within
+        if limit == 0.0 or limit > idle_timeout:
+            limit = idle_timeout
         idle = self.idle
         while idle:
-            conn = idle.pop()
+            conn = idle[-1]
             if conn.closed or conn.transport is None or conn.transport.is_closing():
+                idle.pop()
                 continue
-            if now - conn.last_used > idle_timeout:
+            age = now - conn.last_used
+            if age > idle_timeout:
+                idle.pop()
                 conn.close()
                 continue
+            if age > limit:
+                return None
+            idle.pop()
             return conn
         return None
+
+    def keepalive_announced_as(self, seconds: float) -> None:
+        """A response said `Keep-Alive: timeout=N`."""
+        if seconds != self.keepalive_announced:
+            self.keepalive_announced = seconds
+            self._settle_reuse()
+
+    def idle_connection_closed(self, idle_for: float, ours: bool) -> None:
+        """A pooled connection ended after `idle_for` seconds idle: closed by the backend (its
+        idle limit, or a restart), or by our own timeouts.idle (`ours`), which shows the
+        backend keeps connections at least that long. The latest closing wins, so a limit
+        learnt from a restart's closings is corrected by the next ones."""
+        seen = 0.0 if ours else idle_for
+        if seen != self.keepalive_seen:
+            self.keepalive_seen = seen
+            self._settle_reuse()
+
+    def _settle_reuse(self) -> None:
+        known = [s for s in (self.keepalive_announced, self.keepalive_seen) if s > 0.0]
+        if not known:
+            self.reuse_within = 0.0
+            return
+        limit = min(known)
+        within = limit - max(KEEPALIVE_MARGIN, limit * 0.25)
+        self.reuse_within = within if within > 0.0 else -1.0
 
     def close_idle(self) -> None:
         """Close the pooled keep-alive connections (the backend left, or the balancer stops)."""
@@ -126,6 +175,7 @@ class Pool:
     ones from Consul; a backend that leaves either drains instead of being cut (PRODUCT.md §9)."""
 
     __slots__ = ("name", "config", "backends", "members", "panics_total", "retries_total",
+                 "stale_retries_total",
                  "_static", "_discovered", "created")
 
     def __init__(self, config: PoolConfig) -> None:
@@ -137,6 +187,9 @@ class Pool:
         self.members: list[Backend] = []
         self.panics_total = 0
         self.retries_total = 0
+        # Requests sent again on a fresh connection because a reused one closed before any
+        # answer (not retries in the retries.attempts sense: nothing failed but the pool).
+        self.stale_retries_total = 0
         self._static: tuple[BackendConfig, ...] = ()
         self._discovered: tuple[BackendConfig, ...] = ()
         self.created = time.monotonic()

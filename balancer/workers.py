@@ -123,6 +123,7 @@ def _pool_counters(app: App) -> dict:
     for name, pool in app.pools.items():
         out[name] = {
             "retries": pool.retries_total, "panics": pool.panics_total,
+            "stale_retries": pool.stale_retries_total,
             "backends": {
                 b.id: {
                     "active": b.active_requests, "websockets": b.websockets,
@@ -230,6 +231,7 @@ class Workers:
             counters = [r["pools"].get(name, {}) for r in replies]
             pool.retries_total = sum(c.get("retries", 0) for c in counters)
             pool.panics_total = sum(c.get("panics", 0) for c in counters)
+            pool.stale_retries_total = sum(c.get("stale_retries", 0) for c in counters)
             for backend in pool.backends.values():
                 parts = [c["backends"][backend.id] for c in counters
                          if backend.id in c.get("backends", ())]

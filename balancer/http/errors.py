@@ -24,6 +24,9 @@ REASONS: dict[int, bytes] = {
 
 # Upstream failure kinds, as counted in balancer_upstream_errors_total{kind}.
 CONNECT, RESET, TIMEOUT, PROTOCOL = "connect", "reset", "timeout", "protocol"
+# Not a failure of the backend: a reused keep-alive connection closed before any answer (the
+# backend ended it as idle while the request was on its way). Sent again on a fresh one.
+STALE = "stale"
 
 # Which rejection reason (metric label) a status of ours counts as.
 REJECT_REASON: dict[int, str] = {

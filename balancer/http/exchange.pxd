@@ -43,6 +43,8 @@ cdef class Exchange:
     @cython.locals(drop=frozenset, lines=list)
     cpdef bytes _build_upstream_head(self)
     cpdef _attempt(self, Backend backend)
+    cpdef _open_connection(self, Backend backend)
+    cpdef bint _safe_to_repeat(self)
     cpdef _attach(self, UpstreamConnection conn, double now)
     cpdef request_body(self, bytes data)
     cpdef request_ended(self)

@@ -20,7 +20,8 @@ from ..tasks import spawn
 from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, render_answer, report_failure
 from . import upstream
 from .errors import (
-    CONNECT, PROTOCOL, REJECT_REASON, RESET, TIMEOUT, RequestError, error_response, reason_phrase,
+    CONNECT, PROTOCOL, REJECT_REASON, RESET, STALE, TIMEOUT, RequestError, error_response,
+    reason_phrase,
 )
 from .headers import (
     HOP_BY_HOP, NOT_FORWARDED, forwarded_for, hop_by_hop_with, request_id_from,
@@ -45,7 +46,8 @@ _STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}  # status -> (reason, line)
 # reason among the contract's labels (PRODUCT.md §8).
 _PLUGIN_REJECT_REASON = {429: "rate_limited", 451: "geo_blocked"}
 # An upstream failure kind -> the name retries.on gives it (a 5xx status is its own name).
-_RETRY_CONDITION = {CONNECT: "connect_failure", RESET: "reset", TIMEOUT: "504", PROTOCOL: "reset"}
+_RETRY_CONDITION = {CONNECT: "connect_failure", RESET: "reset", TIMEOUT: "504", PROTOCOL: "reset",
+                    STALE: "reset"}
 
 
 def status_line(status: int, reason: bytes) -> bytes:
@@ -257,16 +259,26 @@ class Exchange:
             self._sent_at = monotonic()
         now = self.client.loop.time()
         conn = backend.take_idle(now, pool.idle_timeout)
+        while conn is not None and not self._safe_to_repeat() and conn.at_risk():
+            # A request that must not be lost goes only on a connection the backend has not
+            # closed already (the loop may not have read its FIN yet).
+            conn.close()
+            conn = backend.take_idle(now, pool.idle_timeout)
         if conn is not None:
             self._attach(conn, now)
         else:
-            self._connecting = True
-            spawn(self._connect(backend, pool.connect_timeout, pool.idle_timeout))
+            self._open_connection(backend)
+
+    def _open_connection(self, backend: Backend) -> None:
+        pool = self.pool
+        self._connecting = True
+        spawn(self._connect(backend, pool.connect_timeout, pool.idle_timeout))  # type: ignore[union-attr]
 
     async def _connect(self, backend: Backend, timeout: float, idle: float) -> None:
         loop = self.client.loop
         try:
-            conn = await upstream.connect(backend, loop, timeout, idle)
+            conn = await upstream.connect(backend, loop, timeout, idle,
+                                          self.runtime.limits.max_response_header_bytes)
         except (OSError, asyncio.TimeoutError):
             self._connecting = False
             if not self.finished:  # else client_lost already released the backend
@@ -463,6 +475,15 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         self.upstream = None
+        if kind == STALE and self._safe_to_repeat() and self.replayable:
+            # A pooled connection the backend had closed: the backend is not at fault and
+            # nothing reached it, or only what may be sent twice. Once more, on a fresh
+            # connection to the same backend (never stale), outside retries.attempts.
+            self.pool.pool.stale_retries_total += 1  # type: ignore[union-attr]
+            self._open_connection(backend)
+            return
+        if kind == STALE:
+            kind = RESET  # not sent again: to the player it is a reset like any other
         self._count_failure(backend, kind)
         self._release_backend()
         if self.response_started:
@@ -498,10 +519,13 @@ class Exchange:
             return True  # nothing was sent: safe for every method
         # Anything else may have reached the backend: only what is safe to repeat, and only
         # if every body byte sent is still here to send again (a bet is never sent twice).
+        return self._safe_to_repeat() and self.replayable
+
+    def _safe_to_repeat(self) -> bool:
+        """May this request reach a backend twice? Idempotent methods, and requests carrying
+        an Idempotency-Key (the backend then recognises the repeat)."""
         head = self.head
-        if head.method not in IDEMPOTENT_METHODS and head.header(b"idempotency-key") is None:
-            return False
-        return self.replayable
+        return head.method in IDEMPOTENT_METHODS or head.header(b"idempotency-key") is not None
 
     def _retry_target(self, kind: str) -> Backend | None:
         """The backend to retry on after failure `kind`: one not tried yet, when a retry is

@@ -23,11 +23,17 @@ cdef class UpstreamConnection:
     cdef int _framing
     cdef object _connection
     cdef bint _head_sent, _until_close, _tunnel, _reading_paused
+    cdef public object pool
+    cdef public Py_ssize_t max_head
+    cdef Py_ssize_t _head_bytes, _head_size
+    cdef bint _answered, _reused, _ours, _in_feed, _parked
 
     cpdef start(self, Exchange exchange, bytes data, bint head_only)
     cpdef drop_http_state(self)
     cpdef write(self, bytes data)
     cpdef release(self, double now)
+    cdef _pool_idle(self, double now)
+    cpdef bint at_risk(self)
     cpdef pause_reading(self)
     cpdef resume_reading(self)
     cpdef close(self)

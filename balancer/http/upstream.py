@@ -10,21 +10,33 @@ between taking it and using it.
 from __future__ import annotations
 
 import asyncio
+import select
+import time
 from typing import TYPE_CHECKING
 
 import httptools
 
-from .errors import PROTOCOL, RESET, TIMEOUT
+from .. import health
+from .errors import PROTOCOL, RESET, STALE, TIMEOUT
 from .headers import HeaderNames
 from .timers import Deadline
 
 if TYPE_CHECKING:
-    from ..pool import Backend
+    from ..pool import Backend, Pool
     from .exchange import Exchange
 
 # Response headers on_header notes besides keeping them.
-_WATCHED = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_WATCHED = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 _HAS_LENGTH, _CHUNKED = 1, 2
+
+
+class _Unsolicited(Exception):
+    """Raised from the parser callback when a backend starts a response nobody asked for
+    (bytes after a complete response, or a body after a bodiless one)."""
+
+
+class _HeadTooLarge(Exception):
+    """Raised from the parser callback when a response head passes its limit."""
 
 
 class _HeadResponseDone(Exception):
@@ -43,6 +55,7 @@ class UpstreamConnection:
         "deadline", "_status_reason", "_headers", "_head_sent", "_until_close",
         "_tunnel", "_reading_paused", "expect_head_only",
         "idle_timeout", "_framing", "_connection", "_names", "_feed",
+        "pool", "max_head", "_head_bytes", "_head_size", "_answered", "_reused", "_ours", "_in_feed", "_parked",
     )
 
     def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
@@ -66,6 +79,15 @@ class UpstreamConnection:
         self._reading_paused = False
         self.expect_head_only = False
         self.idle_timeout = 60.0
+        self.pool: Pool | None = None  # the pool of the last exchange (outlier detection)
+        self.max_head = 65536  # limits.max_response_header_bytes
+        self._head_bytes = 0  # bytes read while a response head is incomplete (bounds memory)
+        self._head_size = 0  # the response head as parsed (status line and header lines)
+        self._answered = False  # a response byte arrived for the current exchange
+        self._reused = False  # the current exchange is not this connection's first
+        self._ours = False  # we closed it (else the backend did)
+        self._in_feed = False  # the parser is reading: a released connection waits (parked)
+        self._parked = False  # released during this read: pooled once the read ends cleanly
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -81,6 +103,9 @@ class UpstreamConnection:
         self.deadline.cancel()
         exchange = self.exchange
         if exchange is None:
+            if not self._ours and self.last_used and self in self.backend.idle:
+                # The backend closed a pooled connection: its idle limit, most likely.
+                self.backend.idle_connection_closed(self.loop.time() - self.last_used, False)
             self._forget_idle()
             return
         self.exchange = None
@@ -88,6 +113,10 @@ class UpstreamConnection:
             exchange.tunnel_closed()
         elif self._until_close and self._head_sent:
             exchange.response_end(self, reusable=False)  # close-delimited body ended
+        elif self._reused and not self._answered:
+            # Closed or reset before any answer on a connection that had served before: the
+            # backend ended it as idle while the request was on its way (or died meanwhile).
+            exchange.upstream_failed(self, STALE)
         else:
             exchange.upstream_failed(self, RESET)
 
@@ -97,14 +126,19 @@ class UpstreamConnection:
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is None:
-            # A backend must not speak unasked; whatever it is, this connection is unusable.
-            self.close()
+            # A backend must not speak unasked: bytes after a complete response, or on an idle
+            # connection. Whatever they are, this connection is unusable and the backend faulty.
+            self._malformed()
             return
         if self._tunnel:
             exchange.tunnel_from_backend(data)
             return
+        self._answered = True
+        if not self._head_sent:
+            self._head_bytes += len(data)
         client = exchange.client
         client.begin_batch()  # head and body of a small response leave in one write
+        self._in_feed = True
         try:
             self._feed(data)
         except httptools.HttpParserUpgrade as exc:
@@ -113,19 +147,36 @@ class UpstreamConnection:
             if self.exchange is not None and self._tunnel and rest:
                 exchange.tunnel_from_backend(rest)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadResponseDone):
+            cause = exc.__context__
+            if isinstance(cause, _HeadResponseDone):
                 self._new_parser()
+                if _after_head(data):
+                    self._parked = False
+                    self._malformed()  # a body after a HEAD answer
+            elif isinstance(cause, _Unsolicited):
+                self._parked = False
+                self._malformed()
             elif self.exchange is exchange:
                 self._protocol_error(exchange)
             # else: the exchange gave this connection up from a callback (retry elsewhere)
         except httptools.HttpParserError:
-            self._protocol_error(exchange)
+            if self._parked:  # the response was complete; what followed it is not HTTP
+                self._parked = False
+                self._malformed()
+            else:
+                self._protocol_error(exchange)
         else:
-            if self.exchange is exchange and self._head_sent and not self._tunnel:
+            if self.exchange is exchange and not self._head_sent and self._head_bytes > self.max_head:
+                self._protocol_error(exchange)  # a head that never ends is as bad as a long one
+            elif self.exchange is exchange and self._head_sent and not self._tunnel:
                 # A body is streaming: the response timeout counts from its latest bytes.
                 # Once per read, not per chunk; a response that ended here released the
                 # connection to its idle deadline instead.
                 self.deadline.set_in(exchange.pool.response_timeout)
+        self._in_feed = False
+        if self._parked:
+            self._parked = False
+            self._pool_idle(self.last_used)
         client.flush()
 
     def pause_writing(self) -> None:
@@ -143,26 +194,46 @@ class UpstreamConnection:
     # -- llhttp callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.exchange is None:
+            raise _Unsolicited()
         self._headers = []
         self._names.restart()
         self._status_reason = b""
         self._framing = 0
         self._connection = None
+        self._head_size = 15  # "HTTP/1.1 200 " and the line's CRLF
 
     def on_status(self, reason: bytes) -> None:
         self._status_reason += reason
+        self._head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = self._names.lower(name)  # once per header: the exchange filters on it
         self._headers.append((lname, name, value))
+        self._head_size += len(name) + len(value) + 4
         if lname in _WATCHED:
             if lname == b"content-length":
                 self._framing |= _HAS_LENGTH
             elif lname == b"transfer-encoding":
                 if value.strip().lower().endswith(b"chunked"):
                     self._framing |= _CHUNKED
-            else:
+            elif lname == b"connection":
                 self._connection = value if self._connection is None else self._connection + b"," + value
+            else:
+                self._keep_alive_timeout(value)
+
+    def _keep_alive_timeout(self, value: bytes) -> None:
+        """`Keep-Alive: timeout=5, max=100` (RFC 2068 §19.7.1): the backend's idle limit."""
+        for part in value.split(b","):
+            name, _, number = part.partition(b"=")
+            if name.strip().lower() == b"timeout":
+                try:
+                    seconds = float(number.strip())
+                except ValueError:
+                    return
+                if seconds > 0:
+                    self.backend.keepalive_announced_as(seconds)
+                return
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -173,6 +244,8 @@ class UpstreamConnection:
         if 100 <= status < 200 and status != 101:
             exchange.response_interim(status, self._status_reason, headers)
             return
+        if self._head_size > self.max_head:
+            raise _HeadTooLarge()
         self._head_sent = True
         chunked = bool(self._framing & _CHUNKED)
         has_length = bool(self._framing & _HAS_LENGTH)
@@ -219,9 +292,13 @@ class UpstreamConnection:
     def start(self, exchange: Exchange, data: bytes, head_only: bool) -> None:
         """Begin an exchange on this connection and send the request bytes known so far."""
         self.exchange = exchange
+        self.pool = exchange.pool.pool
         self.expect_head_only = head_only
         self._head_sent = False
         self._until_close = False
+        self._answered = False
+        self._head_bytes = 0
+        self._reused = self.last_used != 0.0
         if self._reading_paused:
             self.resume_reading()
         assert self.transport is not None
@@ -239,14 +316,36 @@ class UpstreamConnection:
             self.transport.write(data)  # type: ignore[union-attr]
 
     def release(self, now: float) -> None:
-        """Back to the backend's keep-alive pool after a complete exchange."""
+        """Back to the backend's keep-alive pool after a complete exchange. While the parser
+        is still reading it waits (parked) until the read ends: bytes after the response
+        must not become the answer to the next request put on it."""
         self.exchange = None
         self.deadline.clear()
         if self.closed or self.transport is None or self.transport.is_closing():
             return
         self.last_used = now
+        if self._in_feed:
+            self._parked = True
+        else:
+            self._pool_idle(now)
+
+    def _pool_idle(self, now: float) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return
         self.backend.idle.append(self)
         self.deadline.set_at(now + self.idle_timeout)
+
+    def at_risk(self) -> bool:
+        """Has the backend already closed this idle connection, though the loop has not
+        read that yet? Asked before a request that must not be lost (poll, no waiting)."""
+        transport = self.transport
+        if transport is None:
+            return True
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        # Readable while idle means a FIN, a reset or unasked bytes: unusable either way.
+        return bool(select.select([sock.fileno()], (), (), 0)[0])
 
     def pause_reading(self) -> None:
         if not self._reading_paused and not self.closed:
@@ -261,6 +360,7 @@ class UpstreamConnection:
     def close(self) -> None:
         """Close without telling the exchange (the exchange already knows why)."""
         self.exchange = None
+        self._ours = True
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
@@ -271,10 +371,23 @@ class UpstreamConnection:
         exchange.upstream_failed(self, PROTOCOL)
         self.close()
 
+    def _malformed(self) -> None:
+        """The backend sent what no request asked for, after the exchange it belonged to was
+        over: nothing more reaches any player from here; the connection is closed and the
+        backend's fault counted, as any malformed answer (outlier detection sees it)."""
+        self.close()
+        self._forget_idle()
+        backend = self.backend
+        backend.count_error(PROTOCOL)
+        if self.pool is not None:
+            health.record_failure(self.pool, backend, time.monotonic())
+
     def _on_deadline(self) -> None:
         exchange = self.exchange
         if exchange is None:
-            self.close()  # idle too long in the pool
+            # Idle for timeouts.idle and the backend kept it open: its own limit is longer.
+            self.backend.idle_connection_closed(self.loop.time() - self.last_used, True)
+            self.close()
             self._forget_idle()
             return
         self.exchange = None
@@ -290,12 +403,27 @@ class UpstreamConnection:
             idle.remove(self)
 
 
+def _after_head(data: bytes) -> bytes:
+    """What follows the final response head in `data` (a read that ended a HEAD answer's
+    head): interim 1xx heads are skipped. b"" when the head's end is not in this read."""
+    start = 0
+    while True:
+        end = data.find(b"\r\n\r\n", start)
+        if end < 0:
+            return b""
+        if data.startswith(b"HTTP/", start) and data[start + 9:start + 10] == b"1":
+            start = end + 4  # an interim response: the final head follows
+            continue
+        return data[end + 4:]
+
+
 async def connect(backend: Backend, loop: asyncio.AbstractEventLoop, timeout: float,
-                  idle_timeout: float) -> UpstreamConnection:
+                  idle_timeout: float, max_head: int) -> UpstreamConnection:
     """Open a new connection to `backend` within `timeout` (raises OSError / TimeoutError)."""
     transport, conn = await asyncio.wait_for(
         loop.create_connection(lambda: UpstreamConnection(backend, loop), backend.host, backend.port),
         timeout,
     )
     conn.idle_timeout = idle_timeout
+    conn.max_head = max_head
     return conn

@@ -20,9 +20,14 @@ def free_port() -> int:
 
 
 class Backend:
-    def __init__(self, name: str, region: str | None = None) -> None:
+    def __init__(self, name: str, region: str | None = None, *, keepalive_timeout: float = 75.0,
+                 announce_keepalive: bool = False) -> None:
         self.name = name
         self.region = region
+        # How long an idle keep-alive connection stays open (aiohttp's own default is 75 s),
+        # and whether responses say so in `Keep-Alive: timeout=N` (as Node.js does).
+        self.keepalive_timeout = keepalive_timeout
+        self.announce_keepalive = announce_keepalive
         self.port = 0
         self.mode = "ok"  # ok | error500 | hang | reset | status:<code>
         self.requests: Counter[tuple[str, str]] = Counter()
@@ -45,7 +50,10 @@ class Backend:
         app.router.add_get("/ws/{tail:.*}", self._websocket)
         app.router.add_route("*", "/stream/{size}", self._stream)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        if self.announce_keepalive:
+            app.on_response_prepare.append(self._announce_keepalive)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                                     keepalive_timeout=self.keepalive_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port or self.port or 0, reuse_address=True)
         await site.start()
@@ -56,6 +64,9 @@ class Backend:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _announce_keepalive(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Keep-Alive"] = f"timeout={self.keepalive_timeout:g}"
 
     async def _health(self, request: web.Request) -> web.Response:
         if self.mode in ("error500", "hang"):

@@ -120,7 +120,7 @@ def test_minimal_config_gets_every_documented_default() -> None:
     assert pool.outlier == OutlierConfig(5, 10.0, 300.0, 50)
     assert pool.slow_start == 0.0
     assert pool.retries == RetryConfig(2, frozenset({"connect_failure"}))
-    assert pool.timeouts == Timeouts(2.0, 30.0, 60.0, 3600.0)
+    assert pool.timeouts == Timeouts(2.0, 30.0, 4.0, 3600.0)
     assert pool.max_connections_per_backend == 2000
     assert pool.drain_timeout == 600.0
     assert pool.discovery is None
