@@ -1,14 +1,16 @@
-"""The admin listener (aiohttp, off the hot path): /metrics /healthz /readyz /admin/*.
+"""The admin listener (aiohttp, off the hot path): the status page (/), /status, /metrics,
+/healthz, /readyz, /admin/*.
 
 It binds to loopback by default and is never reachable through a public listener. When the
-variable named by `admin.token_env` is set, /admin/* needs `Authorization: Bearer <token>`.
+variable named by `admin.token_env` is set, /admin/* needs `Authorization: Bearer <token>`;
+what only reads (the page, /status, /metrics) never does.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-import time
+from importlib import resources
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiohttp import web
@@ -16,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .metrics import BalancerCollector
+from .status import pools_doc, status_document
 
 if TYPE_CHECKING:
     from .app import App
@@ -31,6 +34,7 @@ class AdminServer:
             stats=lambda: app.stats_for_scrape(),
             pools=lambda: app.pools_for_scrape(),
             consul=lambda: app.watches.values(),
+            instance=lambda: app,
         ))
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -43,6 +47,10 @@ class AdminServer:
 
     def web_app(self) -> web.Application:
         webapp = web.Application(middlewares=[self._auth])
+        webapp.router.add_get("/", self.page)
+        for name in STATIC:
+            webapp.router.add_get(f"/{name}", self.static)
+        webapp.router.add_get("/status", self.status)
         webapp.router.add_get("/metrics", self.metrics)
         webapp.router.add_get("/healthz", self.healthz)
         webapp.router.add_get("/readyz", self.readyz)
@@ -82,6 +90,17 @@ class AdminServer:
 
     # -- handlers ---------------------------------------------------------------------------
 
+    async def page(self, request: web.Request) -> web.Response:
+        return _static_response("status.html")
+
+    async def static(self, request: web.Request) -> web.Response:
+        return _static_response(request.path.lstrip("/"))
+
+    async def status(self, request: web.Request) -> web.Response:
+        await self.app.refresh_from_workers()
+        self.app.recent.record(self.app.stats_for_scrape())
+        return web.json_response(status_document(self.app), headers=NO_STORE)
+
     async def metrics(self, request: web.Request) -> web.Response:
         await self.app.refresh_from_workers()
         body = generate_latest(self.registry)
@@ -99,7 +118,8 @@ class AdminServer:
 
     async def pools(self, request: web.Request) -> web.Response:
         await self.app.refresh_from_workers()
-        return web.json_response({"pools": describe_pools(self.app.pools)})
+        self.app.recent.record(self.app.stats_for_scrape())
+        return web.json_response({"pools": pools_doc(self.app)}, headers=NO_STORE)
 
     async def drain(self, request: web.Request) -> web.Response:
         return await self._set_drain(request, True)
@@ -159,17 +179,27 @@ def _split_weights(body: object) -> dict[str, int] | str:
     return weights
 
 
-def describe_pools(pools: dict, now: float | None = None) -> list[dict]:
-    """The /admin/pools document (PRODUCT.md §7)."""
-    now = time.monotonic() if now is None else now
-    out = []
-    for name, pool in pools.items():
-        backends = []
-        for b in pool.backends.values():
-            backends.append({
-                "id": b.id, "address": str(b.address), "region": b.region, "weight": b.weight,
-                "source": b.source, "state": b.state(now).value,
-                "active_requests": b.active_requests, "websockets": b.websockets,
-            })
-        out.append({"name": name, "backends": backends})
-    return out
+# The page's files (balancer/static), read once. The page loads nothing else: no CDN, no
+# inline script or style, so the policy below can forbid everything but this origin.
+STATIC = {"status.css": "text/css", "status.js": "text/javascript"}
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
+NO_STORE = {"Cache-Control": "no-store"}
+_files: dict[str, bytes] = {}
+
+
+def _static_response(name: str) -> web.Response:
+    body = _files.get(name)
+    if body is None:
+        body = _files[name] = resources.files("balancer").joinpath("static", name).read_bytes()
+    content_type = STATIC.get(name, "text/html")
+    return web.Response(body=body, headers={**PAGE_HEADERS, "Content-Type": f"{content_type}; charset=utf-8"})

@@ -24,6 +24,7 @@ from .plugins import build_plugins
 from .pool import Pool
 from .runtime import Runtime, RuntimeRef
 from .server import ListenerServer
+from .status import SAMPLE_INTERVAL, RecentTraffic
 from .sticky import secret_from_env
 from .tasks import spawn
 from .tls import server_context
@@ -31,6 +32,14 @@ from .tls import server_context
 log = logging.getLogger("balancer")
 
 SWEEP_INTERVAL = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """The last reload: when (unix time) and its errors (none: it succeeded)."""
+
+    at: float
+    errors: tuple[str, ...]
 
 
 # What a process does. "single": everything (workers: 1). With workers > 1 the parent is the
@@ -48,6 +57,11 @@ class App:
         self.config_path = config_path
         self.loop = loop or asyncio.get_event_loop()
         self.stats = Stats()
+        self.started_at = time.time()
+        self.config_loaded_at = self.started_at  # the config in force: start or last good reload
+        self.last_reload: ReloadOutcome | None = None
+        # The last minute of per-backend traffic, for the status page (admin process only).
+        self.recent = RecentTraffic()
         self.pools: dict[str, Pool] = {}
         self.listeners: dict[str, ListenerServer] = {}
         # Listeners a reload closed: no longer accepting, but their connections live on.
@@ -119,6 +133,8 @@ class App:
 
             self.admin = AdminServer(self)
             await self.admin.start()
+            self.recent.record(self.stats_for_scrape())
+            self._tasks.append(self.loop.create_task(self._sample_traffic()))
             log.info("admin on %s", self.admin.url)
             if self.config.consul is not None and self.config.consul.register is not None:
                 await self._register()
@@ -262,21 +278,35 @@ class App:
                         exchange.close_for_drain()
                     log.info("pool %s: drain of %s ran out; closed its WebSockets", pool.name, backend.id)
 
+    async def _sample_traffic(self) -> None:
+        """Every few seconds: a sample of the counters, so that the status page's "last
+        minute" has a base a minute old even when nobody looked meanwhile."""
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            await self.refresh_from_workers()
+            self.recent.record(self.stats_for_scrape())
+
     # -- reload ---------------------------------------------------------------------------
 
     async def reload(self) -> list[str]:
         """Validate, then swap atomically. Returns the errors (empty on success)."""
+        errors = await self._reload()
+        self.stats.reloads["failure" if errors else "success"] += 1
+        self.last_reload = ReloadOutcome(time.time(), tuple(errors))
+        if not errors:
+            self.config_loaded_at = self.last_reload.at
+        return errors
+
+    async def _reload(self) -> list[str]:
         if self.config_path is None:
             return ["no config file to reload from"]
         try:
             config = load_config(self.config_path)
             runtime = self._compile(config)
         except ConfigError as exc:
-            self.stats.reloads["failure"] += 1
             log.error("reload refused, nothing changed:\n%s", "\n".join(exc.lines()))
             return exc.lines()
         except (OSError, ValueError, ssl.SSLError) as exc:
-            self.stats.reloads["failure"] += 1
             log.error("reload refused, nothing changed: %s", exc)
             return [f"{self.config_path}: {exc}"]
         old_listeners = {l.name: l for l in self.config.listeners}
@@ -293,7 +323,6 @@ class App:
         except (OSError, ssl.SSLError) as exc:
             for server in opened.values():
                 await server.stop_accepting()
-            self.stats.reloads["failure"] += 1
             log.error("reload refused, nothing changed: cannot open listener: %s", exc)
             return [f"{self.config_path}: listeners: {exc}"]
         for name, server in opened.items():
@@ -318,7 +347,6 @@ class App:
         self._adopt_pools(config)
         await self._sync_background()
         await self._sync_registration()
-        self.stats.reloads["success"] += 1
         log.info("config reloaded from %s", self.config_path)
         self.loop.call_later(60, old_runtime.close)  # in-flight requests may still use it
         return []

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -149,6 +150,15 @@ def effective_weight(backend: Backend, now: float, slow_start: float) -> float:
 # -- active checks -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """A backend's last probe, for the status page: passed, what was seen, when (unix time)."""
+
+    ok: bool
+    detail: str
+    at: float
+
+
 class _ProbeStreak:
     """Consecutive probe results of one backend; kept per checker, the verdict on the Backend."""
 
@@ -174,6 +184,7 @@ class HealthChecker:
         # Cancelled by sync() but maybe not finished yet: stop() still waits for them.
         self._retiring: set[asyncio.Task[None]] = set()
         self._streaks: dict[Backend, _ProbeStreak] = {}
+        self.last_results: dict[str, CheckResult] = {}  # backend id -> its last probe
         self._session: aiohttp.ClientSession | None = None
         self._started = False
         self._stopped = False
@@ -198,6 +209,7 @@ class HealthChecker:
         for backend in [b for b in self._tasks if b not in members]:
             self._retire(self._tasks.pop(backend))
             self._streaks.pop(backend, None)
+            self.last_results.pop(backend.id, None)
         for backend in self.pool.members:
             if backend not in self._tasks:
                 self._tasks[backend] = asyncio.get_running_loop().create_task(
@@ -256,7 +268,7 @@ class HealthChecker:
             await asyncio.sleep(max(0.0, config.interval * random.uniform(1 - JITTER, 1 + JITTER) - spent))
 
     async def _probe(self, backend: Backend, config: HealthCheckConfig) -> tuple[bool, str]:
-        """One probe within `timeout`. Returns (passed, why it failed)."""
+        """One probe within `timeout`. Returns (passed, what it saw)."""
         try:
             async with asyncio.timeout(config.timeout):
                 if config.tcp or config.path is None:
@@ -274,7 +286,7 @@ class HealthChecker:
         _reader, writer = await asyncio.open_connection(backend.host, backend.port)
         writer.close()
         await writer.wait_closed()
-        return True, ""
+        return True, "connected"
 
     async def _probe_http(self, backend: Backend, config: HealthCheckConfig) -> tuple[bool, str]:
         url = f"http://{backend.address}{config.path}"
@@ -282,7 +294,7 @@ class HealthChecker:
         async with self._get_session().get(url, allow_redirects=False) as response:
             lo, hi = config.expect_status
             if lo <= response.status <= hi:
-                return True, ""
+                return True, f"status {response.status}"
             return False, f"status {response.status}, expected {lo}-{hi}"
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -302,6 +314,7 @@ class HealthChecker:
         """Count the probe and flip the backend's health once a threshold is reached."""
         key = SUCCESS if ok else FAILURE
         backend.health_checks[key] = backend.health_checks.get(key, 0) + 1
+        self.last_results[backend.id] = CheckResult(ok, detail, time.time())
         if ok:
             streak.failures = 0
             streak.successes += 1

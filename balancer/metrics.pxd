@@ -9,12 +9,12 @@ cdef Py_ssize_t _BUCKET_COUNT
 
 cdef class RequestLine:
     cdef public long long count
-    cdef public list hist
+    cdef public list hist, backend_hist
 
 
 cdef class Stats:
     cdef dict _lines
-    cdef public dict durations, rejected, connections, reloads
+    cdef public dict durations, backend_durations, rejected, connections, reloads
     cdef public dict connection_limit_reached, mirrored
 
     @cython.locals(bucket=Py_ssize_t, bound=double, hist=list, line=RequestLine)

@@ -10,7 +10,7 @@ parent, which is also why the snapshot is plain JSON-able data.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -30,28 +30,32 @@ _CODE_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
 class RequestLine:
-    """What one (route, pool, backend, method, code) bumps: its request count, and the duration
+    """What one (route, pool, backend, method, code) bumps: its request count, the duration
     histogram of its (route, pool, code class), which it shares with the other lines of that
-    class. Found with one dict lookup per request."""
+    class, and its backend's duration histogram (the status page's p99 per backend). Found
+    with one dict lookup per request."""
 
-    __slots__ = ("count", "hist")
+    __slots__ = ("count", "hist", "backend_hist")
 
-    def __init__(self, hist: list[float]) -> None:
+    def __init__(self, hist: list[float], backend_hist: list[float]) -> None:
         self.count = 0
         self.hist = hist
+        self.backend_hist = backend_hist
 
 
 class Stats:
     """Per-process request counters, bumped on the request path."""
 
-    __slots__ = ("_lines", "durations", "rejected", "connections", "reloads",
-                 "connection_limit_reached", "mirrored")
+    __slots__ = ("_lines", "durations", "backend_durations", "rejected", "connections",
+                 "reloads", "connection_limit_reached", "mirrored")
 
     def __init__(self) -> None:
         # (route, pool, backend, method bytes, code) -> its counters
         self._lines: dict[tuple[str, str, str, bytes, int], RequestLine] = {}
         # (route, pool, code_class) -> [bucket counts..., +Inf count, sum]
         self.durations: dict[tuple[str, str, str], list[float]] = {}
+        # (pool, backend) -> the same histogram layout, over every route and code
+        self.backend_durations: dict[tuple[str, str], list[float]] = {}
         self.rejected: dict[tuple[str, str], int] = {}  # (listener, reason) -> count
         self.connections: dict[str, int] = {}  # listener -> open client connections
         # listener -> times it reached max_connections and stopped accepting
@@ -81,6 +85,9 @@ class Stats:
             bucket += 1
         hist[bucket] += 1
         hist[-1] += seconds
+        hist = line.backend_hist
+        hist[bucket] += 1
+        hist[-1] += seconds
 
     def add_requests(self, key: tuple[str, str, str, bytes, int], count: int) -> None:
         """Count `count` more requests under `key` (summing workers)."""
@@ -90,12 +97,16 @@ class Stats:
         line.count += count
 
     def _line(self, key: tuple[str, str, str, bytes, int]) -> RequestLine:
-        route, pool, _, _, code = key
+        route, pool, backend, _, code = key
         dkey = (route, pool, _CODE_CLASS.get(code // 100, "other"))
         hist = self.durations.get(dkey)
         if hist is None:
             hist = self.durations[dkey] = [0.0] * (_BUCKET_COUNT + 2)
-        line = self._lines[key] = RequestLine(hist)
+        bkey = (pool, backend)
+        backend_hist = self.backend_durations.get(bkey)
+        if backend_hist is None:
+            backend_hist = self.backend_durations[bkey] = [0.0] * (_BUCKET_COUNT + 2)
+        line = self._lines[key] = RequestLine(hist, backend_hist)
         return line
 
     def reject(self, listener: str, reason: str) -> None:
@@ -111,6 +122,7 @@ class Stats:
         return {
             "requests": [[*k[:3], k[3].decode("latin-1"), k[4], v] for k, v in self.requests.items()],
             "durations": [[*k, v] for k, v in self.durations.items()],
+            "backend_durations": [[*k, v] for k, v in self.backend_durations.items()],
             "rejected": [[*k, v] for k, v in self.rejected.items()],
             "mirrored": [[*k, v] for k, v in self.mirrored.items()],
             "connections": self.connections,
@@ -126,9 +138,9 @@ def merge_snapshots(snapshots: Iterable[dict]) -> Stats:
         for route, pool, backend, method, code, value in snap["requests"]:
             total.add_requests((route, pool, backend, method.encode("latin-1"), code), value)
         for route, pool, code_class, hist in snap["durations"]:
-            mine = total.durations.setdefault((route, pool, code_class), [0.0] * len(hist))
-            for i, v in enumerate(hist):
-                mine[i] += v
+            _add_into(total.durations, (route, pool, code_class), hist)
+        for pool, backend, hist in snap["backend_durations"]:
+            _add_into(total.backend_durations, (pool, backend), hist)
         for listener, reason, value in snap["rejected"]:
             total.rejected[(listener, reason)] = total.rejected.get((listener, reason), 0) + value
         for route, pool, result, value in snap["mirrored"]:
@@ -140,17 +152,29 @@ def merge_snapshots(snapshots: Iterable[dict]) -> Stats:
     return total
 
 
+def _add_into(histograms: dict, key: tuple, hist: list[float]) -> None:
+    mine = histograms.get(key)
+    if mine is None:
+        mine = histograms[key] = [0.0] * len(hist)
+    for i, v in enumerate(hist):
+        mine[i] += v
+
+
 class BalancerCollector(Collector):
     """Turns Stats, pools and Consul watches into the §8 metric families at scrape time."""
 
     def __init__(self, stats: Callable[[], Stats], pools: Callable[[], Iterable[Pool]],
-                 consul: Callable[[], Iterable] = lambda: ()) -> None:
+                 consul: Callable[[], Iterable] = lambda: (),
+                 instance: Callable[[], Any] | None = None) -> None:
         self._stats = stats
         self._pools = pools
         self._consul = consul
+        self._instance = instance  # the App: start time and last reload
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
+        if self._instance is not None:
+            yield from _instance_families(self._instance())
         yield from self._request_families(stats)
         yield from self._backend_families(list(self._pools()))
         yield from self._consul_families()
@@ -232,11 +256,20 @@ class BalancerCollector(Collector):
         panics = CounterMetricFamily("balancer_pool_panics",
                                      "Choices made in panic mode (max_ejected_percent reached).",
                                      labels=["pool"])
+        eligible = GaugeMetricFamily("balancer_pool_eligible_backends",
+                                     "Backends that may take a new player now (panic mode aside).",
+                                     labels=["pool"])
+        panic = GaugeMetricFamily("balancer_pool_panic_mode",
+                                  "1 while the pool uses its ejected backends (max_ejected_percent reached).",
+                                  labels=["pool"])
         now = time.monotonic()
         for pool in pools:
             retries.add_metric([pool.name], pool.retries_total)
             stale.add_metric([pool.name], pool.stale_retries_total)
             panics.add_metric([pool.name], pool.panics_total)
+            count, panicking = pool.eligibility(now)
+            eligible.add_metric([pool.name], count)
+            panic.add_metric([pool.name], 1 if panicking else 0)
             for b in pool.backends.values():
                 current = b.state(now)
                 up.add_metric([pool.name, b.id, b.region or ""], 1 if current is BackendState.HEALTHY else 0)
@@ -249,19 +282,25 @@ class BalancerCollector(Collector):
                     errors.add_metric([pool.name, b.id, kind], value)
                 for result, value in b.health_checks.items():
                     checks.add_metric([pool.name, b.id, result], value)
-        yield from (errors, retries, stale, up, state, active, websockets, ejections, checks, panics)
+        yield from (errors, retries, stale, up, state, active, websockets, ejections, checks, panics,
+                    eligible, panic)
 
     def _consul_families(self) -> Iterator[Metric]:
         updates = CounterMetricFamily("balancer_consul_updates", "Consul blocking-query results.",
                                       labels=["service", "result"])
         last = GaugeMetricFamily("balancer_consul_last_success_timestamp_seconds",
                                  "Unix time of the last successful Consul answer.", labels=["service"])
+        failing = GaugeMetricFamily("balancer_consul_watch_failing",
+                                    "1 while the last Consul query for the service failed.",
+                                    labels=["service"])
         # Several pools may watch one service (with different tags): one series per label set,
         # or Prometheus rejects the scrape. The oldest success is the one worth alerting on.
         counts: dict[tuple[str, str], int] = {}
         oldest: dict[str, float] = {}
+        failing_services: dict[str, int] = {}
         for watch in self._consul():
             service = watch.service
+            failing_services[service] = max(failing_services.get(service, 0), 1 if watch.failing else 0)
             for result, value in watch.updates.items():
                 counts[(service, result)] = counts.get((service, result), 0) + value
             if watch.last_success is not None:
@@ -270,5 +309,26 @@ class BalancerCollector(Collector):
             updates.add_metric([service, result], value)
         for service, value in oldest.items():
             last.add_metric([service], value)
+        for service, value in failing_services.items():
+            failing.add_metric([service], value)
         yield updates
         yield last
+        yield failing
+
+
+def _instance_families(app: Any) -> Iterator[Metric]:
+    from .status import version
+
+    info = GaugeMetricFamily("balancer_build_info", "Always 1; the version in a label.", labels=["version"])
+    info.add_metric([version()], 1)
+    started = GaugeMetricFamily("balancer_start_time_seconds", "Unix time the balancer started.")
+    started.add_metric([], app.started_at)
+    reload = app.last_reload
+    ok = GaugeMetricFamily("balancer_config_last_reload_successful",
+                           "1 unless the last reload was refused (the config in force is then older "
+                           "than the file).")
+    ok.add_metric([], 0 if reload is not None and reload.errors else 1)
+    at = GaugeMetricFamily("balancer_config_last_reload_success_timestamp_seconds",
+                           "Unix time the config in force was loaded (start or last good reload).")
+    at.add_metric([], app.config_loaded_at)
+    yield from (info, started, ok, at)

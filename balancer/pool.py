@@ -34,6 +34,12 @@ class BackendState(str, enum.Enum):
     DRAINING = "draining"
 
 
+def too_many_ejected(ejected: int, usable: int, max_ejected_percent: float) -> bool:
+    """Would ejection alone leave more than `max_ejected_percent` of the usable backends out?
+    Then the pool is in panic mode and uses its ejected backends too."""
+    return ejected * 100 > usable * max_ejected_percent
+
+
 class Backend:
     """One backend of one pool. Per-request fields are plain ints for speed."""
 
@@ -297,10 +303,23 @@ class Pool:
             if b.active_requests + b.websockets < limit:
                 out.append(b)
         if (ejected and allow_panic
-                and len(ejected) * 100 > usable * self.config.outlier.max_ejected_percent):
+                and too_many_ejected(len(ejected), usable, self.config.outlier.max_ejected_percent)):
             self.panics_total += 1
             out.extend([b for b in ejected if b.active_requests + b.websockets < limit])
         return out
+
+    def eligibility(self, now: float) -> tuple[int, bool]:
+        """For the status page and metrics, not the request path: how many backends may take a
+        new player without panic, and whether the pool is in panic mode."""
+        usable = ejected = 0
+        for b in self.members:
+            if b.draining or not b.healthy:
+                continue
+            usable += 1
+            if b.ejected_until > now:
+                ejected += 1
+        panic = ejected > 0 and too_many_ejected(ejected, usable, self.config.outlier.max_ejected_percent)
+        return len(self.eligible(now, allow_panic=False)), panic
 
     def is_usable(self, backend: Backend, now: float) -> bool:
         """May a sticky player stay on this backend? A draining backend keeps its players

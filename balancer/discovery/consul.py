@@ -232,6 +232,18 @@ class ConsulWatch:
         """True while the last query failed (Consul unreachable or answering errors)."""
         return self._failures > 0
 
+    @property
+    def failures(self) -> int:
+        """Consecutive failed queries (0 while Consul answers)."""
+        return self._failures
+
+    @property
+    def outage_since(self) -> float | None:
+        """Unix time of the first failed query of the current outage, None while answering."""
+        if not self._failures:
+            return None
+        return time.time() - (time.monotonic() - self._failing_since)
+
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError(f"consul watch for pool {self.pool_name!r} already started")

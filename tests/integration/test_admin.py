@@ -11,7 +11,10 @@ import pytest
 from tests.conftest import Running, Samples, backends_seen, metric_samples, one_pool, pool_yaml
 from tests.fakes.backends import free_port
 
-BACKEND_KEYS = {"id", "address", "region", "weight", "source", "state", "active_requests", "websockets"}
+BACKEND_KEYS = {"id", "address", "region", "weight", "source", "state", "active_requests", "websockets",
+                # added for the status page (docs/operations.md, "Status page and /status")
+                "slow_start", "effective_weight", "last_minute", "last_check"}
+POOL_KEYS = {"name", "backends", "eligible_backends", "panic", "window_seconds"}
 
 
 async def scrape(http: aiohttp.ClientSession, lb: Running) -> Samples:
@@ -116,12 +119,16 @@ async def test_admin_pools_document_has_the_contract_shape(start_balancer, backe
     doc = await pools_doc(http, lb)
     assert set(doc) == {"pools"}
     (pool,) = doc["pools"]
-    assert set(pool) == {"name", "backends"} and pool["name"] == "games"
+    assert set(pool) == POOL_KEYS and pool["name"] == "games"
+    assert pool["eligible_backends"] == 2 and pool["panic"] is False
     for entry in pool["backends"]:
         assert set(entry) == BACKEND_KEYS
     assert backend_doc(doc, "games", "eu-1") == {
         "id": "eu-1", "address": eu.address, "region": "eu-west", "weight": 3, "source": "static",
         "state": "healthy", "active_requests": 0, "websockets": 0,
+        "slow_start": False, "effective_weight": 3,
+        "last_minute": {"requests_per_second": 0.0, "error_share": None, "p99_seconds": None},
+        "last_check": None,  # no health_check configured
     }
     assert backend_doc(doc, "games", "it-1")["weight"] == 1
 
