@@ -181,7 +181,7 @@ def _split_weights(body: object) -> dict[str, int] | str:
 
 # The page's files (balancer/static), read once. The page loads nothing else: no CDN, no
 # inline script or style, so the policy below can forbid everything but this origin.
-STATIC = {"status.css": "text/css", "status.js": "text/javascript"}
+STATIC = {"status.css": "text/css", "status.js": "text/javascript", "favicon.svg": "image/svg+xml"}
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
