@@ -30,10 +30,14 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 # Generous: the page refreshes every 2 s, and the machine may be busy.
 WAIT = 30.0
 
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason="chromium and chromium-driver are not installed (scripts/system-packages installs them)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+        reason="chromium and chromium-driver are not installed (scripts/system-packages installs them)",
+    ),
+    # Starting Chromium and a dozen waits of up to WAIT each, on a busy machine.
+    pytest.mark.timeout(300),
+]
 
 
 @pytest.fixture(scope="module")
