@@ -15,7 +15,7 @@ import ssl
 import time
 from typing import Callable
 
-from . import compiled
+from . import compiled, signals
 from .config import Config, ConfigError, ConsulConfig, ListenerConfig, load_config
 from .discovery.consul import ConsulRegistration, ConsulWatch
 from .health import HealthChecker
@@ -76,6 +76,10 @@ class App:
         self.workers = None
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
+        # A reload runs whole or not at all: shutdown waits for one in progress, and none
+        # starts after it (it would re-open listeners or re-register in Consul).
+        self._reload_lock = asyncio.Lock()
+        self._closing = False
         self.started = False
         self._runtime_ref = RuntimeRef(self._compile(config))
         # Listener sockets handed over by a parent process (workers); name -> socket.
@@ -290,7 +294,10 @@ class App:
 
     async def reload(self) -> list[str]:
         """Validate, then swap atomically. Returns the errors (empty on success)."""
-        errors = await self._reload()
+        async with self._reload_lock:
+            if self._closing:
+                return ["shutting down: reload refused"]
+            errors = await self._reload()
         self.stats.reloads["failure" if errors else "success"] += 1
         self.last_reload = ReloadOutcome(time.time(), tuple(errors))
         if not errors:
@@ -434,9 +441,34 @@ class App:
     async def wait_stopped(self) -> None:
         await self._stopping.wait()
 
+    async def start_unless_stopped(self) -> bool:
+        """`start`, given up as soon as a stop is asked (a signal during start-up, say while
+        Consul takes its time to answer the registration). True if it started; else what
+        did start is left for `shutdown` to close, which copes with any part of it."""
+        starting = self.loop.create_task(self.start())
+        stopping = self.loop.create_task(self._stopping.wait())
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if starting.done():
+            starting.result()  # a start that failed (a busy port) says so
+            return True
+        starting.cancel()
+        try:
+            await starting
+        except asyncio.CancelledError:
+            pass
+        log.info("stop asked during start-up")
+        return False
+
+    async def quiesce(self) -> None:
+        """No reload from now on; one in progress is let finish first."""
+        async with self._reload_lock:
+            self._closing = True
+
     async def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests and drain WebSockets for up to
         shutdown_timeout, then close what is left."""
+        await self.quiesce()
         for server in self.listeners.values():
             await server.stop_accepting()
         servers = list(self.listeners.values()) + self.retired
@@ -467,11 +499,13 @@ class App:
         self.runtime.close()
 
     async def serve(self) -> None:
-        """Run until SIGTERM/SIGINT; SIGHUP reloads."""
-        await self.start()
+        """Run until SIGTERM/SIGINT, which end it cleanly from the first moment on (during
+        start-up too); SIGHUP reloads once started."""
         loop = self.loop
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        signals.stop_on_signals(loop, self.request_stop)
+        if not await self.start_unless_stopped():
+            await self.shutdown()
+            return
         if self.role == WORKER:
             loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the control process relays
         else:

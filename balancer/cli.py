@@ -44,12 +44,18 @@ def raise_fd_limit(max_connections: int) -> None:
 
 
 def run(config_path: str) -> int:
+    from . import signals
+
+    signals.note_early()
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return 2
+    if signals.stop_requested():
+        logging.getLogger("balancer").info("stop asked while loading the config: nothing started")
+        return 0
     raise_fd_limit(config.limits.max_connections)
     try:
         if config.workers != 1:

@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Any
 
+from . import signals
 from .app import CONTROL, WORKER, App
 from .config import Address, BackendConfig, Config
 from .metrics import Stats, merge_snapshots
@@ -336,17 +337,19 @@ class Supervisor:
             nonlocal exit_code
             loop = asyncio.get_running_loop()
             app = App(self.config, self.config_path, loop, role=CONTROL, secrets=secrets)
+            # First of all: a stop asked from here on (or before, while forking) ends the
+            # instance cleanly, workers and Consul registration included.
+            signals.stop_on_signals(loop, app.request_stop)
             workers = Workers(handles)
             await workers.start(app)
-            await app.start()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, app.request_stop)
-            loop.add_signal_handler(signal.SIGHUP, lambda: spawn(app.reload_everywhere()))
             watcher = loop.create_task(self._watch_children(handles, app))
-            log.info("balancer ready: %d workers (pids %s)", len(handles),
-                     ", ".join(str(h.pid) for h in handles))
-            await app.wait_stopped()
+            if await app.start_unless_stopped():
+                loop.add_signal_handler(signal.SIGHUP, lambda: spawn(app.reload_everywhere()))
+                log.info("balancer ready: %d workers (pids %s)", len(handles),
+                         ", ".join(str(h.pid) for h in handles))
+                await app.wait_stopped()
             watcher.cancel()
+            await app.quiesce()  # a reload in progress ends first: it could re-register
             await app.leave_consul()  # before the workers stop accepting and drain
             for handle in handles:
                 _signal(handle.pid, signal.SIGTERM)
@@ -375,8 +378,14 @@ class Supervisor:
                     pid, status = handle.pid, 1
                 if pid != 0:
                     handle.alive = False
-                    log.error("worker %d exited unexpectedly (status %d); stopping", handle.pid, status)
-                    self._crashed = True
+                    if status == 0:
+                        # A worker ends cleanly only when told to stop (a SIGTERM sent to the
+                        # whole process group, as systemd does): the instance stops with it.
+                        log.info("worker %d stopped; stopping the instance", handle.pid)
+                    else:
+                        log.error("worker %d exited unexpectedly (status %d); stopping",
+                                  handle.pid, status)
+                        self._crashed = True
                     app.request_stop()
                     return
 

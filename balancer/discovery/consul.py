@@ -415,9 +415,12 @@ class ConsulRegistration:
                 "Timeout": go_duration(min(check.interval, 10.0)),
             },
         }
+        # Known before it is asked for: if the answer never comes (Consul hangs, or the
+        # instance is stopped meanwhile), Consul may still have taken it, so deregister
+        # tries (one that was never made answers 404, which counts as removed).
+        self.service_id = service_id
         # replace-existing-checks: a changed check path replaces the old check, not adds to it.
         await self._put("/v1/agent/service/register?replace-existing-checks=true", payload)
-        self.service_id = service_id
         log.info("consul: registered %r as %r", service, service_id)
 
     async def register_retrying(self, address: str, port: int, admin_url: str) -> None:

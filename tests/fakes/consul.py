@@ -165,6 +165,10 @@ class FakeConsul:
         self._changed = asyncio.Event()
         self._generation = 0  # bumped by a snapshot restore: blocked queries are abandoned
         self._failure: tuple[int, str] | None = None
+        # misbehave(): (how, path prefix, delay); hung requests wait for _released
+        self._misbehaviour: tuple[str, str, float] | None = None
+        self._released = asyncio.Event()
+        self.hung = 0  # requests that got no answer (so far) because of misbehave("hang...")
         self._runner: web.AppRunner | None = None
         self._probe_session: aiohttp.ClientSession | None = None
         self._probes: dict[tuple[str, str], asyncio.Task[None]] = {}  # (service id, check id)
@@ -182,7 +186,7 @@ class FakeConsul:
 
     async def start(self) -> None:
         """Listen on 127.0.0.1: a port chosen by the OS the first time, the same one after."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._misbehaving])
         app.router.add_get("/v1/health/service/{service:.+}", self._health_service)
         app.router.add_put("/v1/agent/service/register", self._agent_register)
         app.router.add_put("/v1/agent/service/deregister/{service_id:.+}", self._agent_deregister)
@@ -304,8 +308,48 @@ class FakeConsul:
         self._failure = (status, body)
         self._wake()
 
+    def misbehave(self, how: str, path: str = "/", delay: float = 0.0) -> None:
+        """Faults other than an error status, for requests whose path starts with `path`,
+        until recover():
+
+        - `hang`: accept the request and never answer (a wedged agent);
+        - `apply_and_hang`: do what was asked, then never answer (the answer is lost: a
+          registration was made though the client never hears so);
+        - `slow`: answer `delay` seconds late;
+        - `garbage`: answer 200 with a body that is not JSON (a proxy's error page, a
+          truncated answer), with an index header as a real answer has.
+        """
+        assert how in ("hang", "apply_and_hang", "slow", "garbage"), how
+        self._misbehaviour = (how, path, delay)
+        self._released.clear()
+        self._wake()
+
     def recover(self) -> None:
         self._failure = None
+        self._misbehaviour = None
+        self._released.set()  # hung requests end (their clients have given up long ago)
+
+    @web.middleware
+    async def _misbehaving(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        fault = self._misbehaviour
+        if fault is None or not request.path.startswith(fault[1]):
+            return await handler(request)
+        how, _, delay = fault
+        if how == "garbage":
+            self._record(request)
+            return web.Response(status=200, text='[{"Node": {"Node": "x", "Addr',
+                                content_type="application/json",
+                                headers=self._query_meta(self._index + 1))
+        if how == "slow":
+            await asyncio.sleep(delay)
+            return await handler(request)
+        if how == "apply_and_hang":
+            await handler(request)
+        else:
+            self._record(request)
+        self.hung += 1
+        await self._released.wait()
+        raise web.HTTPServiceUnavailable(text="released")
 
     def reset_index(self, to: int = 1) -> None:
         """Indexes go backwards, as after restoring an older raft snapshot.
