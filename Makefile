@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PXD := $(shell find balancer -name '*.pxd')
 COMPILED := $(PXD) $(PXD:.pxd=.py)
 
-.PHONY: run test bench check clean system-packages
+.PHONY: run test bench check clean system-packages test-stress
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP) system-packages
 	$(BIN)/python -m pytest
 	@# The same modules, uncompiled: what runs where no C compiler is at hand.
 	BALANCER_PURE_PYTHON=1 $(BIN)/python -m pytest -p no:cacheprovider
+
+# The suite three runs in a row beside four busy loops: shows it holds on a loaded machine.
+test-stress: $(STAMP) system-packages
+	scripts/test-stress
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
