@@ -34,6 +34,8 @@ class Backend:
         self.seen_headers: list[dict[str, str]] = []
         self.bodies: list[bytes] = []
         self.hang_seconds = 30.0
+        self.ws_sent = 0  # bytes /ws/flood/<size> has handed to its socket so far
+        self.ws_open = 0  # WebSockets open right now
         self._runner: web.AppRunner | None = None
 
     @property
@@ -124,9 +126,20 @@ class Backend:
         self.requests[("WS", request.path)] += 1
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        async for message in ws:
-            if message.type == WSMsgType.TEXT:
-                await ws.send_str(f"{self.name}:{message.data}")
-            elif message.type == WSMsgType.BINARY:
-                await ws.send_bytes(message.data)
+        self.ws_open += 1
+        try:
+            if request.path.startswith("/ws/flood/"):
+                # Push `size` bytes as fast as the connection takes them, 64 KiB a message.
+                size = int(request.path.rsplit("/", 1)[1])
+                piece = b"x" * 65536
+                while self.ws_sent < size:
+                    await ws.send_bytes(piece)  # waits while the socket's buffer is full
+                    self.ws_sent += len(piece)
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    await ws.send_str(f"{self.name}:{message.data}")
+                elif message.type == WSMsgType.BINARY:
+                    await ws.send_bytes(message.data)
+        finally:
+            self.ws_open -= 1
         return ws
