@@ -65,11 +65,7 @@ class Instance:
 
     def children(self) -> list[int]:
         """The instance's worker processes (its direct children), as the kernel lists them."""
-        try:
-            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        except FileNotFoundError:
-            return []
-        return [int(pid) for pid in text.split()]
+        return children_of(self.pid)
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
@@ -85,6 +81,14 @@ class Instance:
             await self.proc.wait()
 
 
+def children_of(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(child) for child in text.split()]
+
+
 def alive(pid: int) -> bool:
     """Is `pid` a process that has not ended (a zombie has ended)?"""
     try:
@@ -92,3 +96,30 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def socket_owner(local_port: int, remote_port: int, pids: list[int]) -> int | None:
+    """Which of `pids` holds the TCP socket 127.0.0.1:local_port <-> 127.0.0.1:remote_port
+    (the kernel's /proc/net/tcp gives the socket's inode, /proc/PID/fd who holds it)."""
+    want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == want:
+            inode = fields[9]
+            break
+    if inode is None:
+        return None
+    link = f"socket:[{inode}]"
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        try:
+            for fd in fd_dir.iterdir():
+                try:
+                    if os.readlink(fd) == link:
+                        return pid
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return None

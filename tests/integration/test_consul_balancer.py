@@ -280,7 +280,7 @@ async def test_instance_leaving_the_catalog_is_drained_not_cut(start_balancer, b
     lb = await start_discovered(
         start_balancer, client, consul, {"gone", "sick", "maint", "quiet", "stays"},
         pool_extra=f"sticky: {{cookie: {COOKIE}, ttl: 1h, secret_env: STICKY_SECRET}}\n"
-                   "drain_timeout: 1500ms")
+                   "drain_timeout: 6s")
     players = [await pin_player(client, lb, b) for b in (gone, sick, maint)]
     # A player between two rounds: nothing open on its backend, only the cookie.
     between_rounds = await sticky_cookie_for(client, lb, quiet)
@@ -315,11 +315,11 @@ async def test_instance_leaving_the_catalog_is_drained_not_cut(start_balancer, b
     for _ in range(3):
         back = await get(client, lb, cookie=between_rounds)
         assert (back.status, back.backend, back.set_cookie) == (200, "quiet", None)
-    assert time.monotonic() - left_at < 1.5, "the checks above must run within drain_timeout"
+    assert time.monotonic() - left_at < 6, "the checks above must run within drain_timeout"
 
     # When drain_timeout runs out the WebSockets are closed and the leavers are gone.
     for player in players:
-        message = await player.ws.receive(timeout=SETTLE)
+        message = await player.ws.receive(timeout=SETTLE + 6)
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
                                 aiohttp.WSMsgType.CLOSING)
     await wait_for_ids(client, lb, {"stays"})

@@ -94,6 +94,20 @@ def expected_answers(outcome: Outcome) -> int:
     return sum(1 for r in outcome.recorder.requests if r.ended or r.head.upgrade is not None)
 
 
+def answers_due(outcome: Outcome) -> int:
+    """How many final answers the stream gets: one per request read whole, until one that
+    does not keep the connection (HTTP/1.0 without keep-alive, `Connection: close`, an
+    upgrade), plus the refusal of a bad request that comes while the connection is open."""
+    due = 0
+    for request in outcome.recorder.requests:
+        if not (request.ended or request.head.upgrade is not None):
+            break
+        due += 1
+        if not request.head.keep_alive or request.head.upgrade is not None:
+            return due
+    return due + (outcome.error is not None)
+
+
 def exchange(port: int, pieces: list[bytes], heads: list[bool], want: int,
              wait_for_close: bool) -> tuple[list[Answer], bool]:
     """Send the pieces, read until the balancer closes, or (unless `wait_for_close`) until
@@ -148,6 +162,10 @@ def test_every_answer_is_valid_http_or_a_close(balancer, case):
                                wait_for_close=oracle.error is not None)
     if oracle.error is not None:
         assert closed, "a refused stream must end with the balancer closing"
+    # Every request read whole is answered, in order, up to one that ends the connection, and
+    # then the refusal if there is one: no fewer (a lost answer), no more (a smuggled one).
+    finals = [a.status for a in answers if a.status >= 200]
+    assert len(finals) == answers_due(oracle), finals
     for answer in answers:  # 501 is the balancer refusing a method or coding; no other 5xx
         assert answer.status < 500 or answer.status == 501, (answer.status, answer.body[:200])
     time.sleep(0.005)  # let a smuggled request, if any, reach the backend

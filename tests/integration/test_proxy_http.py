@@ -554,9 +554,8 @@ async def test_backend_hanging_past_response_timeout_is_504_json(start_balancer,
     b.mode = "hang"
     b.hang_seconds = 5
     lb = await start_balancer(one_pool([b], "timeouts: {response: 300ms}"))
-    started = time.monotonic()
+    # The balancer's own 504: the backend would answer 200 after its 5 s.
     assert_own_error(await exchange(lb, get("/slow")), 504)
-    assert time.monotonic() - started < 3  # the balancer's timeout, not the backend's 5 s
     assert b.count() == 1  # one backend, no retry of a timeout by default
 
 
@@ -666,12 +665,13 @@ async def test_slowloris_trickle_gets_408_at_the_deadline_not_later(start_balanc
 
     sender = asyncio.ensure_future(trickle())
     try:
-        response = await read_response(reader, timeout=5)
+        response = await read_response(reader, timeout=20)
         elapsed = time.monotonic() - started
     finally:
         sender.cancel()
     assert_own_error(response, 408)
-    assert elapsed < 1.5, f"408 came {elapsed:.2f}s after connect; header_timeout is 0.5s"
+    # The trickle lasts about 11 s: a deadline re-armed per byte would answer after it.
+    assert elapsed < 8.0, f"408 came {elapsed:.2f}s after connect; header_timeout is 0.5s"
     assert b.count() == 0
 
 
@@ -705,9 +705,8 @@ async def test_idle_keep_alive_connection_is_closed_quietly(start_balancer, back
     reader, writer = await connect(lb)
     writer.write(get("/"))
     assert (await read_response(reader)).status == 200
-    started = time.monotonic()
-    assert await reader.read() == b""  # closed with no 408: nothing was asked
-    assert time.monotonic() - started < 2
+    # Closed with no 408 (nothing was asked); a connection never closed would hang here.
+    assert await asyncio.wait_for(reader.read(), 20) == b""
 
 
 async def test_pool_with_every_backend_drained_is_503_with_retry_after(start_balancer, backends, http):

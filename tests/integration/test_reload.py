@@ -1,12 +1,14 @@
 """Hot reload: validate first, swap atomically, keep backend state, never cut a connection."""
 
 import asyncio
-import os
 import signal
 
 import aiohttp
+import pytest
 
-from tests.conftest import pool_yaml
+from tests.conftest import balancer_yaml, pool_yaml
+from tests.fakes.backends import free_port
+from tests.instance import PATIENCE, Instance
 
 
 def config(bs, route_prefix: str = "/", extra_route: str = "") -> str:
@@ -74,61 +76,113 @@ async def test_backend_removed_by_reload_drains_its_websocket(start_balancer, ba
 
 
 async def test_reload_under_load_with_websockets_open(start_balancer, backends, http):
-    """Zero failed requests, zero closed sockets while reloading repeatedly."""
-    bs = await backends(2)
-    lb = await start_balancer(config(bs))
+    """Zero failed requests, zero closed sockets while reloading repeatedly, each reload
+    changing routes, pools and listeners, each change seen to take effect."""
+    b1, b2, b3 = await backends(3)
+
+    def generation(i: int) -> str:
+        # Odd generations: a route /api/ to a second pool, b3 also in pool web, and a second
+        # listener; even ones: none of that.
+        odd = i % 2 == 1
+        lines = ["routes:"]
+        if odd:
+            lines.append('  - {name: api, pool: extra, match: {path_prefix: "/api/"}}')
+        lines += ["  - {name: all, pool: web}", "pools:",
+                  f"  web: {{backends: {pool_yaml([b1, b2, b3] if odd else [b1, b2])}}}"]
+        if odd:
+            lines.append(f"  extra: {{backends: {pool_yaml([b3])}}}")
+        listeners = "listeners:\n  - {name: public, address: 127.0.0.1:0}\n"
+        if odd:
+            listeners += "  - {name: second, address: 127.0.0.1:0}\n"
+        return balancer_yaml("\n".join(lines) + "\n", listeners=listeners)
+
+    lb = await start_balancer(generation(0), raw=True)
     sockets = [await http.ws_connect(lb.url + f"/ws/{i}") for i in range(10)]
-    failures = 0
+    failures: list[str] = []
     done = 0
     stop = asyncio.Event()
 
     async def player() -> None:
-        nonlocal failures, done
+        nonlocal done
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
                 try:
                     async with session.get(lb.url + "/spin") as resp:
                         await resp.read()
                         if resp.status != 200:
-                            failures += 1
-                except aiohttp.ClientError:
-                    failures += 1
+                            failures.append(str(resp.status))
+                except aiohttp.ClientError as exc:
+                    failures.append(repr(exc))
                 done += 1
 
     players = [asyncio.create_task(player()) for _ in range(8)]
-    for i in range(6):
-        prefix = "/" if i % 2 == 0 else ""
-        assert await lb.reload_with(config(bs, route_prefix=prefix or "/")) == []
-        await asyncio.sleep(0.15)
+    for i in range(1, 7):
+        assert await lb.reload_with(generation(i), raw=True) == []
+        # The change is in force: /api/ goes to the extra pool (b3) or to web (b1/b2), and
+        # the second listener answers, or is gone.
+        async with http.get(lb.url + "/api/x") as resp:
+            assert resp.status == 200
+            assert (resp.headers["X-Backend"] == "b3") == (i % 2 == 1)
+        if i % 2:
+            async with http.get(f"http://127.0.0.1:{lb.port('second')}/spin") as resp:
+                assert resp.status == 200
+        else:
+            assert "second" not in lb.app.listeners
+            assert set(lb.app.pools) == {"web"}
     stop.set()
     await asyncio.gather(*players)
     for i, ws in enumerate(sockets):
         await ws.send_str(f"m{i}")
-        assert (await ws.receive_str(timeout=2)).endswith(f":m{i}")
+        assert (await ws.receive_str(timeout=PATIENCE)).endswith(f":m{i}")
         assert not ws.closed
         await ws.close()
-    print(f"reload under load: {done} requests, {failures} failed, 10 websockets kept")
-    assert done > 50 and failures == 0
+    print(f"reload under load: {done} requests, {len(failures)} failed, 10 websockets kept")
+    assert failures == [] and done > 50
 
 
-async def test_sighup_reloads(start_balancer, backends, http):
-    """The running app reacts to SIGHUP the way `serve()` wires it."""
-    bs = await backends(1)
-    lb = await start_balancer(config(bs))
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(lb.app.reload_everywhere()))
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_reloads_the_real_process(backends, tmp_path, workers):
+    """`balancer run` reloads on SIGHUP: the signal goes to the process, as an operator's
+    `systemctl reload` sends it; with workers, every worker takes the new config."""
+    b1, b2 = await backends(2)
+    port = free_port()
+    path = tmp_path / "balancer.yaml"
+
+    def text(extra_route: str = "") -> str:
+        return balancer_yaml(f"""
+            workers: {workers}
+            routes:
+            {extra_route}
+              - {{name: all, pool: web}}
+            pools:
+              web:
+                backends: {pool_yaml([b1])}
+              hup:
+                backends: {pool_yaml([b2])}
+            """, listeners=f"listeners:\n  - {{name: public, address: '127.0.0.1:{port}'}}\n")
+    path.write_text(text())
+    instance = await Instance.launch(path)
     try:
-        from tests.conftest import balancer_yaml
-
-        lb.path.write_text(balancer_yaml(config(bs, extra_route='          - {name: hup, pool: web, match: {path_prefix: "/hup"}}')))
-        os.kill(os.getpid(), signal.SIGHUP)
-        for _ in range(40):
-            if any(r.name == "hup" for r in lb.app.runtime.routes.routes):
-                break
-            await asyncio.sleep(0.05)
-        assert any(r.name == "hup" for r in lb.app.runtime.routes.routes)
+        await instance.logged("balancer ready: 2 workers" if workers == 2 else "balancer ready")
+        url = f"http://127.0.0.1:{port}/hup/x"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as resp:
+                assert resp.headers["X-Backend"] == "b1"
+            path.write_text(text('  - {name: hup, pool: hup, match: {path_prefix: "/hup/"}}'))
+            instance.signal(signal.SIGHUP)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + PATIENCE
+            while instance.log.count("config reloaded") < workers + (1 if workers == 2 else 0):
+                assert loop.time() < deadline, instance.log
+                await asyncio.sleep(0.05)
+            for _ in range(20):  # fresh connections: with workers, both are asked
+                async with aiohttp.ClientSession() as fresh:
+                    async with fresh.get(url) as resp:
+                        assert resp.headers["X-Backend"] == "b2"
+        instance.signal(signal.SIGTERM)
+        assert await instance.exit_code() == 0
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
+        await instance.kill()
 
 
 async def test_listeners_added_and_removed_without_cutting_connections(start_balancer, backends):

@@ -33,8 +33,9 @@ async def test_shutdown_waits_for_websockets_then_closes_them(start_balancer, ba
     assert await ws.receive_str(timeout=2) == "b1:b"
     message = await ws.receive(timeout=3)  # shutdown_timeout passes: closed
     assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
-    await asyncio.wait_for(shutdown, 3)
-    assert 0.9 < time.monotonic() - started < 3
+    await asyncio.wait_for(shutdown, 10)
+    # It waited for shutdown_timeout, and then did not wait for ever (honest margin above it).
+    assert 0.9 < time.monotonic() - started < 10
 
 
 async def test_shutdown_finishes_early_when_websockets_end(start_balancer, backends, http):

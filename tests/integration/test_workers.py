@@ -11,6 +11,8 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import pool_yaml
+from tests.fakes.rawhttp import read_response
+from tests.instance import children_of, socket_owner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,11 +59,18 @@ async def test_two_workers_serve_sum_metrics_and_share_admin_actions(backends, t
     url = f"http://127.0.0.1:{port}"
     try:
         total = 60
-        # Fresh connections each time, so the kernel spreads them over both workers.
+        # Fresh connections each time, so the kernel spreads them over both workers. Each is
+        # held open until it is known which worker accepted it.
+        workers = children_of(proc.pid)
+        assert len(workers) == 2
+        took: set[int] = set()
         for _ in range(total):
-            async with aiohttp.ClientSession() as session:
-                async with session.get(url + "/") as resp:
-                    assert resp.status == 200
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert (await read_response(reader)).status == 200
+            took.add(socket_owner(port, writer.get_extra_info("sockname")[1], workers))
+            writer.close()
+        assert took == set(workers)  # both workers took connections
         async with aiohttp.ClientSession() as session:
             async with session.get(admin + "/metrics") as resp:
                 text = await resp.text()
