@@ -84,6 +84,9 @@ class App:
         self._runtime_ref = RuntimeRef(self._compile(config))
         # Listener sockets handed over by a parent process (workers); name -> socket.
         self.inherited_sockets: dict = {}
+        # Control process: where its workers' listeners were bound at start,
+        # name -> (configured address, bound port), for the status page.
+        self.worker_listeners: dict = {}
 
     # -- building -------------------------------------------------------------------------
 

@@ -162,8 +162,11 @@ def listeners_doc(app: App) -> list[dict]:
     out = []
     for listener in app.config.listeners:
         server = app.listeners.get(listener.name)
-        # Workers own the sockets: the control process knows the configured port only.
-        port = server.port if server is not None else listener.address.port
+        if server is not None:
+            port = server.port
+        else:  # workers own the sockets: where they were bound, unless a reload moved it
+            configured, bound = app.worker_listeners.get(listener.name, (None, 0))
+            port = bound if configured == listener.address else listener.address.port
         host = listener.address.host
         out.append({
             "name": listener.name,
@@ -202,7 +205,7 @@ def pools_doc(app: App) -> list[dict]:
                     "ok": check.ok, "detail": check.detail, "at": check.at},
             })
         out.append({"name": name, "eligible_backends": eligible, "panic": panic,
-                    "window_seconds": round(app.recent.window(), 1), "backends": backends})
+                    "window_seconds": app.recent.window(), "backends": backends})
     return out
 
 

@@ -304,6 +304,9 @@ class Supervisor:
                 os._exit(code)
             child_end.close()
             handles.append(WorkerHandle(pid, parent_end))
+        # What the control process reports for listeners it does not hold (port 0 resolved).
+        self.bound = {listener.name: (listener.address, sockets[listener.name][0].getsockname()[1])
+                      for listener in self.config.listeners}
         for group in sockets.values():
             for sock in group:
                 sock.close()
@@ -340,6 +343,7 @@ class Supervisor:
             # First of all: a stop asked from here on (or before, while forking) ends the
             # instance cleanly, workers and Consul registration included.
             signals.stop_on_signals(loop, app.request_stop)
+            app.worker_listeners = self.bound
             workers = Workers(handles)
             await workers.start(app)
             watcher = loop.create_task(self._watch_children(handles, app))
