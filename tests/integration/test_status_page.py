@@ -47,7 +47,7 @@ def driver():
     options.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1400,1000", f"--user-data-dir={profile}"):
+                "--no-first-run", "--window-size=1400,2000", f"--user-data-dir={profile}"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
@@ -124,27 +124,39 @@ async def admin_state(http: aiohttp.ClientSession, lb: Running, pool: str, backe
     return found["state"]
 
 
-async def two_pools(start_balancer, backends, admin: str = "") -> tuple[Running, list]:
+async def two_pools(start_balancer, backends, admin: str = "", top: str = "",
+                    more_pools: str = "") -> tuple[Running, list]:
+    """Pools `games` (health-checked, slow start) and `lobby`, and one-line YAML extras: `admin`
+    keys, a `top` section, `more_pools`."""
     g1, g2, lobby = await backends(("g1", "eu-west"), ("g2", "eu-south"), ("lobby-1", "eu-west"))
     lb = await start_balancer(f"""
         admin:
           address: 127.0.0.1:0
           {admin}
+        {top}
         routes:
           - {{name: lobby, match: {{path_prefix: /lobby}}, pool: lobby}}
           - {{name: games, pool: games}}
         pools:
           games:
             backends: {pool_yaml([g1, g2])}
-            health_check: {{path: /health, interval: 0.2s, timeout: 1s}}
+            health_check: {{path: /health, interval: 0.2s, timeout: 1s, unhealthy_threshold: 1}}
+            slow_start: 60s
           lobby:
             backends: {pool_yaml([lobby])}
+          {more_pools}
         """)
     return lb, [g1, g2, lobby]
 
 
-async def test_the_page_shows_the_balancer_and_drains_with_its_button(start_balancer, backends, http, driver):
-    lb, _ = await two_pools(start_balancer, backends)
+async def test_the_page_shows_the_balancer_and_drains_with_its_button(start_balancer, backends, http, driver,
+                                                                     consul):
+    (t1,) = await backends("t1")
+    consul.add_instance("tables", "t1", address="127.0.0.1", port=t1.port)
+    lb, (_, g2, _) = await two_pools(
+        start_balancer, backends,
+        top=f"consul: {{address: {consul.address}, wait: 1s}}",
+        more_pools="tables: {discovery: {consul: {service: tables}}}")
     for path in ("/lobby", "/game", "/game", "/game"):
         async with http.get(lb.url + path) as resp:
             assert resp.status == 200
@@ -166,7 +178,10 @@ async def test_the_page_shows_the_balancer_and_drains_with_its_button(start_bala
     await page.shows(cell("lobby", "lobby-1", "errors"), "0.0%")
     assert await page.text(cell("lobby", "lobby-1", "check")) == "–"  # no health_check there
     assert await page.text('section.pool[data-pool="games"] .eligible') == "2 eligible"
-    assert "No pool takes its backends from Consul" in await page.text("body")
+    await page.shows(cell("tables", "t1", "state"), "healthy")
+    assert "consul" in await page.text('section.pool[data-pool="tables"] tr[data-backend="t1"]')
+    await page.shows('#consul tr[data-key="tables"]', "ago")
+    assert "none" in await page.text('#consul tr[data-key="tables"]')
 
     # Drain g1 with its button: the page and the API agree.
     await page.click(button("games", "g1"))
@@ -182,6 +197,20 @@ async def test_the_page_shows_the_balancer_and_drains_with_its_button(start_bala
     await page.click(button("games", "g1"))
     await page.shows(cell("games", "g1", "state"), "healthy")
     assert await admin_state(http, lb, "games", "g1") == "healthy"
+
+    # A backend that stops answering its health checks, then comes back ramping up.
+    await g2.stop()
+    await page.shows(cell("games", "g2", "state"), "unhealthy")
+    await page.shows(cell("games", "g2", "check"), "failed: ")
+    await g2.start()
+    await page.shows(cell("games", "g2", "state"), "slow start")
+    assert " of 1" in await page.text(f'section.pool[data-pool="games"] tr[data-backend="g2"]')
+
+    # Consul unreachable: the outage shows, and when it began.
+    consul.fail()
+    await page.shows('#consul tr[data-key="tables"]', "unreachable for")
+    await page.screenshot("status-page-outage.png")
+    consul.recover()
 
     # A refused reload shows as failed, with its error.
     lb.path.write_text(lb.path.read_text().replace("pools:", "pools:\n  broken: 1\n", 1))
