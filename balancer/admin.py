@@ -79,6 +79,11 @@ class AdminServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD") and not _same_origin(request):
+            # A web page elsewhere must not drain or reload through an operator's browser
+            # (a plain cross-site POST needs no CORS preflight). Browsers send Origin on such
+            # requests; curl and scripts send none and are not concerned.
+            return web.json_response({"error": "cross-origin request refused"}, status=403)
         if request.path.startswith("/admin"):
             token = os.environ.get(self.app.config.admin.token_env)
             if token:
@@ -195,6 +200,14 @@ PAGE_HEADERS = {
 }
 NO_STORE = {"Cache-Control": "no-store"}
 _files: dict[str, bytes] = {}
+
+
+def _same_origin(request: web.Request) -> bool:
+    """No Origin header (not a browser), or the admin listener's own origin."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return origin == f"{request.scheme}://{request.host}"
 
 
 def _static_response(name: str) -> web.Response:

@@ -207,3 +207,29 @@ async def test_with_two_workers_status_sums_them_and_knows_their_port(backends, 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_a_cross_origin_post_cannot_drain_through_a_browser(start_balancer, backends, http):
+    """Without a token, a page elsewhere could otherwise POST to the admin listener through
+    the operator's browser (no CORS preflight for a plain POST)."""
+    (b,) = await backends(1)
+    lb = await start_balancer(f"""
+        routes:
+          - {{name: all, pool: web}}
+        pools:
+          web:
+            backends: {pool_yaml([b])}
+        """)
+    drain = lb.admin_url + "/admin/pools/web/backends/b1/drain"
+    for origin in ("http://casino-phish.example", "null", lb.admin_url.replace("127.0.0.1", "localhost")):
+        async with http.post(drain, headers={"Origin": origin}) as resp:
+            assert resp.status == 403 and (await resp.json())["error"] == "cross-origin request refused"
+        async with http.post(lb.admin_url + "/admin/reload", headers={"Origin": origin}) as resp:
+            assert resp.status == 403
+    assert backend(await status(http, lb.admin_url), "web", "b1")["state"] == "healthy"
+    assert lb.app.last_reload is None
+    # The page's own origin, and a script without any Origin, may.
+    async with http.post(drain, headers={"Origin": lb.admin_url}) as resp:
+        assert resp.status == 200
+    async with http.post(lb.admin_url + "/admin/pools/web/backends/b1/undrain") as resp:
+        assert resp.status == 200
