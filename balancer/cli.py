@@ -8,11 +8,12 @@ import logging
 import sys
 
 from .config import ConfigError, check_main, load_config
+from .log_format import TEXT_FORMAT, use_log_format
 
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        format=TEXT_FORMAT, stream=sys.stderr)
 
 
 def _event_loop_policy() -> None:
@@ -53,6 +54,7 @@ def run(config_path: str) -> int:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return 2
+    use_log_format(config.log_format)
     if signals.stop_requested():
         logging.getLogger("balancer").info("stop asked while loading the config: nothing started")
         return 0

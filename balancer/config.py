@@ -266,6 +266,16 @@ class PoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    # stdout, stderr, an absolute file path, udp://host:port or unix:///path (syslog)
+    path: str = "stdout"
+    format: Literal["json", "combined"] = "json"
+    sample: float = 1.0  # share of ok 1xx-4xx lines written; the others always are
+    min_duration: float = 0.0  # seconds; ok lines faster than this are not written
+    client_ip: Literal["full", "truncated"] = "full"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listeners: tuple[ListenerConfig, ...]
     routes: tuple[RouteConfig, ...]
@@ -277,6 +287,8 @@ class Config:
     limits: Limits = Limits()
     geo: GeoConfig | None = None
     consul: ConsulConfig | None = None
+    access_log: AccessLogConfig | None = None  # None: no access log
+    log_format: Literal["text", "json"] = "text"  # the balancer's own log
     source: str = "<memory>"
 
 
@@ -887,6 +899,8 @@ def _config(s: _Section, source: str) -> Config:
     limits = s.take("limits", _mapping(_limits), Limits())
     geo = s.take("geo", _mapping(_geo), None)
     consul = s.take("consul", _mapping(_consul), None)
+    access_log = s.take("access_log", _mapping(_access_log), None)
+    log_format = s.take("log_format", _scalar(_choice("text", "json")), "text")
     routes = s.take("routes", _list_of(_mapping(_route), non_empty=True, unique="name"))
     pools = s.take("pools", _pools)
     _check_split_cookies(s, routes or (), pools or {})
@@ -895,7 +909,7 @@ def _config(s: _Section, source: str) -> Config:
     return Config(
         listeners=listeners, routes=routes, pools=pools, admin=admin, workers=workers,
         shutdown_timeout=shutdown_timeout, trusted_proxies=trusted_proxies, limits=limits,
-        geo=geo, consul=consul, source=source,
+        geo=geo, consul=consul, access_log=access_log, log_format=log_format, source=source,
     )
 
 
@@ -1032,6 +1046,50 @@ def _check_geo(
     for region, targets in fallback.items():
         if region in targets:
             s.error(f"fallback.{region}", "a region cannot fall back to itself")
+
+
+def _access_log(s: _Section) -> AccessLogConfig:
+    d = AccessLogConfig()
+    return AccessLogConfig(
+        path=s.take("path", _log_path, d.path),
+        format=s.take("format", _scalar(_choice("json", "combined")), d.format),
+        sample=s.take("sample", _scalar(_share), d.sample),
+        min_duration=s.take("min_duration", _scalar(_duration(allow_zero=True)), d.min_duration),
+        client_ip=s.take("client_ip", _scalar(_choice("full", "truncated")), d.client_ip),
+    )
+
+
+def _share(raw: object) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= 1:
+        raise _Invalid(f"expected a number from 0 to 1, got {show_value(raw)}")
+    return float(raw)
+
+
+def _log_path(raw: object, path: str, ctx: _Context) -> str:
+    """stdout, stderr, udp://host:port, unix:///path, or a file (relative ones against the
+    config file's folder, returned absolute) in a folder that exists and may be written."""
+    text = _string(raw)
+    if text in ("stdout", "stderr"):
+        return text
+    if text.startswith("udp://"):
+        _address(allow_port_zero=False)(text[len("udp://"):])
+        return text
+    if text.startswith("unix://"):
+        socket_path = text[len("unix://"):]
+        if not socket_path.startswith("/"):
+            raise _Invalid(f"expected unix:///absolute/path, got {show_value(raw)}")
+        return text
+    if "://" in text:
+        raise _Invalid(f"expected stdout, stderr, a file path, udp://host:port or unix:///path; got {show_value(raw)}")
+    name = os.path.abspath(os.path.join(ctx.base_dir, os.path.expanduser(text)))
+    folder = os.path.dirname(name)
+    if os.path.isdir(name):
+        raise _Invalid(f"is a directory: {name}")
+    if not os.path.isdir(folder):
+        raise _Invalid(f"no such directory: {folder}")
+    if not os.access(folder if not os.path.exists(name) else name, os.W_OK):
+        raise _Invalid(f"not writable: {name if os.path.exists(name) else folder}")
+    return name
 
 
 def _consul(s: _Section) -> ConsulConfig:
