@@ -16,6 +16,7 @@ cdef class Stats:
     cdef dict _lines
     cdef public dict durations, backend_durations, rejected, connections, reloads
     cdef public dict connection_limit_reached, mirrored
+    cdef public object access_log
 
     @cython.locals(bucket=Py_ssize_t, bound=double, hist=list, line=RequestLine)
     cpdef request(self, str route, str pool, str backend, bytes method, int code, double seconds)

@@ -43,11 +43,22 @@ class RequestLine:
         self.backend_hist = backend_hist
 
 
+class LogCounts:
+    """Access-log lines written and dropped: what an AccessLog counts (its `lines` and
+    `dropped`), summed over workers."""
+
+    __slots__ = ("lines", "dropped")
+
+    def __init__(self, lines: int = 0, dropped: int = 0) -> None:
+        self.lines = lines
+        self.dropped = dropped
+
+
 class Stats:
     """Per-process request counters, bumped on the request path."""
 
     __slots__ = ("_lines", "durations", "backend_durations", "rejected", "connections",
-                 "reloads", "connection_limit_reached", "mirrored")
+                 "reloads", "connection_limit_reached", "mirrored", "access_log")
 
     def __init__(self) -> None:
         # (route, pool, backend, method bytes, code) -> its counters
@@ -62,6 +73,8 @@ class Stats:
         self.connection_limit_reached: dict[str, int] = {}
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
         self.mirrored: dict[tuple[str, str, str], int] = {}  # (route, pool, result) -> copies
+        # The process's AccessLog (balancer/access_log.py), or LogCounts summed over workers.
+        self.access_log: LogCounts = LogCounts()
 
     @property
     def requests(self) -> dict[tuple[str, str, str, bytes, int], int]:
@@ -128,6 +141,7 @@ class Stats:
             "connections": self.connections,
             "connection_limit_reached": self.connection_limit_reached,
             "reloads": self.reloads,
+            "access_log": [self.access_log.lines, self.access_log.dropped],
         }
 
 
@@ -145,6 +159,9 @@ def merge_snapshots(snapshots: Iterable[dict]) -> Stats:
             total.rejected[(listener, reason)] = total.rejected.get((listener, reason), 0) + value
         for route, pool, result, value in snap["mirrored"]:
             total.mirrored[(route, pool, result)] = total.mirrored.get((route, pool, result), 0) + value
+        lines, dropped = snap["access_log"]
+        total.access_log.lines += lines
+        total.access_log.dropped += dropped
         for name in ("connections", "connection_limit_reached", "reloads"):
             mine_d = getattr(total, name)
             for key, value in snap[name].items():
@@ -204,6 +221,11 @@ class BalancerCollector(Collector):
         for (route, pool, result), value in stats.mirrored.items():
             mirrored.add_metric([route, pool, result], value)
         yield mirrored
+        yield CounterMetricFamily("balancer_access_log_lines", "Access-log lines written.",
+                                  value=stats.access_log.lines)
+        yield CounterMetricFamily("balancer_access_log_dropped",
+                                  "Access-log lines dropped: the sink could not keep up or failed.",
+                                  value=stats.access_log.dropped)
         reloads = CounterMetricFamily("balancer_config_reloads", "Config reloads.", labels=["result"])
         for result, value in stats.reloads.items():
             reloads.add_metric([result], value)

@@ -1,0 +1,441 @@
+"""The access log: one line per request and per WebSocket (at its close), for operators and
+auditors (docs/configuration.md `access_log`, docs/operations.md).
+
+An exchange records its end in one place (`Exchange._ended(outcome)`, balancer/http/exchange.py),
+which hands it here with an explicit `outcome` (OUTCOMES). Only when the line is wanted
+(`sample`, `min_duration`) is an `AccessRecord` filled from it and formatted: the request path
+pays for what is written, and for a sampled-out request only the decision. A request refused
+before it became an exchange (a malformed head) fills a record itself (`AccessRecord.refused`).
+
+Lines wait in a list and leave in batches for the writer thread (balancer/log_sink.py): the
+event loop never writes. At most MAX_PENDING bytes may wait; past that a line is dropped and
+counted (balancer_access_log_dropped_total), so a sink that cannot keep up costs lines, never
+requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from json.encoder import encode_basestring_ascii as _json_string
+from random import random
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+from .addresses import parse_ip
+from .config import AccessLogConfig
+from .log_sink import LogWriter
+
+if TYPE_CHECKING:
+    from .http.client_side import ClientConnection
+    from .http.exchange import Exchange
+
+# Why an exchange ended, like HAProxy's termination state or Envoy's response flags.
+# docs/configuration.md lists them with their statuses; this is the one list.
+OK = "ok"  # the backend's answer relayed whole (whatever its status)
+NO_ROUTE = "no_route"  # 404: no route matches
+GEO_BLOCKED = "geo_blocked"  # 451: a blocked country (geo.blocked_countries or a plugin)
+PINNED_UNAVAILABLE = "pinned_unavailable"  # 503: a pinned country, no backend in its region
+STICKY_UNAVAILABLE = "sticky_unavailable"  # 503: sticky on_failure: fail, the player's backend is down
+NO_BACKEND = "no_backend"  # 503: no eligible backend
+RATE_LIMITED = "rate_limited"  # 429 from a plugin
+PLUGIN_ANSWER = "plugin_answer"  # another answer a plugin gave itself (403, a redirect...)
+PLUGIN_ERROR = "plugin_error"  # 500: a plugin raised
+UPSTREAM_CONNECT_FAILURE = "upstream_connect_failure"  # 502: no backend connection
+UPSTREAM_RESET = "upstream_reset"  # 502, or a response cut: the backend closed or reset
+UPSTREAM_TIMEOUT = "upstream_timeout"  # 504, or a response cut: timeouts.response ran out
+UPSTREAM_PROTOCOL_ERROR = "upstream_protocol_error"  # 502, or a response cut: not HTTP/1.1
+CLIENT_CLOSED = "client_closed"  # the player left before the end (499 if before the answer)
+CLIENT_TIMEOUT = "client_timeout"  # 408: head or body too slow
+BAD_REQUEST = "bad_request"  # 400, 411, 417, 501, 505: a request the balancer refuses
+TOO_LARGE = "too_large"  # 413, 414, 431
+WEBSOCKET_CLOSED = "websocket_closed"  # 101: a WebSocket ended (either side, idle or drain)
+
+OUTCOMES = (
+    OK, NO_ROUTE, GEO_BLOCKED, PINNED_UNAVAILABLE, STICKY_UNAVAILABLE, NO_BACKEND, RATE_LIMITED,
+    PLUGIN_ANSWER, PLUGIN_ERROR, UPSTREAM_CONNECT_FAILURE, UPSTREAM_RESET, UPSTREAM_TIMEOUT,
+    UPSTREAM_PROTOCOL_ERROR, CLIENT_CLOSED, CLIENT_TIMEOUT, BAD_REQUEST, TOO_LARGE,
+    WEBSOCKET_CLOSED,
+)
+# Outcomes that `sample` and `min_duration` apply to (with a status below 500); every other
+# line is always written: the balancer's own answers and failures are what audits look for.
+_SAMPLED = frozenset({OK, WEBSOCKET_CLOSED})
+
+# The balancer's own error answers, by status (exchange.reply and the request reader).
+STATUS_OUTCOME = {
+    400: BAD_REQUEST, 411: BAD_REQUEST, 417: BAD_REQUEST, 501: BAD_REQUEST, 505: BAD_REQUEST,
+    413: TOO_LARGE, 414: TOO_LARGE, 431: TOO_LARGE, 408: CLIENT_TIMEOUT, 404: NO_ROUTE,
+    451: GEO_BLOCKED, 429: RATE_LIMITED, 500: PLUGIN_ERROR, 503: NO_BACKEND,
+}
+
+# Lines wait for the writer thread up to this many bytes (per process); past that they are dropped.
+MAX_PENDING = 1024 * 1024
+# A batch leaves when it is this big, or FLUSH_DELAY after its first line.
+BATCH_BYTES = 32 * 1024
+FLUSH_DELAY = 0.1
+# Values from the request are cut to these lengths (in characters, "..." appended), and once
+# more to the short ones if a line would still exceed LINE_MAX: a line then always fits one
+# atomic pipe write (PIPE_BUF, 4096 on Linux), so workers never interleave on stdout.
+LONG = (1024, 1024, 256, 256)  # path, query, user agent, referer
+SHORT = (128, 128, 64, 64)
+LINE_MAX = 4000
+
+_PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class AccessRecord:
+    """What one line says. Filled from an exchange at its end, or for a request refused
+    before it became one; formatted by `json_line` or `combined_line`."""
+
+    __slots__ = (
+        "time", "request_id", "client_ip", "country", "region", "listener", "tls", "method",
+        "host", "target", "protocol", "status", "bytes_in", "bytes_out", "duration",
+        "upstream_connect", "upstream_wait", "route", "pool", "backend", "tries", "sticky",
+        "outcome", "user_agent", "referer",
+    )
+
+    def __init__(self) -> None:
+        self.time = 0.0  # Unix time the request head arrived
+        self.request_id = ""
+        self.client_ip = ""
+        self.country: str | None = None
+        self.region: str | None = None
+        self.listener = ""
+        self.tls: str | None = None  # "TLSv1.3", or None on plain HTTP
+        self.method = b""
+        self.host = ""
+        self.target = b""  # path and query, as sent
+        self.protocol = "HTTP/1.1"
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.duration = 0.0  # seconds
+        self.upstream_connect: float | None = None  # seconds; 0 for a kept-alive connection
+        self.upstream_wait: float | None = None  # seconds from request sent to response head
+        self.route: str | None = None
+        self.pool: str | None = None
+        self.backend: str | None = None
+        self.tries = 0
+        self.sticky = "none"
+        self.outcome = OK
+        self.user_agent: bytes | None = None
+        self.referer: bytes | None = None
+
+    @classmethod
+    def of_exchange(cls, ex: Exchange, outcome: str, duration: float) -> AccessRecord:
+        record = cls()
+        client = ex.client
+        head = ex.head
+        record.time = time.time() - (perf_counter() - ex.started)
+        record.request_id = ex.request_id
+        record.client_ip = client.client_ip
+        record.country = ex.country
+        record.region = ex.region
+        record.listener = client.listener.name
+        record.tls = client.tls_version
+        record.method = head.method
+        record.host = head.host
+        record.target = head.target
+        record.protocol = _PROTOCOLS.get(head.version, "HTTP/1.1")
+        record.status = ex.status
+        record.bytes_in = ex.bytes_in
+        record.bytes_out = ex.bytes_out
+        record.duration = duration
+        if ex.connect_time >= 0:
+            record.upstream_connect = ex.connect_time
+        if ex.head_at > 0:
+            record.upstream_wait = ex.head_at - ex.sent_at
+        route = ex.route
+        record.route = route.name if route is not None else None
+        pool = ex.pool
+        record.pool = pool.name if pool is not None else None
+        tried = ex.tried  # the last one tried, even if the exchange let go of it (client_lost)
+        record.backend = tried[-1].id if tried else None
+        record.tries = len(tried)
+        record.sticky = ex.sticky
+        record.outcome = outcome
+        record.user_agent = head.header(b"user-agent")
+        record.referer = head.header(b"referer")
+        return record
+
+    @classmethod
+    def refused(cls, client: ClientConnection, status: int, request_id: str, bytes_in: int,
+                bytes_out: int) -> AccessRecord:
+        """A request refused while its head was read (no method or target to tell)."""
+        record = cls()
+        record.time = time.time()
+        record.request_id = request_id
+        record.client_ip = client.client_ip
+        record.listener = client.listener.name
+        record.tls = client.tls_version
+        record.status = status
+        record.bytes_in = bytes_in
+        record.bytes_out = bytes_out
+        record.outcome = STATUS_OUTCOME.get(status, BAD_REQUEST)
+        return record
+
+
+class AccessLog:
+    """This process's access log. One object for the life of the process: reloads reconfigure
+    it, so a WebSocket opened under an old config is still logged when it closes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.config: AccessLogConfig | None = None
+        self.on = False  # what the request path checks
+        self._writer: LogWriter | None = None
+        self._format = json_line
+        self._sample = 1.0
+        self._min_duration = 0.0
+        self._truncate = False
+        self._batch: list[bytes] = []
+        self._batch_size = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._queued = 0  # bytes handed over (loop thread only)
+        self._dropped = 0  # lines dropped for want of room (loop thread only)
+        self._done = 0  # bytes the writer finished with (writer thread only)
+        self._written = 0  # lines written (writer thread only)
+        self._failed = 0  # lines the sink refused (writer thread only)
+        self._clock = _Clock()
+        self._ips: dict[str, str] = {}
+
+    # -- counters (balancer_access_log_lines_total, balancer_access_log_dropped_total) -----
+
+    @property
+    def lines(self) -> int:
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped + self._failed
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def open_writer(self, config: AccessLogConfig | None) -> LogWriter | None:
+        """The writer `configure` will need for `config`: a new one when the sink changes
+        (raises OSError if it cannot be opened), else None. Separate so that a reload opens
+        it before changing anything, and can stop it again if something else fails."""
+        if config is None or (self.config is not None and self.config.path == config.path):
+            return None
+        return LogWriter(config.path, self._writer_done)
+
+    def configure(self, config: AccessLogConfig | None, writer: LogWriter | None) -> None:
+        self._flush()
+        if config is None or writer is not None:
+            old = self._writer
+            self._writer = writer
+            if old is not None:
+                old.stop()  # after the lines already queued to it
+        self.config = config
+        self.on = config is not None
+        if config is not None:
+            self._format = combined_line if config.format == "combined" else json_line
+            self._sample = config.sample
+            self._min_duration = config.min_duration
+            self._truncate = config.client_ip == "truncated"
+
+    def reopen(self) -> None:
+        """SIGUSR1 (logrotate's postrotate): lines so far go to the old file, later ones to a
+        file newly opened at the configured path."""
+        if self._writer is not None:
+            self._flush()
+            self._writer.reopen()
+
+    # -- what the request path calls -----------------------------------------------------
+
+    def exchange_ended(self, ex: Exchange, outcome: str) -> None:
+        duration = perf_counter() - ex.started
+        if outcome in _SAMPLED and ex.status < 500:
+            if duration < self._min_duration or (self._sample < 1.0 and random() >= self._sample):
+                return
+        self.write(AccessRecord.of_exchange(ex, outcome, duration))
+
+    def write(self, record: AccessRecord) -> None:
+        if self._truncate:
+            record.client_ip = self._truncated(record.client_ip)
+        line = self._format(record, self._clock, LONG)
+        if len(line) > LINE_MAX:
+            line = self._format(record, self._clock, SHORT)
+        self._add(line)
+
+    def _add(self, line: bytes) -> None:
+        size = len(line)
+        if self._queued - self._done + size > MAX_PENDING or self._writer is None:
+            self._dropped += 1
+            return
+        self._batch.append(line)
+        self._batch_size += size
+        self._queued += size
+        if self._batch_size >= BATCH_BYTES:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_later(FLUSH_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        handle = self._flush_handle
+        if handle is not None:
+            self._flush_handle = None
+            handle.cancel()
+        batch = self._batch
+        if batch and self._writer is not None:
+            self._writer.put(batch, self._batch_size)
+            self._batch = []
+            self._batch_size = 0
+
+    def _writer_done(self, size: int, written: int, failed: int) -> None:
+        """In the writer thread: each counter here is written by that thread only."""
+        self._done += size
+        self._written += written
+        self._failed += failed
+
+    def _truncated(self, ip: str) -> str:
+        """IPv4 to its /24, IPv6 to its /48 (remembered: players come back)."""
+        short = self._ips.get(ip)
+        if short is None:
+            short = truncate_ip(ip)
+            if len(self._ips) >= 65536:
+                self._ips.clear()
+            self._ips[ip] = short
+        return short
+
+    # -- flushing and closing ---------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Wait until every line so far is written (or refused by the sink)."""
+        self._flush()
+        writer = self._writer
+        if writer is None:
+            return
+        loop = self.loop
+        done = loop.create_future()
+
+        def mark() -> None:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        writer.mark(mark)
+        await done
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """At shutdown: write what is left (for up to `timeout`: a stuck sink must not hold
+        the exit), then stop the writer."""
+        if self._writer is None:
+            return
+        try:
+            await asyncio.wait_for(self.flush(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self.configure(None, None)
+
+
+def truncate_ip(ip: str) -> str:
+    address = parse_ip(ip)
+    if address is None:
+        return ip
+    if address.version == 4:
+        return str(address).rsplit(".", 1)[0] + ".0"
+    return str(address.__class__(int(address) >> 80 << 80))
+
+
+class _Clock:
+    """RFC 3339 and combined-log times, the date part formatted once per second."""
+
+    __slots__ = ("_second", "_rfc3339", "_clf")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._rfc3339 = ""
+        self._clf = ""
+
+    def _at(self, second: int) -> None:
+        t = time.gmtime(second)
+        self._second = second
+        self._rfc3339 = "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6]
+        self._clf = "%02d/%s/%04d:%02d:%02d:%02d +0000" % (t[2], _MONTHS[t[1] - 1], t[0], t[3], t[4], t[5])
+
+    def rfc3339(self, t: float) -> str:
+        second = int(t)
+        if second != self._second:
+            self._at(second)
+        return "%s.%03dZ" % (self._rfc3339, int((t - second) * 1000))
+
+    def clf(self, t: float) -> str:
+        second = int(t)
+        if second != self._second:
+            self._at(second)
+        return self._clf
+
+
+# -- formats ------------------------------------------------------------------------------------
+
+_JSON_LINE = (
+    '{"time":"%s","request_id":%s,"client_ip":%s,"country":%s,"region":%s,"listener":%s,'
+    '"tls":%s,"method":%s,"host":%s,"path":%s,"query":%s,"protocol":"%s","status":%d,'
+    '"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,"upstream_connect_ms":%s,'
+    '"upstream_wait_ms":%s,"route":%s,"pool":%s,"backend":%s,"tries":%d,"sticky":"%s",'
+    '"outcome":"%s","user_agent":%s}\n'
+)
+
+
+def json_line(r: AccessRecord, clock: _Clock, limits: tuple[int, int, int, int]) -> bytes:
+    target = r.target
+    q = target.find(b"?")
+    path, query = (target or None, None) if q < 0 else (target[:q], target[q + 1:])
+    return (_JSON_LINE % (
+        clock.rfc3339(r.time), _json_string(r.request_id), _json_string(r.client_ip),
+        _maybe(r.country), _maybe(r.region), _json_string(r.listener), _maybe(r.tls),
+        _bytes(r.method or None, 16), _maybe(r.host or None), _bytes(path, limits[0]),
+        _bytes(query, limits[1]), r.protocol, r.status, r.bytes_in, r.bytes_out,
+        r.duration * 1000, _ms(r.upstream_connect), _ms(r.upstream_wait), _maybe(r.route),
+        _maybe(r.pool), _maybe(r.backend), r.tries, r.sticky, r.outcome,
+        _bytes(r.user_agent, limits[2]),
+    )).encode()
+
+
+def _maybe(value: str | None) -> str:
+    return "null" if value is None else _json_string(value)
+
+
+def _bytes(value: bytes | None, limit: int) -> str:
+    """Bytes from the request as a JSON string (non-UTF-8 bytes as \\xHH escapes), cut to
+    `limit` characters."""
+    if value is None:
+        return "null"
+    text = value.decode("utf-8", "backslashreplace")
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return _json_string(text)
+
+
+def _ms(seconds: float | None) -> str:
+    return "null" if seconds is None else "%.3f" % (seconds * 1000)
+
+
+# Apache/nginx "combined", then the request id and the backend:
+# 203.0.113.9 - - [03/Dec/2026:21:14:07 +0000] "POST /bet HTTP/1.1" 200 512 "-" "Mozilla/5.0" 7f3c... game-eu-1
+_COMBINED_LINE = '%s - - [%s] "%s %s %s" %d %d "%s" "%s" %s %s\n'
+_UNSAFE = re.compile(rb'[^\x20-\x7e]|["\\]')
+
+
+def combined_line(r: AccessRecord, clock: _Clock, limits: tuple[int, int, int, int]) -> bytes:
+    target = r.target
+    if len(target) > limits[0] + limits[1]:
+        target = target[:limits[0] + limits[1]] + b"..."
+    return (_COMBINED_LINE % (
+        r.client_ip or "-", clock.clf(r.time), _text(r.method or b"-", 16), _text(target or b"-", 4096),
+        r.protocol, r.status, r.bytes_out, _text(r.referer, limits[3]),
+        _text(r.user_agent, limits[2]), r.request_id or "-", r.backend or "-",
+    )).encode()
+
+
+def _text(value: bytes | None, limit: int) -> str:
+    """A quoted field of the combined format: as nginx writes it, `"`, `\\`, control and
+    non-ASCII bytes as \\xHH; "-" when absent."""
+    if not value:
+        return "-"
+    if len(value) > limit:
+        value = value[:limit] + b"..."
+    if _UNSAFE.search(value) is not None:
+        value = _UNSAFE.sub(lambda m: b"\\x%02X" % m.group()[0], value)
+    return value.decode("ascii")
