@@ -16,9 +16,11 @@ import time
 from typing import Callable
 
 from . import compiled, signals
+from .access_log import AccessLog
 from .config import Config, ConfigError, ConsulConfig, ListenerConfig, load_config
 from .discovery.consul import ConsulRegistration, ConsulWatch
 from .health import HealthChecker
+from .log_format import use_log_format
 from .metrics import Stats
 from .plugins import build_plugins
 from .pool import Pool
@@ -62,6 +64,9 @@ class App:
         self.last_reload: ReloadOutcome | None = None
         # The last minute of per-backend traffic, for the status page (admin process only).
         self.recent = RecentTraffic()
+        # Opened at start (by the processes that serve traffic), reconfigured by reloads.
+        self.access_log = AccessLog(self.loop)
+        self.stats.access_log = self.access_log
         self.pools: dict[str, Pool] = {}
         self.listeners: dict[str, ListenerServer] = {}
         # Listeners a reload closed: no longer accepting, but their connections live on.
@@ -105,7 +110,7 @@ class App:
             if pool is None:
                 pool = Pool(pool_config)
             pools[name] = pool
-        return Runtime(config, pools, self.stats, self._secret, build_plugins)
+        return Runtime(config, pools, self.stats, self._secret, build_plugins, self.access_log)
 
     @property
     def runtime(self) -> Runtime:
@@ -131,6 +136,8 @@ class App:
     async def start(self) -> None:
         self._adopt_pools(self.config)
         if self.serves_traffic:
+            access_log = self.config.access_log
+            self.access_log.configure(access_log, self.access_log.open_writer(access_log))
             for listener in self.config.listeners:
                 self.listeners[listener.name] = await self._open_listener(listener)
         await self._sync_background()
@@ -319,6 +326,11 @@ class App:
         except (OSError, ValueError, ssl.SSLError) as exc:
             log.error("reload refused, nothing changed: %s", exc)
             return [f"{self.config_path}: {exc}"]
+        try:
+            log_writer = self.access_log.open_writer(config.access_log) if self.serves_traffic else None
+        except OSError as exc:
+            log.error("reload refused, nothing changed: cannot open the access log: %s", exc)
+            return [f"{self.config_path}: access_log.path: {exc}"]
         old_listeners = {l.name: l for l in self.config.listeners}
         if not self.serves_traffic:
             old_listeners = {l.name: l for l in config.listeners}  # workers own the sockets
@@ -333,6 +345,8 @@ class App:
         except (OSError, ssl.SSLError) as exc:
             for server in opened.values():
                 await server.stop_accepting()
+            if log_writer is not None:
+                log_writer.stop()
             log.error("reload refused, nothing changed: cannot open listener: %s", exc)
             return [f"{self.config_path}: listeners: {exc}"]
         for name, server in opened.items():
@@ -354,6 +368,9 @@ class App:
         old_runtime = self.runtime
         self.config = config
         self.runtime = runtime
+        use_log_format(config.log_format)
+        if self.serves_traffic:
+            self.access_log.configure(config.access_log, log_writer)
         self._adopt_pools(config)
         await self._sync_background()
         await self._sync_registration()
@@ -499,6 +516,7 @@ class App:
         for pool in self.pools.values():
             for backend in pool.backends.values():
                 backend.close_idle()
+        await self.access_log.close()
         self.runtime.close()
 
     async def serve(self) -> None:
@@ -513,6 +531,9 @@ class App:
             loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the control process relays
         else:
             loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload_everywhere()))
+        # logrotate's postrotate: every process that writes reopens (the control process of
+        # `workers: N` relays it to its workers).
+        loop.add_signal_handler(signal.SIGUSR1, self.access_log.reopen)
         if not compiled.COMPILED and not os.environ.get("BALANCER_PURE_PYTHON"):
             log.warning("data plane %s: expect about a fifth less throughput", compiled.describe())
         log.info("balancer ready (pid %d, data plane %s)", os.getpid(), compiled.describe())

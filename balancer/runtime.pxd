@@ -10,6 +10,7 @@ cdef class Choice:
     cdef public str reason
     cdef public object retry_after, set_cookie
     cdef public bint no_backend
+    cdef public str sticky
 
 
 cdef class PoolRuntime:
@@ -38,5 +39,6 @@ cdef class Runtime:
     cdef public RouteTable routes
     cdef public dict pools, _trusted_cache
     cdef public Stats stats
+    cdef public object access_log
 
     cpdef bint is_trusted(self, str ip)

@@ -30,14 +30,22 @@ from .split import Split
 from .sticky import StickyCookies, read_cookie, secret_from_env
 
 if TYPE_CHECKING:
+    from .access_log import AccessLog
     from .http.exchange import Exchange
 
 
+# Why a pool had no backend to give (the 503's message; the access log tells them apart).
+STICKY_GONE = "sticky backend unavailable"
+NONE_IN_REGION = "no backend in your jurisdiction"
+NONE_ELIGIBLE = "no eligible backend"
+
+
 class Choice:
-    __slots__ = ("backend", "reason", "retry_after", "set_cookie", "no_backend")
+    __slots__ = ("backend", "reason", "retry_after", "set_cookie", "no_backend", "sticky")
 
     def __init__(self, backend: Backend | None, reason: str = "", retry_after: int | None = None,
-                 set_cookie: bytes | None = None, no_backend: bool = False) -> None:
+                 set_cookie: bytes | None = None, no_backend: bool = False,
+                 sticky: str = "none") -> None:
         self.backend = backend
         self.reason = reason
         self.retry_after = retry_after
@@ -45,6 +53,9 @@ class Choice:
         # No backend because none was eligible (as opposed to a sticky player's backend being
         # unusable under on_failure: fail): a canary split may try its other side.
         self.no_backend = no_backend
+        # What the sticky cookie did: none (no sticky config), hit, new (no valid cookie: one is
+        # issued), rebalanced (its backend is unusable: a new one is issued), failed (503).
+        self.sticky = sticky
 
 
 class PoolRuntime:
@@ -103,15 +114,18 @@ class PoolRuntime:
         # 2. Sticky: a valid cookie naming a usable backend wins. A valid cookie whose backend
         # is gone, unusable, or (for a pinned country) abroad fails closed under `fail`.
         sticky = self.sticky
+        sticky_result = "none"
         if sticky is not None:
             token = self._sticky_token(exchange)
+            sticky_result = "new"
             if token is not None:
                 backend = self._backend_of(token)
                 if (backend is not None and pool.is_usable(backend, now)
                         and (not pinned or self._in_region(backend, exchange))):
-                    return Choice(backend)
+                    return Choice(backend, sticky="hit")
                 if sticky.fail_closed:
-                    return Choice(None, "sticky backend unavailable", self._retry_after(now))
+                    return Choice(None, STICKY_GONE, self._retry_after(now), sticky="failed")
+                sticky_result = "rebalanced"
 
         # 3. Geo: the client's region, then its fallbacks; a pinned country never leaves.
         candidates = pool.eligible(now, allow_panic=not pinned)
@@ -119,12 +133,14 @@ class PoolRuntime:
         if order:
             candidates = Geo.candidates(candidates, order)
         if not candidates:
-            reason = "no backend in your jurisdiction" if pinned else "no eligible backend"
-            return Choice(None, reason, self._retry_after(now, order if pinned else ()), no_backend=True)
+            reason = NONE_IN_REGION if pinned else NONE_ELIGIBLE
+            return Choice(None, reason, self._retry_after(now, order if pinned else ()),
+                          no_backend=True, sticky=sticky_result)
 
         # 4. Balance.
         backend = self._balance(candidates, exchange, now)
-        return Choice(backend, set_cookie=self._new_cookie(backend, exchange) if sticky is not None else None)
+        return Choice(backend, set_cookie=self._new_cookie(backend, exchange) if sticky is not None else None,
+                      sticky=sticky_result)
 
     def choose_again(self, exchange: Exchange) -> Backend | None:
         """A different backend for a retry, under the same geo rules; None if there is none."""
@@ -146,6 +162,8 @@ class PoolRuntime:
         backend = self._balance(candidates, exchange, now)
         if sticky is not None:
             exchange.set_cookie = self._new_cookie(backend, exchange)
+            if exchange.sticky == "hit":
+                exchange.sticky = "rebalanced"  # the player's game moves to another backend
         return backend
 
     def _region_order(self, exchange: Exchange, pinned: bool) -> tuple[str, ...]:
@@ -233,14 +251,17 @@ def hash_key_reader(hash_on: str) -> Callable[[Exchange], bytes | None]:
 class Runtime:
     """One config generation, compiled."""
 
-    __slots__ = ("config", "routes", "pools", "geo", "limits", "stats",
+    __slots__ = ("config", "routes", "pools", "geo", "limits", "stats", "access_log",
                  "_trusted", "_trusted_cache")
 
     def __init__(self, config: Config, pools: dict[str, Pool], stats: Stats,
                  sticky_secret: Callable[[str], bytes] = secret_from_env,
-                 plugin_factory: Callable[[Route], tuple] | None = None) -> None:
+                 plugin_factory: Callable[[Route], tuple] | None = None,
+                 access_log: AccessLog | None = None) -> None:
         self.config = config
         self.stats = stats
+        # The process's one access log (it outlives runtimes, so old requests still write).
+        self.access_log = access_log
         self.limits = config.limits
         self.geo = Geo(config.geo, config.trusted_proxies) if config.geo is not None else None
         self.pools = {name: PoolRuntime(pools[name], self.geo, sticky_secret) for name in config.pools}

@@ -4,7 +4,8 @@ Until an event loop handles them, the signals only note that a stop was asked (P
 default would end the process at once, with Consul registration and workers left behind);
 whoever is at a safe point asks `stop_requested()` or, once its loop runs, hands them to the
 loop with `stop_on_signals`, which acts at once on a stop noted before. SIGHUP is ignored
-until the loop takes it too: the config being loaded is the one a reload would read.
+until the loop takes it too: the config being loaded is the one a reload would read; so is
+SIGUSR1 (logrotate's "reopen the access log", which is opened at start anyway).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def note_early() -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, _note)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # reopening the access log: not opened yet
 
 
 def stop_requested() -> bool:

@@ -346,6 +346,12 @@ class Supervisor:
             app.worker_listeners = self.bound
             workers = Workers(handles)
             await workers.start(app)
+            # The workers write the access log: logrotate's SIGUSR1 to this process is theirs.
+            def reopen_logs() -> None:
+                for handle in handles:
+                    _signal(handle.pid, signal.SIGUSR1)
+
+            loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
             watcher = loop.create_task(self._watch_children(handles, app))
             if await app.start_unless_stopped():
                 loop.add_signal_handler(signal.SIGHUP, lambda: spawn(app.reload_everywhere()))

@@ -12,6 +12,7 @@ cdef class ClientConnection:
     cdef public str client_ip
     cdef public bint peer_trusted, closed
     cdef public bytes scheme
+    cdef public object tls_version
     cdef public Exchange exchange, reading, tunnel
     cdef public Deadline deadline
     cdef int _paused

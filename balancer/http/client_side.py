@@ -12,6 +12,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ..access_log import AccessRecord
 from .errors import RequestError, error_response
 from .exchange import Exchange
 from .headers import request_id_from
@@ -41,7 +42,7 @@ class ClientConnection:
         "server", "listener", "loop", "transport", "reader", "client_ip", "peer_trusted",
         "scheme", "exchange", "reading", "queue", "deadline", "_paused", "_write_paused",
         "closed", "tunnel", "_batch", "_error", "_idle", "_received", "_body_rate",
-        "_body_since", "_body_base", "_lingering", "_runtime",
+        "_body_since", "_body_base", "_lingering", "_runtime", "tls_version",
     )
 
     def __init__(self, server: "ListenerServer", proxied_ip: str | None = None) -> None:
@@ -58,6 +59,7 @@ class ClientConnection:
         self.client_ip = proxied_ip or ""
         self.peer_trusted = False
         self.scheme = b"https" if server.config.tls is not None else b"http"
+        self.tls_version: str | None = None  # "TLSv1.3" on a TLS listener (the access log's)
         self.exchange: Exchange | None = None  # the one being answered
         self.reading: Exchange | None = None  # the one whose request is being read
         self.queue: deque[Exchange] = deque()
@@ -82,6 +84,9 @@ class ClientConnection:
         if not self.client_ip:
             peer = transport.get_extra_info("peername")
             self.client_ip = peer[0] if peer else ""
+        if self.server.ssl_context is not None:
+            tls = transport.get_extra_info("ssl_object")
+            self.tls_version = tls.version() if tls is not None else None
         runtime = self._runtime.current
         self.peer_trusted = runtime.is_trusted(self.client_ip)
         self.server.connection_opened(self)
@@ -286,9 +291,15 @@ class ClientConnection:
             self._error = error  # answered after the requests before it
 
     def _send_error(self, error: RequestError) -> None:
+        """Refuse a request that never became an exchange (its head was bad or too slow)."""
         self.server.count_rejected_status(error.status)
-        self.write(error_response(error.status, error.message, request_id_from(None), True))
+        request_id = request_id_from(None)
+        data = error_response(error.status, error.message, request_id, True)
+        self.write(data)
         self.flush()
+        access_log = self._runtime.current.access_log
+        if access_log is not None and access_log.on:
+            access_log.write(AccessRecord.refused(self, error.status, request_id, 0, len(data)))
 
     def _on_deadline(self) -> None:
         if self._lingering:

@@ -12,6 +12,8 @@ from .upstream cimport UpstreamConnection
 
 
 cdef dict _STATUS_LINES, _PLUGIN_REJECT_REASON, _RETRY_CONDITION
+cdef dict _FAILURE_OUTCOME, _PLUGIN_OUTCOME, _NO_BACKEND_OUTCOME
+cdef frozenset _KEPT_FOR_LOG
 
 cpdef bytes status_line(int status, bytes reason)
 
@@ -36,6 +38,9 @@ cdef class Exchange:
     cdef bint _connecting, _head_only
     cdef double _sent_at
     cdef tuple _response_hooks
+    cdef public Py_ssize_t bytes_in, bytes_out
+    cdef public str sticky
+    cdef public double connect_time, sent_at, head_at
 
     cpdef begin(self)
     @cython.locals(pool=PoolRuntime, choice=Choice)
@@ -59,5 +64,7 @@ cdef class Exchange:
     cpdef tunnel_from_backend(self, bytes data)
     cpdef tunnel_closed(self)
     cpdef _release_backend(self)
-    cpdef _finish(self)
-    cpdef _record(self)
+    cdef _send(self, bytes data)
+    cpdef _finish(self, str outcome)
+    cpdef _ended(self, str outcome)
+    cpdef _count(self)

@@ -16,7 +16,13 @@ from time import monotonic, perf_counter
 from typing import TYPE_CHECKING
 
 from .. import health
+from ..access_log import (
+    CLIENT_CLOSED, GEO_BLOCKED, NO_BACKEND, PINNED_UNAVAILABLE, PLUGIN_ANSWER, RATE_LIMITED,
+    STATUS_OUTCOME, STICKY_UNAVAILABLE, UPSTREAM_CONNECT_FAILURE, UPSTREAM_PROTOCOL_ERROR,
+    UPSTREAM_RESET, UPSTREAM_TIMEOUT, WEBSOCKET_CLOSED, BAD_REQUEST, OK,
+)
 from ..tasks import spawn
+from ..runtime import NONE_IN_REGION, STICKY_GONE
 from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, render_answer, report_failure
 from . import upstream
 from .errors import (
@@ -48,6 +54,12 @@ _PLUGIN_REJECT_REASON = {429: "rate_limited", 451: "geo_blocked"}
 # An upstream failure kind -> the name retries.on gives it (a 5xx status is its own name).
 _RETRY_CONDITION = {CONNECT: "connect_failure", RESET: "reset", TIMEOUT: "504", PROTOCOL: "reset",
                     STALE: "reset"}
+# The access log's outcome for an upstream failure kind, for a plugin's answer, and for a
+# pool that had no backend to give (by the reason it gave).
+_FAILURE_OUTCOME = {CONNECT: UPSTREAM_CONNECT_FAILURE, RESET: UPSTREAM_RESET,
+                    TIMEOUT: UPSTREAM_TIMEOUT, PROTOCOL: UPSTREAM_PROTOCOL_ERROR}
+_PLUGIN_OUTCOME = {429: RATE_LIMITED, 451: GEO_BLOCKED}
+_NO_BACKEND_OUTCOME = {NONE_IN_REGION: PINNED_UNAVAILABLE, STICKY_GONE: STICKY_UNAVAILABLE}
 
 
 def status_line(status: int, reason: bytes) -> bytes:
@@ -68,6 +80,8 @@ class Exchange:
         "response_started", "finished", "status", "chunked_out", "close_client",
         "upstream_head", "set_cookie", "split_cookie", "region", "country", "early_tunnel", "tunnel",
         "_connecting", "_head_only", "_response_hooks", "_sent_at",
+        # What the access log tells beyond the above (balancer/access_log.py).
+        "bytes_in", "bytes_out", "sticky", "connect_time", "sent_at", "head_at",
     )
 
     def __init__(self, client: ClientConnection, head: RequestHead, runtime: Runtime) -> None:
@@ -106,6 +120,12 @@ class Exchange:
         self._head_only = head.method == b"HEAD"
         self._response_hooks: tuple = ()
         self._sent_at = 0.0  # when the current attempt began (balance: ewma measures from it)
+        self.bytes_in = head.size  # head, then body and WebSocket bytes from the player
+        self.bytes_out = 0  # everything written to the player
+        self.sticky = "none"  # none | hit | new | rebalanced | failed
+        self.connect_time = -1.0  # seconds opening the backend connection; 0 when kept alive
+        self.sent_at = 0.0  # perf_counter when the request went to the backend
+        self.head_at = 0.0  # ... and when the response head came back
 
     # -- the way of a request -------------------------------------------------------------
 
@@ -125,7 +145,7 @@ class Exchange:
             self.country = country
             if geo.is_blocked(country):
                 self.route = runtime.routes.match(head.host, head.path, head.method, head.headers)
-                self.reply(451, "unavailable in your jurisdiction")
+                self.reply(451, "unavailable in your jurisdiction", outcome=GEO_BLOCKED)
                 return
             self.region = geo.region_of(country)
         route = runtime.routes.match(head.host, head.path, head.method, head.headers)
@@ -203,8 +223,10 @@ class Exchange:
             choice = pool.choose(self)
         else:
             choice = split.choose(self)  # sets self.pool to the side that serves
+        self.sticky = choice.sticky
         if choice.backend is None:
-            self.reply(503, choice.reason, retry_after=choice.retry_after)
+            self.reply(503, choice.reason, retry_after=choice.retry_after,
+                       outcome=_NO_BACKEND_OUTCOME.get(choice.reason, NO_BACKEND))
             return
         self.set_cookie = choice.set_cookie
         self.upstream_head = self._build_upstream_head()
@@ -265,6 +287,7 @@ class Exchange:
             conn.close()
             conn = backend.take_idle(now, pool.idle_timeout)
         if conn is not None:
+            self.connect_time = 0.0
             self._attach(conn, now)
         else:
             self._open_connection(backend)
@@ -276,15 +299,18 @@ class Exchange:
 
     async def _connect(self, backend: Backend, timeout: float, idle: float) -> None:
         loop = self.client.loop
+        began = perf_counter()
         try:
             conn = await upstream.connect(backend, loop, timeout, idle,
                                           self.runtime.limits.max_response_header_bytes)
         except (OSError, asyncio.TimeoutError):
+            self.connect_time = perf_counter() - began
             self._connecting = False
             if not self.finished:  # else client_lost already released the backend
                 self.upstream_failed(None, CONNECT)
                 self.client.flush()
             return
+        self.connect_time = perf_counter() - began
         self._connecting = False
         if self.finished:
             conn.release(loop.time())  # the player left meanwhile; keep it for the next one
@@ -302,6 +328,7 @@ class Exchange:
                 self.replayable = False
                 body.clear()
         conn.deadline.set_at(now + self.pool.response_timeout)  # type: ignore[union-attr]
+        self.sent_at = perf_counter()
         conn.start(self, data, self._head_only)
         if self.client.write_paused:
             # The player stopped reading during an earlier response (or while this backend
@@ -313,6 +340,7 @@ class Exchange:
     # -- request body from the client -----------------------------------------------------
 
     def request_body(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         if self.finished:
             return
         if self.head.chunked:
@@ -355,13 +383,14 @@ class Exchange:
             if lname not in HOP_BY_HOP:
                 out.extend((name, b": ", value, b"\r\n"))
         out.append(b"\r\n")
-        self.client.write(b"".join(out))
+        self._send(b"".join(out))
 
     def response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
                       headers: list[tuple[bytes, bytes, bytes]], chunked: bool, has_length: bool,
                       bodiless: bool, connection: bytes | None) -> None:
         """The backend's final response head. `headers` are (lower-case name, name, value);
         `connection` is the backend's Connection header, whose tokens are hop-by-hop too."""
+        self.head_at = perf_counter()
         backend = self.backend
         assert backend is not None
         pool = self.pool
@@ -422,7 +451,7 @@ class Exchange:
         elif self.head.version == b"1.0":
             out.append(b"connection: keep-alive\r\n")
         out.append(b"\r\n")
-        client.write(b"".join(out))
+        self._send(b"".join(out))
         if status == 101:
             self._become_tunnel(conn)
 
@@ -450,13 +479,13 @@ class Exchange:
             return
         if self.chunked_out:
             data = b"%x\r\n%b\r\n" % (len(data), data)
-        self.client.write(data)
+        self._send(data)
 
     def response_end(self, conn: UpstreamConnection, reusable: bool) -> None:
         if self.finished:
             return
         if self.chunked_out:
-            self.client.write(b"0\r\n\r\n")
+            self._send(b"0\r\n\r\n")
         self.upstream = None
         loop = self.client.loop
         if reusable and self.request_done and self.head.upgrade is None:
@@ -464,7 +493,7 @@ class Exchange:
         else:
             conn.close()
         self._release_backend()
-        self._finish()
+        self._finish(OK)
 
     # -- failures and retries -------------------------------------------------------------
 
@@ -486,18 +515,19 @@ class Exchange:
             kind = RESET  # not sent again: to the player it is a reset like any other
         self._count_failure(backend, kind)
         self._release_backend()
+        outcome = _FAILURE_OUTCOME[kind]
         if self.response_started:
             self.client.abort()  # half a response cannot be mended; the player must see it
-            self._finish()
+            self._finish(outcome)
             return
         retry_to = self._retry_target(kind)
         if retry_to is not None:
             self._retry(retry_to)
             return
         if kind == TIMEOUT:
-            self.reply(504, "backend timed out")
+            self.reply(504, "backend timed out", outcome=outcome)
         else:
-            self.reply(502, "backend failed")
+            self.reply(502, "backend failed", outcome=outcome)
 
     def _count_failure(self, backend: Backend, kind: str | None) -> None:
         if kind is not None:
@@ -558,18 +588,20 @@ class Exchange:
         self.tunnel = True
         self.upstream = conn
         # Bytes only from now on: parser state and request headers are dead weight on a
-        # socket that may stay open for hours (10,000 of them per worker).
+        # socket that may stay open for hours (10,000 of them per worker). The access log's
+        # two are kept for the line written at the close.
         conn.drop_http_state()
-        self.head.headers = []
+        self.head.headers = [h for h in self.head.headers if h[0] in _KEPT_FOR_LOG]
         self.body = []
         conn.deadline.set_in(self.pool.websocket_idle_timeout)
         if self.early_tunnel:
             conn.write(self.early_tunnel)
             self.early_tunnel = b""
         self.client.start_tunnel(self)
-        self._record()
+        self._count()  # answered: counted now; logged when it closes (_end_tunnel)
 
     def tunnel_from_client(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         if not self.tunnel:
             # Before the 101 these bytes are not the backend's to see: if it refuses the
             # upgrade they would be read as a second request (WebSocket smuggling).
@@ -582,7 +614,7 @@ class Exchange:
             conn.deadline.set_in(self.pool.websocket_idle_timeout)  # type: ignore[union-attr]
 
     def tunnel_from_backend(self, data: bytes) -> None:
-        self.client.write(data)
+        self._send(data)
         conn = self.upstream
         if conn is not None:
             conn.deadline.set_in(self.pool.websocket_idle_timeout)  # type: ignore[union-attr]
@@ -604,6 +636,7 @@ class Exchange:
         self.upstream = None
         if conn is not None:
             conn.close()
+        self._ended(WEBSOCKET_CLOSED)
 
     # -- endings --------------------------------------------------------------------------
 
@@ -618,7 +651,7 @@ class Exchange:
         self.finished = True
         if self.status == 0:
             self.status = 499  # as nginx: the client went away before the answer
-        self._record()
+        self._ended(CLIENT_CLOSED)
 
     def abort_upstream(self) -> None:
         """The player's request turned out bad mid-way: whatever reached the backend is void."""
@@ -636,8 +669,9 @@ class Exchange:
         self._end_tunnel()
 
     def reply(self, status: int, message: str, close: bool = False,
-              retry_after: int | None = None) -> None:
-        """Answer with one of the balancer's own JSON errors and end the exchange."""
+              retry_after: int | None = None, outcome: str | None = None) -> None:
+        """Answer with one of the balancer's own JSON errors and end the exchange. `outcome`
+        for the access log, when the status alone does not say it (STATUS_OUTCOME)."""
         if self.finished or self.response_started:
             return
         if not self.request_done or self.head.upgrade is not None or status in (400, 408, 413, 414, 431, 501):
@@ -656,11 +690,11 @@ class Exchange:
         if self._head_only:
             # RFC 9110 §9.3.2: no body after a HEAD, or the client reads it as the next response.
             data = data[:data.index(b"\r\n\r\n") + 4]
-        self.client.write(data)
+        self._send(data)
         reason = REJECT_REASON.get(status)
         if reason is not None:
             self.client.count_rejected(reason)
-        self._finish()
+        self._finish(outcome or STATUS_OUTCOME.get(status, BAD_REQUEST))
 
     def reply_plugin(self, answer: object, plugin: str) -> None:
         """A plugin answered the request itself (429, 403, 451...): a complete response, its
@@ -680,20 +714,35 @@ class Exchange:
         self.close_client = close
         self.status = answer.status
         self.response_started = True
-        self.client.write(data)
+        self._send(data)
         reason = _PLUGIN_REJECT_REASON.get(answer.status)
         if reason is not None:
             self.client.count_rejected(reason)
-        self._finish()
+        self._finish(_PLUGIN_OUTCOME.get(answer.status, PLUGIN_ANSWER))
 
-    def _finish(self) -> None:
+    def _send(self, data: bytes) -> None:
+        """Every byte to the player goes through here: bytes_out is the access log's."""
+        self.bytes_out += len(data)
+        self.client.write(data)
+
+    def _finish(self, outcome: str) -> None:
         if self.finished:
             return
         self.finished = True
-        self._record()
+        self._ended(outcome)
         self.client.exchange_finished(self)
 
-    def _record(self) -> None:
+    def _ended(self, outcome: str) -> None:
+        """The one place where an exchange's end is recorded, with why it ended (`outcome`,
+        one of balancer/access_log.py's OUTCOMES): counted (a WebSocket already was, at its
+        101) and written to the access log."""
+        if not self.tunnel:
+            self._count()
+        access_log = self.runtime.access_log
+        if access_log is not None and access_log.on:
+            access_log.exchange_ended(self, outcome)
+
+    def _count(self) -> None:
         route = self.route
         pool = self.pool
         backend = self.backend
@@ -703,6 +752,10 @@ class Exchange:
             backend.id if backend is not None else "",
             self.head.method, self.status, perf_counter() - self.started,
         )
+
+
+# Request headers a WebSocket keeps for its access-log line at the close.
+_KEPT_FOR_LOG = frozenset({b"user-agent", b"referer"})
 
 
 class _Abandoned(Exception):

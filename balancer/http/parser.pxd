@@ -18,6 +18,7 @@ cdef class RequestHead:
     cdef public object content_length  # int | None
     cdef public object upgrade, connection, forwarded_for, request_id, cookie  # bytes | None
     cdef public bint expect_continue, absolute
+    cdef public Py_ssize_t size
 
     cpdef header(self, bytes lname)
 

@@ -47,7 +47,7 @@ class RequestHead:
     __slots__ = (
         "method", "target", "path", "version", "headers", "host", "host_header",
         "keep_alive", "chunked", "content_length", "upgrade", "expect_continue",
-        "connection", "forwarded_for", "request_id", "cookie", "absolute",
+        "connection", "forwarded_for", "request_id", "cookie", "absolute", "size",
     )
 
     def __init__(self) -> None:
@@ -69,6 +69,7 @@ class RequestHead:
         self.request_id: bytes | None = None
         self.cookie: bytes | None = None
         self.absolute = False  # the target was absolute-form (http://host/path)
+        self.size = 0  # bytes of the head as sent (request line, header lines, blank line)
 
     def header(self, lname: bytes) -> bytes | None:
         for name, _, value in self.headers:
@@ -318,6 +319,8 @@ class RequestReader:
         if method is None:
             raise RequestError(501, "method not supported")
         head.method = method
+        # The parsed target and headers, plus "METHOD ", " HTTP/1.x\r\n" and the blank line.
+        head.size = self._head_size + len(method) + 14
         if version == b"1.0" and head.chunked:
             raise RequestError(400, "Transfer-Encoding on HTTP/1.0")
         if head.content_length is not None and head.content_length > self._max_body:
