@@ -22,6 +22,7 @@ from types import ModuleType
 
 COMPILED_MODULES = (
     "balancer.metrics",
+    "balancer.access_log",
     "balancer.routing",
     "balancer.pool",
     "balancer.balance",

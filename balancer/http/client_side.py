@@ -12,7 +12,6 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ..access_log import AccessRecord
 from .errors import RequestError, error_response
 from .exchange import Exchange
 from .headers import request_id_from
@@ -299,7 +298,7 @@ class ClientConnection:
         self.flush()
         access_log = self._runtime.current.access_log
         if access_log is not None and access_log.on:
-            access_log.write(AccessRecord.refused(self, error.status, request_id, 0, len(data)))
+            access_log.refused(self, error.status, request_id, len(data))
 
     def _on_deadline(self) -> None:
         if self._lingering:

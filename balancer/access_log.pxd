@@ -1,0 +1,64 @@
+# Types for the compiled build of access_log.py (see balancer/compiled.py): a line is built
+# for every request that is logged, so the module runs compiled like the rest of the request path.
+
+cimport cython
+
+from .http.exchange cimport Exchange
+
+cdef frozenset _SAMPLED
+cdef dict _QUOTED
+cdef Py_ssize_t _QUOTED_MAX, MAX_PENDING, BATCH_BYTES, LINE_MAX
+cdef tuple LONG, SHORT, _MILLIS, _MILLIS_Z
+cdef str _COMBINED_LINE
+cdef object _json_string, _UNSAFE
+
+
+cdef class AccessRecord:
+    cdef public double time, duration, upstream_connect, upstream_wait
+    cdef public str request_id, client_ip, listener, host, protocol, sticky, outcome
+    cdef public object country, region, tls, route, pool, backend, user_agent, referer
+    cdef public bytes method, target
+    cdef public int status, tries
+    cdef public Py_ssize_t bytes_in, bytes_out
+
+
+cpdef AccessRecord record_of(Exchange ex, str outcome, double duration)
+cpdef AccessRecord refused_record(object client, int status, str request_id, Py_ssize_t bytes_out)
+
+
+cdef class AccessLog:
+    cdef public object loop, config
+    cdef public bint on
+    cdef object _writer, _flush_handle
+    cdef bint _combined, _truncate
+    cdef double _sample, _min_duration
+    cdef list _batch
+    cdef Py_ssize_t _batch_size, _queued, _dropped, _done, _written, _failed
+    cdef _Clock _clock
+    cdef dict _ips
+
+    cpdef exchange_ended(self, Exchange ex, str outcome)
+    cpdef refused(self, object client, int status, str request_id, Py_ssize_t bytes_out)
+    cpdef write(self, AccessRecord record)
+    cdef _add(self, bytes line)
+    cpdef _flush(self)
+    cdef str _truncated(self, str ip)
+
+
+cdef class _Clock:
+    cdef long long _second
+    cdef str _rfc3339, _clf
+
+    cdef _at(self, long long second)
+    @cython.locals(millis=cython.longlong, second=cython.longlong)
+    cpdef str rfc3339(self, double t)
+    cpdef str clf(self, double t)
+
+
+cpdef bytes json_line(AccessRecord r, _Clock clock, tuple limits)
+cdef str _quoted(object value)
+cdef str _bytes(bytes value, Py_ssize_t limit)
+@cython.locals(micros=cython.longlong)
+cdef str _ms(double seconds)
+cpdef bytes combined_line(AccessRecord r, _Clock clock, tuple limits)
+cdef str _text(object value, Py_ssize_t limit)
