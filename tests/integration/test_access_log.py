@@ -276,7 +276,8 @@ async def test_a_reload_may_move_or_turn_off_the_access_log(start_balancer, back
     assert await lb.reload_with(one_pool([b], top=log_top(second))) == []
     assert await get(http, lb.url + "/", "after") == 200
     await line_for(lb, second, "after")
-    assert [line["request_id"] for line in read_lines(first)] == ["before"]
+    # The old file's writer writes what was queued to it before it stops, in its own time.
+    assert [line["request_id"] for line in await lines_in(first, 1)] == ["before"]
     assert await lb.reload_with(one_pool([b])) == []
     assert await get(http, lb.url + "/", "off") == 200
     await lb.app.access_log.flush()
