@@ -20,7 +20,7 @@ from . import health
 from .addresses import parse_ip
 from .balance import LeastConn, PeakEwma, Random, RoundRobin, static_weight
 from .balance import consistent_hash
-from .config import Config
+from .config import Config, PoolConfig
 from .geo import Geo
 from .metrics import Stats
 from .mirror import Mirror
@@ -32,6 +32,7 @@ from .sticky import StickyCookies, read_cookie, secret_from_env
 if TYPE_CHECKING:
     from .access_log import AccessLog
     from .http.exchange import Exchange
+    from .tls import BackendTls
 
 
 # Why a pool had no backend to give (the 503's message; the access log tells them apart).
@@ -63,11 +64,16 @@ class PoolRuntime:
 
     __slots__ = ("name", "pool", "config", "geo", "strategy", "latency_aware", "sticky", "_tokens",
                  "_tokens_members", "retry_statuses", "_hash_key",
-                 "connect_timeout", "response_timeout", "idle_timeout", "websocket_idle_timeout")
+                 "connect_timeout", "response_timeout", "idle_timeout", "websocket_idle_timeout",
+                 "tls")
 
-    def __init__(self, pool: Pool, geo: Geo | None, sticky_secret: Callable[[str], bytes]) -> None:
-        config = pool.config
+    def __init__(self, pool: Pool, geo: Geo | None, sticky_secret: Callable[[str], bytes],
+                 tls: BackendTls | None = None, config: PoolConfig | None = None) -> None:
+        # `config`: this generation's settings. A reload compiles before the Pool object
+        # (which outlives generations) takes them, so pool.config may still be the old ones.
+        config = config or pool.config
         self.name = pool.name
+        self.tls = tls  # TLS to this pool's backends, with this generation's files
         self.pool = pool
         self.config = config
         self.geo = geo
@@ -257,14 +263,17 @@ class Runtime:
     def __init__(self, config: Config, pools: dict[str, Pool], stats: Stats,
                  sticky_secret: Callable[[str], bytes] = secret_from_env,
                  plugin_factory: Callable[[Route], tuple] | None = None,
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None,
+                 backend_tls: dict[str, BackendTls] | None = None) -> None:
         self.config = config
         self.stats = stats
         # The process's one access log (it outlives runtimes, so old requests still write).
         self.access_log = access_log
         self.limits = config.limits
         self.geo = Geo(config.geo, config.trusted_proxies) if config.geo is not None else None
-        self.pools = {name: PoolRuntime(pools[name], self.geo, sticky_secret) for name in config.pools}
+        tls = backend_tls or {}
+        self.pools = {name: PoolRuntime(pools[name], self.geo, sticky_secret, tls.get(name), pool_config)
+                      for name, pool_config in config.pools.items()}
         routes = [Route(r) for r in config.routes]
         geo = self.geo
         is_pinned = geo.is_pinned if geo is not None else _nobody_pinned

@@ -6,7 +6,7 @@ import signal
 import aiohttp
 import pytest
 
-from tests.conftest import balancer_yaml, pool_yaml
+from tests.conftest import balancer_yaml, one_pool, pool_yaml
 from tests.fakes.backends import free_port
 from tests.instance import PATIENCE, Instance
 
@@ -215,3 +215,16 @@ async def test_listeners_added_and_removed_without_cutting_connections(start_bal
     except OSError:
         refused = True
     assert refused
+
+
+async def test_a_reload_changes_a_pool_setting_of_a_pool_that_stays(start_balancer, backends, http):
+    """The new generation takes the new settings of a pool that already existed (its Pool
+    object, with the backends' state, outlives the reload)."""
+    (slow,) = await backends(1)
+    slow.mode, slow.hang_seconds = "hang", 0.5
+    lb = await start_balancer(one_pool([slow], "timeouts: {response: 100ms}"))
+    async with http.get(f"{lb.url}/") as resp:
+        assert resp.status == 504
+    assert await lb.reload_with(one_pool([slow], "timeouts: {response: 20s}")) == []
+    async with http.get(f"{lb.url}/") as resp:
+        assert resp.status == 200
