@@ -35,6 +35,7 @@ class AdminServer:
             pools=lambda: app.pools_for_scrape(),
             consul=lambda: app.watches.values(),
             instance=lambda: app,
+            certificates=lambda: app.certificates.expiries,
         ))
         self._runner: web.AppRunner | None = None
         self.port = 0

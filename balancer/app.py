@@ -17,6 +17,7 @@ from typing import Callable
 
 from . import compiled, signals
 from .access_log import AccessLog
+from .certificates import Certificates, CertificateError, load_certificates
 from .config import Config, ConfigError, ConsulConfig, ListenerConfig, load_config
 from .discovery.consul import ConsulRegistration, ConsulWatch
 from .health import HealthChecker
@@ -29,7 +30,6 @@ from .server import ListenerServer
 from .status import SAMPLE_INTERVAL, RecentTraffic
 from .sticky import secret_from_env
 from .tasks import spawn
-from .tls import server_context
 
 log = logging.getLogger("balancer")
 
@@ -86,7 +86,9 @@ class App:
         self._reload_lock = asyncio.Lock()
         self._closing = False
         self.started = False
-        self._runtime_ref = RuntimeRef(self._compile(config))
+        # Every TLS context of the config in force, read from its files (again at each reload).
+        self.certificates = load_certificates(config)
+        self._runtime_ref = RuntimeRef(self._compile(config, self.certificates))
         # Listener sockets handed over by a parent process (workers); name -> socket.
         self.inherited_sockets: dict = {}
         # Control process: where its workers' listeners were bound at start,
@@ -103,14 +105,15 @@ class App:
             secret = self._secrets[env_name] = secret_from_env(env_name)
         return secret
 
-    def _compile(self, config: Config) -> Runtime:
+    def _compile(self, config: Config, certificates: Certificates) -> Runtime:
         pools: dict[str, Pool] = {}
         for name, pool_config in config.pools.items():
             pool = self.pools.get(name)
             if pool is None:
                 pool = Pool(pool_config)
             pools[name] = pool
-        return Runtime(config, pools, self.stats, self._secret, build_plugins, self.access_log)
+        return Runtime(config, pools, self.stats, self._secret, build_plugins, self.access_log,
+                       backend_tls=certificates.pools)
 
     @property
     def runtime(self) -> Runtime:
@@ -167,8 +170,9 @@ class App:
                     self.pools[name].start_drain(backend)
                 del self.pools[name]
 
-    async def _open_listener(self, listener: ListenerConfig) -> ListenerServer:
-        context = server_context(listener.tls) if listener.tls is not None else None
+    async def _open_listener(self, listener: ListenerConfig,
+                             certificates: Certificates | None = None) -> ListenerServer:
+        context = (certificates or self.certificates).listeners.get(listener.name)
         server = ListenerServer(listener, self._runtime_ref, self.loop, context,
                                 reuse_port=self.config.workers != 1)
         # Our own listener on the same address (a reload re-opening it) may share the port;
@@ -191,11 +195,13 @@ class App:
         consul = _watched(config.consul or ConsulConfig())
         for name, pool in list(self.pools.items()):
             checker = self.health.get(name)
+            tls = self.certificates.pools.get(name)
             if checker is None:
-                checker = self.health[name] = HealthChecker(pool)
+                checker = self.health[name] = HealthChecker(pool, tls)
                 checker.start()
             else:
                 checker.pool = pool
+                checker.tls = tls
                 checker.sync()
             discovery = pool.config.discovery
             watch = self.watches.get(name)
@@ -319,10 +325,17 @@ class App:
             return ["no config file to reload from"]
         try:
             config = load_config(self.config_path)
-            runtime = self._compile(config)
+            # Every certificate, key and CA file is read again, changed config or not: this
+            # is how renewed certificates come into force.
+            certificates = load_certificates(config)
+            runtime = self._compile(config, certificates)
         except ConfigError as exc:
             log.error("reload refused, nothing changed:\n%s", "\n".join(exc.lines()))
             return exc.lines()
+        except CertificateError as exc:
+            self.stats.reloads["failure"] += 1
+            log.error("reload refused, the certificates in force stay:\n%s", "\n".join(exc.errors))
+            return exc.errors
         except (OSError, ValueError, ssl.SSLError) as exc:
             log.error("reload refused, nothing changed: %s", exc)
             return [f"{self.config_path}: {exc}"]
@@ -331,17 +344,18 @@ class App:
         except OSError as exc:
             log.error("reload refused, nothing changed: cannot open the access log: %s", exc)
             return [f"{self.config_path}: access_log.path: {exc}"]
-        old_listeners = {l.name: l for l in self.config.listeners}
+        old_listeners = {l.name: _bound(l) for l in self.config.listeners}
         if not self.serves_traffic:
-            old_listeners = {l.name: l for l in config.listeners}  # workers own the sockets
+            old_listeners = {l.name: _bound(l) for l in config.listeners}  # workers own the sockets
         # Open every new or changed listener before touching the old ones, so that a listener
         # that cannot be opened leaves everything as it was, and a re-opened port never stops
-        # accepting (the new socket binds beside the old one with SO_REUSEPORT).
+        # accepting (the new socket binds beside the old one with SO_REUSEPORT). A listener
+        # whose only change is TLS (or nothing) keeps its socket: it takes the new contexts.
         opened: dict[str, ListenerServer] = {}
         try:
             for listener in config.listeners:
-                if old_listeners.get(listener.name) != listener:
-                    opened[listener.name] = await self._open_listener(listener)
+                if old_listeners.get(listener.name) != _bound(listener):
+                    opened[listener.name] = await self._open_listener(listener, certificates)
         except (OSError, ssl.SSLError) as exc:
             for server in opened.values():
                 await server.stop_accepting()
@@ -365,8 +379,14 @@ class App:
         self.retired = [s for s in self.retired if s.connections]
         if config.admin.address != self.config.admin.address or config.workers != self.config.workers:
             log.warning("reload: admin.address and workers take effect only at restart")
+        for listener in config.listeners:
+            server = self.listeners.get(listener.name)
+            if server is not None and listener.name not in opened:
+                # New handshakes use the new certificates; open connections keep theirs.
+                server.use_tls(listener, certificates.listeners.get(listener.name))
         old_runtime = self.runtime
         self.config = config
+        self.certificates = certificates
         self.runtime = runtime
         use_log_format(config.log_format)
         if self.serves_traffic:
@@ -544,6 +564,11 @@ class App:
 
 def _where(server: ListenerServer) -> str:
     return f"{server.config.address.host}:{server.port}"
+
+
+def _bound(listener: ListenerConfig) -> ListenerConfig:
+    """What a listener's socket depends on; its TLS is swapped in place."""
+    return dataclasses.replace(listener, tls=None)
 
 
 def _registered_as(consul: ConsulConfig) -> tuple:

@@ -33,12 +33,16 @@ from urllib.parse import urlsplit
 import maxminddb
 import yaml
 
+from .http.headers import OWN_REQUEST_HEADERS
+
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 BalanceName = Literal["least_conn", "round_robin", "random", "consistent_hash", "ewma"]
 OnFailure = Literal["rebalance", "fail"]
 # What a retry may be triggered by (PRODUCT.md §3 retries.on).
 RetryCondition = Literal["connect_failure", "reset", "timeout", "502", "503", "504"]
+# Whether a listener asks players for a certificate (absent: it does not ask).
+ClientCertificateMode = Literal["required", "optional"]
 
 
 class ConfigError(Exception):
@@ -68,6 +72,20 @@ class TlsConfig:
     key: str
     # server name (exact or "*.example.com") -> (certificate, key); the default pair serves the rest
     sni: tuple[tuple[str, str, str], ...] = ()
+    # Client certificates (mTLS): verified against this CA bundle when asked for.
+    client_ca: str | None = None
+    client_certificate: ClientCertificateMode | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTlsConfig:
+    """TLS from the balancer to a pool's backends."""
+
+    ca: str | None = None  # None: the system's CAs
+    server_name: str | None = None  # None: the backend's host
+    certificate: str | None = None  # client certificate for mTLS, with `key`
+    key: str | None = None
+    verify: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +161,15 @@ class MatchConfig:
     path_prefix: str = "/"
     methods: frozenset[str] | None = None
     headers: tuple[tuple[str, str], ...] = ()  # (lower-case name, exact value)
+    client_certificate: ClientCertificateMatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificateMatch:
+    """The player's verified certificate must have this subject and/or fingerprint."""
+
+    subject: str | None = None  # RFC 4514, as in X-Client-Cert-Subject
+    fingerprint: str | None = None  # SHA-256, lower-case hex without separators
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +290,7 @@ class PoolConfig:
     drain_timeout: float = 600.0
     backends: tuple[BackendConfig, ...] = ()
     discovery: ConsulDiscoveryConfig | None = None
+    tls: UpstreamTlsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,6 +624,7 @@ _HOST_PATTERN = re.compile(rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*$")
 # The accepted words are the Literal types' own, so the two cannot drift apart.
 _BALANCES = get_args(BalanceName)
 _ON_FAILURE = get_args(OnFailure)
+_CLIENT_CERTIFICATE = get_args(ClientCertificateMode)
 _RETRY_CONDITIONS = get_args(RetryCondition)
 _CONSUL_MAX_WAIT = "10m"  # Consul caps a blocking query's wait there
 
@@ -955,11 +984,56 @@ def _listener(s: _Section) -> ListenerConfig:
 def _tls(s: _Section) -> TlsConfig:
     certificate, key = _key_pair(s)
     sni = s.take("sni", _map_of(_mapping(_key_pair), key=_route_host), {})
+    client_ca = s.take("client_ca", _ca_file, None)
+    mode = s.take("client_certificate", _scalar(_choice(*_CLIENT_CERTIFICATE)), None)
+    if client_ca is not None and mode is None and "client_certificate" not in s.failed:
+        s.error("client_certificate", "required with client_ca: say `required` or `optional`")
+    if mode is not None and client_ca is None and "client_ca" not in s.failed:
+        s.error("client_ca", "required with client_certificate: the CA bundle players' "
+                             "certificates are verified against")
     return TlsConfig(
         certificate=certificate,
         key=key,
         sni=tuple((server_name, *pair) for server_name, pair in sni.items()),
+        client_ca=client_ca,
+        client_certificate=mode,
     )
+
+
+def _upstream_tls(s: _Section) -> UpstreamTlsConfig:
+    d = UpstreamTlsConfig()
+    ca = s.take("ca", _ca_file, None)
+    server_name = s.take("server_name", _scalar(_server_name), None)
+    certificate = s.take("certificate", _readable_file, None)
+    key = s.take("key", _readable_file, None)
+    if (certificate is None) != (key is None) and not s.failed & {"certificate", "key"}:
+        missing = "key" if key is None else "certificate"
+        s.error(missing, "required with " + ("certificate" if key is None else "key")
+                + ": a client certificate and its key go together")
+    elif certificate and key and (problem := _key_pair_problem(certificate, key)):
+        s.ctx.error(s.path, problem)
+    return UpstreamTlsConfig(
+        ca=ca, server_name=server_name, certificate=certificate, key=key,
+        verify=s.take("verify", _scalar(_bool), d.verify),
+    )
+
+
+def _ca_file(raw: object, path: str, ctx: _Context) -> str:
+    """A PEM bundle of CA certificates, checked to load."""
+    name = _readable_file(raw, path, ctx)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=name)
+    except (ssl.SSLError, OSError) as exc:
+        raise _Invalid(f"cannot use this CA bundle: {exc}") from None
+    return name
+
+
+def _server_name(raw: object) -> str:
+    name = _string(raw).lower().rstrip(".")
+    if not _HOSTNAME.match(name):
+        raise _Invalid(f"expected a host name like games.internal, got {show_value(raw)}")
+    return name
 
 
 def _key_pair(s: _Section) -> tuple[str, str]:
@@ -1210,12 +1284,37 @@ def _match(s: _Section) -> MatchConfig:
     path_prefix = s.take("path_prefix", _scalar(_http_path), MatchConfig().path_prefix)
     methods = s.take("methods", _list_of(_scalar(_method), non_empty=True), None)
     headers = s.take("headers", _map_of(_scalar(_header_value), key=_lower_header_name), {})
+    for name in headers:
+        if name.encode() in OWN_REQUEST_HEADERS:
+            # The balancer replaces the player's copy before forwarding, but routes see the
+            # request as sent: matching on it would believe whatever a player claims.
+            better = " (use match.client_certificate)" if name.startswith("x-client-cert") else ""
+            s.error(f"headers.{name}", f"set by the balancer, not the player: cannot be matched{better}")
     return MatchConfig(
         host=host,
         path_prefix=path_prefix,
         methods=frozenset(methods) if methods is not None else None,
         headers=tuple(headers.items()),
+        client_certificate=s.take("client_certificate", _mapping(_client_certificate_match), None),
     )
+
+
+def _client_certificate_match(s: _Section) -> ClientCertificateMatch:
+    match = ClientCertificateMatch(
+        subject=s.take("subject", _scalar(_string), None),
+        fingerprint=s.take("fingerprint", _scalar(_fingerprint), None),
+    )
+    if match.subject is None and match.fingerprint is None and not s.failed:
+        s.ctx.error(s.path, "give subject, fingerprint or both")
+    return match
+
+
+def _fingerprint(raw: object) -> str:
+    """SHA-256 as 64 hex digits; `AB:CD:...` (openssl's form) is accepted too."""
+    text = _string(raw).replace(":", "").lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise _Invalid(f"expected a SHA-256 fingerprint (64 hex digits), got {show_value(raw)}")
+    return text
 
 
 def _lower_header_name(raw: object) -> str:
@@ -1285,6 +1384,7 @@ def _pool(s: _Section, name: str) -> PoolConfig:
         drain_timeout=s.take("drain_timeout", _scalar(_duration()), d.drain_timeout),
         backends=s.take("backends", _list_of(backend, unique="id"), ()),
         discovery=s.take("discovery", _mapping(_discovery), None),
+        tls=s.take("tls", _mapping(_upstream_tls), None),
     )
     if not pool.backends and pool.discovery is None and not s.failed & {"backends", "discovery"}:
         s.ctx.error(s.path, "has neither backends nor discovery")

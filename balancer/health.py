@@ -19,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass
 
 import aiohttp
 
+from . import failures
 from .config import HealthCheckConfig
 from .pool import Backend, Pool
+from .tls import BackendTls
 
 log = logging.getLogger("balancer.health")
 
@@ -178,8 +181,10 @@ class HealthChecker:
     place takes effect at the next probe without resetting anyone's state.
     """
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, tls: BackendTls | None = None) -> None:
         self.pool = pool
+        # The pool's TLS to its backends (None: plain); a reload sets the new generation's.
+        self.tls = tls
         self._tasks: dict[Backend, asyncio.Task[None]] = {}
         # Cancelled by sync() but maybe not finished yet: stop() still waits for them.
         self._retiring: set[asyncio.Task[None]] = set()
@@ -276,6 +281,10 @@ class HealthChecker:
                 return await self._probe_http(backend, config)
         except TimeoutError:
             return False, f"no answer within {config.timeout:g}s"
+        except aiohttp.ClientSSLError as exc:  # the certificate, or the handshake, failed
+            return False, failures.describe(exc.os_error)
+        except ssl.SSLError as exc:  # the same from a TCP check's handshake
+            return False, failures.describe(exc)
         except (OSError, aiohttp.ClientError) as exc:
             return False, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - a probe must never kill its task
@@ -283,15 +292,27 @@ class HealthChecker:
             return False, f"{type(exc).__name__}: {exc}"
 
     async def _probe_tcp(self, backend: Backend) -> tuple[bool, str]:
-        _reader, writer = await asyncio.open_connection(backend.host, backend.port)
+        tls = self.tls
+        if tls is None:
+            _reader, writer = await asyncio.open_connection(backend.host, backend.port)
+        else:  # a TLS pool's TCP check includes the handshake: the certificate must verify
+            _reader, writer = await asyncio.open_connection(
+                backend.host, backend.port, ssl=tls.context,
+                server_hostname=tls.server_hostname(backend.host))
         writer.close()
         await writer.wait_closed()
         return True, "connected"
 
     async def _probe_http(self, backend: Backend, config: HealthCheckConfig) -> tuple[bool, str]:
-        url = f"http://{backend.address}{config.path}"
+        tls = self.tls
+        if tls is None:
+            url = f"http://{backend.address}{config.path}"
+            options: dict = {}
+        else:
+            url = f"https://{backend.address}{config.path}"
+            options = {"ssl": tls.context, "server_hostname": tls.server_hostname(backend.host)}
         # Redirects are not followed: a 3xx is the backend's own answer (200-399 by default).
-        async with self._get_session().get(url, allow_redirects=False) as response:
+        async with self._get_session().get(url, allow_redirects=False, **options) as response:
             lo, hi = config.expect_status
             if lo <= response.status <= hi:
                 return True, f"status {response.status}"
@@ -321,6 +342,7 @@ class HealthChecker:
             if not backend.healthy and streak.successes >= config.healthy_threshold:
                 self._mark_healthy(backend, streak.successes)
         else:
+            backend.last_failure = (f"health check: {detail}", time.time())
             streak.successes = 0
             streak.failures += 1
             if backend.healthy and streak.failures >= config.unhealthy_threshold:

@@ -182,11 +182,13 @@ class BalancerCollector(Collector):
 
     def __init__(self, stats: Callable[[], Stats], pools: Callable[[], Iterable[Pool]],
                  consul: Callable[[], Iterable] = lambda: (),
-                 instance: Callable[[], Any] | None = None) -> None:
+                 instance: Callable[[], Any] | None = None,
+                 certificates: Callable[[], Iterable] = lambda: ()) -> None:
         self._stats = stats
         self._pools = pools
         self._consul = consul
         self._instance = instance  # the App: start time and last reload
+        self._certificates = certificates  # certificates.Expiry of the files in force
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
@@ -195,6 +197,7 @@ class BalancerCollector(Collector):
         yield from self._request_families(stats)
         yield from self._backend_families(list(self._pools()))
         yield from self._consul_families()
+        yield self._certificate_family()
         conns = GaugeMetricFamily("balancer_client_connections", "Open client connections.",
                                   labels=["listener"])
         for listener, value in stats.connections.items():
@@ -306,6 +309,18 @@ class BalancerCollector(Collector):
                     checks.add_metric([pool.name, b.id, result], value)
         yield from (errors, retries, stale, up, state, active, websockets, ejections, checks, panics,
                     eligible, panic)
+
+    def _certificate_family(self) -> Metric:
+        """Per certificate file in force: one of `listener`/`pool` names its owner (the other
+        is empty), `name` which file of it (certificate, sni:<name>, client_ca, ca)."""
+        expiry = GaugeMetricFamily(
+            "balancer_certificate_expiry_timestamp_seconds",
+            "When the first certificate in the file expires (Unix time).",
+            labels=["listener", "pool", "name"])
+        for cert in self._certificates():
+            owner = [cert.owner_name, ""] if cert.owner == "listener" else ["", cert.owner_name]
+            expiry.add_metric([*owner, cert.name], cert.not_after)
+        return expiry
 
     def _consul_families(self) -> Iterator[Metric]:
         updates = CounterMetricFamily("balancer_consul_updates", "Consul blocking-query results.",

@@ -14,9 +14,10 @@ cdef class Backend:
     cdef public list idle
     cdef public set tunnels
     cdef public dict upstream_errors, health_checks
+    cdef public object last_failure
 
     @cython.locals(limit=double, age=double)
-    cpdef take_idle(self, double now, double idle_timeout)
+    cpdef take_idle(self, double now, double idle_timeout, object tls=*)
 
 
 cdef class Pool:

@@ -48,7 +48,7 @@ class Backend:
         "healthy", "ejected_until", "ejections", "consecutive_failures",
         "draining", "drain_deadline", "removed", "ramp_start",
         "active_requests", "websockets", "idle", "open_connections",
-        "upstream_errors", "health_checks", "ejections_total", "tunnels",
+        "upstream_errors", "health_checks", "ejections_total", "tunnels", "last_failure",
         "latency", "latency_at",
         "keepalive_announced", "keepalive_seen", "reuse_within",
     )
@@ -83,6 +83,8 @@ class Backend:
         self.keepalive_announced = 0.0
         self.keepalive_seen = 0.0
         self.reuse_within = 0.0
+        # (why, Unix time) of the latest failed connect or health check; see failures.py
+        self.last_failure: tuple[str, float] | None = None
         self.update(config)
 
     def update(self, config: BackendConfig) -> None:
@@ -113,9 +115,12 @@ class Backend:
         """What least_conn counts: requests in flight plus open WebSockets."""
         return self.active_requests + self.websockets
 
-    def take_idle(self, now: float, idle_timeout: float) -> UpstreamConnection | None:
+    def take_idle(self, now: float, idle_timeout: float,
+                  tls: object = None) -> UpstreamConnection | None:
         """Pop the most recently used live keep-alive connection, if it is safe to reuse.
-        Ones whose peer has closed are dropped on the way (connection_lost removed most).
+        Ones whose peer has closed are dropped on the way (connection_lost removed most), and
+        so are ones made with other TLS settings than the pool's `tls` now (a reload that
+        turned TLS on, or changed its CA, must not reuse what the old settings accepted).
         Ones idle longer than the backend's known limit allows are left in place: nothing
         newer is there, and seeing whether the backend closes them keeps that limit right."""
         limit = self.reuse_within
@@ -128,7 +133,7 @@ class Backend:
                 idle.pop()
                 continue
             age = now - conn.last_used
-            if age > idle_timeout:
+            if age > idle_timeout or (conn.tls_config is not tls and conn.tls_config != tls):
                 idle.pop()
                 conn.close()
                 continue

@@ -8,9 +8,10 @@ cdef class Route:
     cdef public object _host, _suffix, _methods  # str | None, str | None, frozenset | None
     cdef public bytes _prefix
     cdef public tuple _headers
+    cdef public object _cert
 
     cpdef bint matches_host(self, str host)
-    cpdef bint matches(self, str host, bytes path, bytes method, list headers)
+    cpdef bint matches(self, str host, bytes path, bytes method, list headers, object cert=*)
 
 
 cdef class RouteTable:
@@ -19,4 +20,4 @@ cdef class RouteTable:
     cdef public tuple _wildcards
 
     @cython.locals(route=Route)
-    cpdef Route match(self, str host, bytes path, bytes method, list headers)
+    cpdef Route match(self, str host, bytes path, bytes method, list headers, object cert=*)

@@ -1,4 +1,5 @@
-"""The route table: host / path prefix / method / header matching, compiled once per config.
+"""The route table: host / path prefix / method / header / client certificate matching,
+compiled once per config.
 
 First match wins (PRODUCT.md §3). Host matching ignores the port; `*.example.com` matches
 `a.example.com` but not `example.com`. A request whose method a route does not list simply
@@ -14,7 +15,7 @@ class Route:
     """A compiled route: its matcher plus what the data plane needs after a match."""
 
     __slots__ = ("name", "pool_name", "config", "plugins", "split", "mirror", "_host", "_suffix",
-                 "_prefix", "_methods", "_headers")
+                 "_prefix", "_methods", "_headers", "_cert")
 
     def __init__(self, config: RouteConfig) -> None:
         self.name = config.name
@@ -35,6 +36,7 @@ class Route:
         self._prefix = match.path_prefix.encode()
         self._methods = frozenset(m.encode() for m in match.methods) if match.methods else None
         self._headers = tuple((name.encode(), value.encode()) for name, value in match.headers)
+        self._cert = match.client_certificate  # ClientCertificateMatch or None
 
     def matches_host(self, host: str) -> bool:
         if self._host is not None:
@@ -44,7 +46,8 @@ class Route:
         return True
 
     def matches(self, host: str, path: bytes, method: bytes,
-                headers: list[tuple[bytes, bytes, bytes]]) -> bool:
+                headers: list[tuple[bytes, bytes, bytes]], cert: object = None) -> bool:
+        """`cert`: the player's verified certificate (tls.ClientCertificate) or None."""
         if (self._host is not None or self._suffix is not None) and not self.matches_host(host):
             return False
         if not path.startswith(self._prefix):
@@ -56,6 +59,14 @@ class Route:
                 if name == want_name and value == want_value:
                     break
             else:
+                return False
+        want = self._cert
+        if want is not None:
+            if cert is None:
+                return False
+            if want.subject is not None and cert.subject != want.subject:  # type: ignore[attr-defined]
+                return False
+            if want.fingerprint is not None and cert.fingerprint != want.fingerprint:  # type: ignore[attr-defined]
                 return False
         return True
 
@@ -70,9 +81,9 @@ class RouteTable:
         self._wildcards = tuple(r._suffix for r in routes if r._suffix is not None)
 
     def match(self, host: str, path: bytes, method: bytes,
-              headers: list[tuple[bytes, bytes, bytes]]) -> Route | None:
+              headers: list[tuple[bytes, bytes, bytes]], cert: object = None) -> Route | None:
         for route in self.routes:
-            if route.matches(host, path, method, headers):
+            if route.matches(host, path, method, headers, cert):
                 return route
         return None
 

@@ -17,6 +17,7 @@ cdef class PoolRuntime:
     cdef public str name
     cdef public Pool pool
     cdef public object config, geo, sticky, retry_statuses
+    cdef public object tls  # tls.BackendTls or None
     cdef public object strategy  # LeastConn, RoundRobin, Random or PeakEwma: each has pick()
     cdef public bint latency_aware  # strategy is PeakEwma: report response latencies to it
     # The pool's timeouts, read on every request and body chunk.

@@ -81,6 +81,12 @@ class ListenerServer:
         stats.connection_limit_reached.setdefault(self.name, 0)
         self._accept_task = self.loop.create_task(self._accept_loop(self.sock))
 
+    def use_tls(self, config: ListenerConfig, ssl_context: ssl.SSLContext | None) -> None:
+        """A reload that kept this listener's socket: connections accepted from now on get the
+        new TLS context (renewed certificates); open ones keep the session they have."""
+        self.config = config
+        self.ssl_context = ssl_context
+
     @property
     def port(self) -> int:
         return self.sock.getsockname()[1] if self.sock is not None else 0

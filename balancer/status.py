@@ -203,10 +203,19 @@ def pools_doc(app: App) -> list[dict]:
                 "last_minute": app.recent.backend(name, b.id),
                 "last_check": None if check is None else {
                     "ok": check.ok, "detail": check.detail, "at": check.at},
+                "last_failure": _failure(b.last_failure),
             })
         out.append({"name": name, "eligible_backends": eligible, "panic": panic,
                     "window_seconds": app.recent.window(), "backends": backends})
     return out
+
+
+def _failure(failure: tuple[str, float] | None) -> dict | None:
+    """Why the backend last could not be reached (a connect, or a health check), and when."""
+    if failure is None:
+        return None
+    reason, when = failure
+    return {"reason": reason, "at": when}
 
 
 def consul_doc(app: App) -> list[dict]:

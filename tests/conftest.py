@@ -21,6 +21,7 @@ from balancer.app import App
 from balancer.config import load_config
 from tests.fakes.backends import Backend
 from tests.fakes.consul import FakeConsul
+from tests.pki import Pki
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
@@ -155,6 +156,12 @@ async def consul() -> AsyncIterator[FakeConsul]:
     await fake.start()
     yield fake
     await fake.close()
+
+
+@pytest.fixture
+def new_ca(tmp_path: Path) -> Callable[[], Pki]:
+    """`new_ca()`: a fresh certificate authority writing its files under tmp_path."""
+    return lambda: Pki(tmp_path)
 
 
 @pytest.fixture

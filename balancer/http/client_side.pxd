@@ -13,6 +13,7 @@ cdef class ClientConnection:
     cdef public bint peer_trusted, closed
     cdef public bytes scheme
     cdef public object tls_version
+    cdef public object client_cert  # tls.ClientCertificate or None
     cdef public Exchange exchange, reading, tunnel
     cdef public Deadline deadline
     cdef int _paused

@@ -17,6 +17,7 @@ from .exchange import Exchange
 from .headers import request_id_from
 from .parser import RequestHead, RequestReader
 from .timers import Deadline
+from ..tls import client_certificate
 
 if TYPE_CHECKING:
     from ..runtime import RuntimeRef
@@ -42,6 +43,7 @@ class ClientConnection:
         "scheme", "exchange", "reading", "queue", "deadline", "_paused", "_write_paused",
         "closed", "tunnel", "_batch", "_error", "_idle", "_received", "_body_rate",
         "_body_since", "_body_base", "_lingering", "_runtime", "tls_version",
+        "client_cert",
     )
 
     def __init__(self, server: "ListenerServer", proxied_ip: str | None = None) -> None:
@@ -59,6 +61,8 @@ class ClientConnection:
         self.peer_trusted = False
         self.scheme = b"https" if server.config.tls is not None else b"http"
         self.tls_version: str | None = None  # "TLSv1.3" on a TLS listener (the access log's)
+        # The player's verified certificate (tls.ClientCertificate) on a listener that asks.
+        self.client_cert = None
         self.exchange: Exchange | None = None  # the one being answered
         self.reading: Exchange | None = None  # the one whose request is being read
         self.queue: deque[Exchange] = deque()
@@ -88,6 +92,9 @@ class ClientConnection:
             self.tls_version = tls.version() if tls is not None else None
         runtime = self._runtime.current
         self.peer_trusted = runtime.is_trusted(self.client_ip)
+        asks = self.listener.tls
+        if asks is not None and asks.client_certificate is not None:
+            self.client_cert = client_certificate(transport)
         self.server.connection_opened(self)
         # HAProxy's `timeout http-request`: the first request head is due from accept on.
         self.deadline.set_in(runtime.limits.header_timeout)

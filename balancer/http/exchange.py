@@ -144,11 +144,13 @@ class Exchange:
                                   forwarded_for=head.forwarded_for)
             self.country = country
             if geo.is_blocked(country):
-                self.route = runtime.routes.match(head.host, head.path, head.method, head.headers)
+                self.route = runtime.routes.match(head.host, head.path, head.method, head.headers,
+                                                  client.client_cert)
                 self.reply(451, "unavailable in your jurisdiction", outcome=GEO_BLOCKED)
                 return
             self.region = geo.region_of(country)
-        route = runtime.routes.match(head.host, head.path, head.method, head.headers)
+        route = runtime.routes.match(head.host, head.path, head.method, head.headers,
+                                     client.client_cert)
         if route is None:
             self.reply(404, "no route")
             return
@@ -268,6 +270,9 @@ class Exchange:
         if self.region is not None:
             lines.append(b"\r\nx-client-region: ")
             lines.append(self.region.encode())
+        cert = client.client_cert
+        if cert is not None:
+            lines.append(cert.headers)  # X-Client-Cert-Subject and -Fingerprint
         lines.append(b"\r\n\r\n")
         return b"".join(lines)
 
@@ -280,12 +285,12 @@ class Exchange:
         if pool.latency_aware:
             self._sent_at = monotonic()
         now = self.client.loop.time()
-        conn = backend.take_idle(now, pool.idle_timeout)
+        conn = backend.take_idle(now, pool.idle_timeout, pool.config.tls)
         while conn is not None and not self._safe_to_repeat() and conn.at_risk():
             # A request that must not be lost goes only on a connection the backend has not
             # closed already (the loop may not have read its FIN yet).
             conn.close()
-            conn = backend.take_idle(now, pool.idle_timeout)
+            conn = backend.take_idle(now, pool.idle_timeout, pool.config.tls)
         if conn is not None:
             self.connect_time = 0.0
             self._attach(conn, now)
@@ -302,7 +307,7 @@ class Exchange:
         began = perf_counter()
         try:
             conn = await upstream.connect(backend, loop, timeout, idle,
-                                          self.runtime.limits.max_response_header_bytes)
+                                          self.runtime.limits.max_response_header_bytes, self.pool.tls)
         except (OSError, asyncio.TimeoutError):
             self.connect_time = perf_counter() - began
             self._connecting = False

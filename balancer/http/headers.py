@@ -20,9 +20,13 @@ HOP_BY_HOP: frozenset[bytes] = frozenset({
 
 # Headers the balancer sets itself towards the backend; a client's copies are replaced.
 # (x-balancer-mirror marks shadow copies: a player must not pass a real bet off as one.)
+# The client-certificate ones are removed even where no certificate is asked for: a backend
+# trusts them as the balancer's word. So is Envoy's X-Forwarded-Client-Cert, which the
+# balancer never sets but a backend written for Envoy would believe.
 OWN_REQUEST_HEADERS: frozenset[bytes] = frozenset({
     b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"x-client-region",
     b"x-balancer-mirror",
+    b"x-client-cert-subject", b"x-client-cert-fingerprint", b"x-forwarded-client-cert",
 })
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")

@@ -11,7 +11,7 @@ cdef frozenset _WATCHED  # looked up per response header
 
 
 cdef class UpstreamConnection:
-    cdef public object backend, loop, transport, parser
+    cdef public object backend, loop, transport, parser, tls_config
     cdef object _feed
     cdef public Exchange exchange
     cdef public double last_used, idle_timeout

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .. import health
+from ..failures import connect_failed
 from .errors import PROTOCOL, RESET, STALE, TIMEOUT
 from .headers import HeaderNames
 from .timers import Deadline
 
 if TYPE_CHECKING:
     from ..pool import Backend, Pool
+    from ..tls import BackendTls
     from .exchange import Exchange
 
 # Response headers on_header notes besides keeping them.
@@ -54,7 +56,7 @@ class UpstreamConnection:
         "backend", "loop", "transport", "parser", "exchange", "last_used", "closed",
         "deadline", "_status_reason", "_headers", "_head_sent", "_until_close",
         "_tunnel", "_reading_paused", "expect_head_only",
-        "idle_timeout", "_framing", "_connection", "_names", "_feed",
+        "idle_timeout", "_framing", "_connection", "_names", "_feed", "tls_config",
         "pool", "max_head", "_head_bytes", "_head_size", "_answered", "_reused", "_ours", "_in_feed", "_parked",
     )
 
@@ -88,6 +90,9 @@ class UpstreamConnection:
         self._ours = False  # we closed it (else the backend did)
         self._in_feed = False  # the parser is reading: a released connection waits (parked)
         self._parked = False  # released during this read: pooled once the read ends cleanly
+        # The pool's `tls` settings this connection was made with (None: plain); a pooled
+        # connection is reused only while they are still the pool's (Backend.take_idle).
+        self.tls_config = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -418,12 +423,27 @@ def _after_head(data: bytes) -> bytes:
 
 
 async def connect(backend: Backend, loop: asyncio.AbstractEventLoop, timeout: float,
-                  idle_timeout: float, max_head: int) -> UpstreamConnection:
-    """Open a new connection to `backend` within `timeout` (raises OSError / TimeoutError)."""
-    transport, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: UpstreamConnection(backend, loop), backend.host, backend.port),
-        timeout,
-    )
+                  idle_timeout: float, max_head: int,
+                  tls: BackendTls | None = None) -> UpstreamConnection:
+    """Open a new connection to `backend` within `timeout` (raises OSError / TimeoutError).
+
+    With `tls`, the handshake is part of connecting: a certificate that does not verify, or a
+    backend that does not speak TLS, is a failed connect (never a plain-text fallback)."""
+    host, port = backend.host, backend.port
+    try:
+        if tls is None:
+            opening = loop.create_connection(lambda: UpstreamConnection(backend, loop), host, port)
+        else:
+            opening = loop.create_connection(
+                lambda: UpstreamConnection(backend, loop), host, port,
+                ssl=tls.for_backend(host, port), server_hostname=tls.server_hostname(host),
+                ssl_handshake_timeout=timeout)
+        transport, conn = await asyncio.wait_for(opening, timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        connect_failed(backend, exc, timeout)
+        raise
     conn.idle_timeout = idle_timeout
     conn.max_head = max_head
+    if tls is not None:
+        conn.tls_config = tls.config
     return conn

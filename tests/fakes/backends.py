@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections import Counter
 
 from aiohttp import WSMsgType, web
@@ -21,21 +22,23 @@ def free_port() -> int:
 
 class Backend:
     def __init__(self, name: str, region: str | None = None, *, keepalive_timeout: float = 75.0,
-                 announce_keepalive: bool = False) -> None:
+                 announce_keepalive: bool = False, tls: ssl.SSLContext | None = None) -> None:
         self.name = name
         self.region = region
+        self.tls = tls  # serve HTTPS with this context
         # How long an idle keep-alive connection stays open (aiohttp's own default is 75 s),
         # and whether responses say so in `Keep-Alive: timeout=N` (as Node.js does).
         self.keepalive_timeout = keepalive_timeout
         self.announce_keepalive = announce_keepalive
         self.port = 0
-        self.mode = "ok"  # ok | error500 | hang | reset | status:<code>
+        self.mode = "ok"  # ok | close | error500 | hang | reset | status:<code>
         self.requests: Counter[tuple[str, str]] = Counter()
         self.seen_headers: list[dict[str, str]] = []
         self.bodies: list[bytes] = []
         self.hang_seconds = 30.0
         self.ws_sent = 0  # bytes /ws/flood/<size> has handed to its socket so far
         self.ws_open = 0  # WebSockets open right now
+        self.tls_sessions_reused: list[bool | None] = []  # per request; None: plain HTTP
         self._runner: web.AppRunner | None = None
 
     @property
@@ -57,7 +60,8 @@ class Backend:
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                                      keepalive_timeout=self.keepalive_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port or 0, reuse_address=True)
+        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port or 0, reuse_address=True,
+                           ssl_context=self.tls)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
@@ -95,16 +99,20 @@ class Backend:
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests[(request.method, request.path)] += 1
         self.seen_headers.append(dict(request.headers))
+        self.tls_sessions_reused.append(_session_reused(request))
         body = await request.read()
         self.bodies.append(body)
         answer = await self._behave(request)
         if answer is not None:
             return answer
-        return web.json_response({
+        response = web.json_response({
             "backend": self.name, "region": self.region, "method": request.method,
             "path": request.path_qs, "body_bytes": len(body),
-            "headers": dict(request.headers),
+            "headers": dict(request.headers), "peer_cert": _peer_subject(request),
         }, headers={"X-Backend": self.name})
+        if self.mode == "close":  # answer, then close: every request needs a new connection
+            response.force_close()
+        return response
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         """A chunked response of `size` bytes, written in 16 KiB pieces."""
@@ -143,3 +151,17 @@ class Backend:
         finally:
             self.ws_open -= 1
         return ws
+
+
+def _session_reused(request: web.Request) -> bool | None:
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    return ssl_object.session_reused if ssl_object is not None else None
+
+
+def _peer_subject(request: web.Request) -> str | None:
+    """The subject of the client certificate the caller (the balancer) presented, if any."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return None
+    return ",".join(f"{key}={value}" for rdn in cert["subject"] for key, value in rdn)
