@@ -232,3 +232,49 @@ pools: {{p: {{backends: [{{id: a, address: "127.0.0.1:1"}}]}}}}
     errors = dict(caught.value.errors)
     assert errors["listeners.0.tls.sni.games.example.com"].startswith("cannot use this certificate and key")
     assert errors["listeners.0.tls.sni.live.example.com.certificate"].startswith("no such file")
+
+
+async def tls12_connection(port: int, ca: trustme.CA, ciphers: str) -> ssl.SSLObject:
+    context = client_context(ca)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context,
+                                                   server_hostname="casino.example.com")
+    ssl_object = writer.get_extra_info("ssl_object")
+    writer.close()
+    return ssl_object
+
+
+async def test_tls_1_2_only_with_aead_and_forward_secrecy_and_no_compression(start_balancer, backends, pki):
+    lb, _, ca = await start(start_balancer, backends, pki)
+    port = lb.port("public")
+    served = await tls12_connection(port, ca, "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert served.version() == "TLSv1.2" and served.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert served.compression() is None
+    # CBC suites (Lucky13 and friends), even with ECDHE, are not offered.
+    for cbc in ("ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA"):
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await tls12_connection(port, ca, cbc)
+
+
+async def test_renegotiation_is_refused(start_balancer, backends, pki, tmp_path):
+    """`openssl s_client` asks for a renegotiation (the `R` command) on a TLS 1.2 connection."""
+    lb, _, ca = await start(start_balancer, backends, pki)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    client = await asyncio.create_subprocess_exec(
+        "openssl", "s_client", "-connect", f"127.0.0.1:{lb.port('public')}", "-tls1_2",
+        "-CAfile", str(ca_file), "-servername", "casino.example.com",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert client.stdin is not None and client.stdout is not None
+    output = b""
+    async with asyncio.timeout(20):  # hang guard
+        while b"Verify return code: 0" not in output:  # handshake done, certificate verified
+            output += await client.stdout.read(4096) or b"EOF"
+            assert not output.endswith(b"EOF"), output
+        client.stdin.write(b"R\n")
+        await client.stdin.drain()
+        output += await client.stdout.read()
+    await client.wait()
+    assert b"RENEGOTIATING" in output
+    assert b"no renegotiation" in output
