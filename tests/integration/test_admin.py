@@ -13,7 +13,9 @@ from tests.fakes.backends import free_port
 
 BACKEND_KEYS = {"id", "address", "region", "weight", "source", "state", "active_requests", "websockets",
                 # added for the status page (docs/operations.md, "Status page and /status")
-                "slow_start", "effective_weight", "last_minute", "last_check"}
+                "slow_start", "effective_weight", "last_minute", "last_check",
+                # why it last could not be reached (a connect or a health check)
+                "last_failure"}
 POOL_KEYS = {"name", "backends", "eligible_backends", "panic", "window_seconds"}
 
 
@@ -129,6 +131,7 @@ async def test_admin_pools_document_has_the_contract_shape(start_balancer, backe
         "slow_start": False, "effective_weight": 3,
         "last_minute": {"requests_per_second": 0.0, "error_share": None, "p99_seconds": None},
         "last_check": None,  # no health_check configured
+        "last_failure": None,
     }
     assert backend_doc(doc, "games", "it-1")["weight"] == 1
 
