@@ -96,8 +96,12 @@ class Mirror:
         result = FAILED
         try:
             async with asyncio.timeout(pool.connect_timeout + pool.response_timeout):
+                tls = pool.tls  # a TLS pool gets its copies over TLS too, verified alike
+                options = {} if tls is None else {
+                    "ssl": tls.for_backend(backend.host, backend.port),
+                    "server_hostname": tls.server_hostname(backend.host)}
                 transport, _ = await loop.create_connection(
-                    lambda: _Discard(answered), backend.host, backend.port)
+                    lambda: _Discard(answered), backend.host, backend.port, **options)
                 transport.write(data)
                 if await answered:
                     result = SENT

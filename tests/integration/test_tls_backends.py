@@ -237,3 +237,23 @@ async def test_consul_discovered_backends_use_the_pool_tls(
         assert resp.status == 200
         assert (await resp.json())["backend"] == "found"
     assert found.tls_sessions_reused == [False]
+
+
+async def test_shadow_copies_to_a_tls_pool_go_over_tls(start_balancer, backends, tls_backends, backend_pki, http):
+    (live,) = await backends(1)
+    shadow = await tls_backends("shadow", backend_pki.server_context(NAME))
+    lb = await start_balancer(f"""
+        routes:
+          - {{name: games, pool: live, mirror: {{pool: shadow, percent: 100}}}}
+        pools:
+          live: {{backends: [{{id: live, address: '{live.address}'}}]}}
+          shadow:
+            backends: [{{id: shadow, address: '{shadow.address}'}}]
+            tls: {{ca: {backend_pki.ca_file}, server_name: {NAME}}}
+        """)
+    async with http.get(f"{lb.url}/spin") as resp:
+        assert resp.status == 200
+    async with asyncio.timeout(SETTLE):
+        while shadow.count() == 0:
+            await asyncio.sleep(0.02)
+    assert shadow.tls_sessions_reused == [False]  # it arrived over TLS
