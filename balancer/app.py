@@ -333,7 +333,6 @@ class App:
             log.error("reload refused, nothing changed:\n%s", "\n".join(exc.lines()))
             return exc.lines()
         except CertificateError as exc:
-            self.stats.reloads["failure"] += 1
             log.error("reload refused, the certificates in force stay:\n%s", "\n".join(exc.errors))
             return exc.errors
         except (OSError, ValueError, ssl.SSLError) as exc:

@@ -6,6 +6,9 @@
 - two nginx backends (1 worker each, tiny ``ok`` response, ``X-Backend: a|b`` header),
 - HAProxy 1 thread (``balance leastconn``, ``http-reuse always``) in front of them,
 - the balancer (``python -m balancer run --config FILE``) once per selected variant,
+- for the TLS variants, HAProxy doing the same TLS work in the same run: ``haproxy-tls``
+  (HTTPS listener) for ``tls``, ``haproxy-tls-up`` (TLS to two more nginx backends serving
+  HTTPS, verified) for ``tls-upstream``, with certificates made by the ``openssl`` command,
 
 then drives each target with ``wrk -t1 -c64 --latency``, interleaving the targets round by
 round (the machine is shared and noisy), and reports medians and *same-run* ratios against
@@ -47,6 +50,8 @@ OUT_DIR_DEFAULT = REPO / "benchmarks" / "out"
 TARGETS: dict[str, tuple[float, float | None]] = {
     "spine": (0.80, 1.50),
     "full": (0.65, None),
+    "tls": (0.70, None),  # against haproxy-tls
+    "tls-upstream": (0.60, None),  # against haproxy-tls-up
 }
 
 # Issue 6: two workers against one, as a same-round throughput ratio (not against HAProxy).
@@ -270,8 +275,14 @@ class Response:
 
 
 def http_get(port: int, path: str = "/", headers: dict[str, str] | None = None,
-             timeout: float = 5.0) -> Response:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+             timeout: float = 5.0, scheme: str = "http") -> Response:
+    if scheme == "https":  # the bench CA is throwaway: the probe checks answers, not identities
+        import ssl
+
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=timeout, context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path, headers={"Host": "bench.local", **(headers or {})})
         r = conn.getresponse()
@@ -336,13 +347,89 @@ backend nginx
 """
 
 
-def start_nginx(tools: dict[str, str], work: Path, name: str) -> tuple[int, subprocess.Popen[bytes]]:
+# The TLS pieces: one throwaway CA and a certificate for bench.local / 127.0.0.1 (ECDSA P-256,
+# as most deployments use now); nginx serves HTTPS with it, HAProxy and the balancer too.
+SERVER_NAME = "bench.local"
+NGINX_TLS = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:bench:1m;
+"""
+
+HAPROXY_TLS_FRONTEND = """\
+global
+    nbthread 1
+    maxconn 4096
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+    ssl-default-server-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 2s
+    timeout client 60s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+
+frontend bench
+    bind 127.0.0.1:{port}{bind_tls}
+    default_backend nginx
+
+backend nginx
+    balance leastconn
+{servers}
+"""
+
+
+@dataclass
+class Pki:
+    ca: Path
+    cert: Path  # leaf chain
+    key: Path
+    pem: Path  # leaf + key in one file (HAProxy's crt)
+
+
+def make_pki(work: Path) -> Pki:
+    d = work / "pki"
+    d.mkdir()
+    d.chmod(0o755)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*argv: str) -> None:
+        r = subprocess.run(["openssl", *argv], capture_output=True, text=True, cwd=d, timeout=30)
+        if r.returncode != 0:
+            raise SystemExit(f"openssl {' '.join(argv[:2])} failed: {r.stderr[-500:]}")
+
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=bench CA")
+    openssl("req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", f"/CN={SERVER_NAME}")
+    (d / "san.ext").write_text(f"subjectAltName=DNS:{SERVER_NAME},IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "san.ext")
+    pem = d / "haproxy.pem"
+    pem.write_bytes((d / "leaf.pem").read_bytes() + (d / "leaf.key").read_bytes())
+    for f in d.iterdir():
+        f.chmod(0o644)  # nginx workers may run as another user
+    return Pki(ca=d / "ca.pem", cert=d / "leaf.pem", key=d / "leaf.key", pem=pem)
+
+
+def start_nginx(tools: dict[str, str], work: Path, name: str,
+                pki: Pki | None = None) -> tuple[int, subprocess.Popen[bytes]]:
+    """An nginx backend answering `ok` with X-Backend: `name`; HTTPS with `pki`."""
     d = work / f"nginx-{name}"
     d.mkdir()
     d.chmod(0o755)
     port = free_port()
     conf = d / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=d, port=port, name=name))
+    text = NGINX_CONF.format(dir=d, port=port, name=name[-1])
+    if pki is not None:
+        text = text.replace(" backlog=4096;\n", " backlog=4096 ssl;\n"
+                            + NGINX_TLS.format(cert=pki.cert, key=pki.key))
+    conf.write_text(text)
     proc = PROCS.start(f"nginx-{name}", [tools["nginx"], "-p", str(d), "-c", str(conf)],
                        log=d / "stdout.log")
     if not wait_for_port(port, proc, 10):
@@ -351,16 +438,26 @@ def start_nginx(tools: dict[str, str], work: Path, name: str) -> tuple[int, subp
     return port, proc
 
 
-def start_haproxy(tools: dict[str, str], work: Path, backends: dict[str, int]) -> tuple[int, subprocess.Popen[bytes]]:
-    d = work / "haproxy"
+def start_haproxy(tools: dict[str, str], work: Path, backends: dict[str, int], name: str = "haproxy",
+                  listener_pem: Path | None = None, backend_ca: Path | None = None,
+                  ) -> tuple[int, subprocess.Popen[bytes]]:
+    """HAProxy in front of `backends`; with `listener_pem` an HTTPS listener, with
+    `backend_ca` TLS to the backends, verified against it under SERVER_NAME."""
+    d = work / name
     d.mkdir()
     port = free_port()
-    servers = "\n".join(f"    server {n} 127.0.0.1:{p}" for n, p in backends.items())
+    server_tls = (f" ssl verify required ca-file {backend_ca} sni str({SERVER_NAME})"
+                  if backend_ca is not None else "")
+    servers = "\n".join(f"    server {n} 127.0.0.1:{p}{server_tls}" for n, p in backends.items())
     cfg = d / "haproxy.cfg"
-    cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
-    proc = PROCS.start("haproxy", [tools["haproxy"], "-db", "-f", str(cfg)], log=d / "stdout.log")
+    if listener_pem is None and backend_ca is None:
+        cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
+    else:
+        bind_tls = f" ssl crt {listener_pem} alpn http/1.1" if listener_pem is not None else ""
+        cfg.write_text(HAPROXY_TLS_FRONTEND.format(port=port, servers=servers, bind_tls=bind_tls))
+    proc = PROCS.start(name, [tools["haproxy"], "-db", "-f", str(cfg)], log=d / "stdout.log")
     if not wait_for_port(port, proc, 10):
-        raise SystemExit(f"haproxy did not start:\n{tail(d / 'stdout.log')}")
+        raise SystemExit(f"{name} did not start:\n{tail(d / 'stdout.log')}")
     return port, proc
 
 
@@ -372,6 +469,8 @@ class Ports:
     listener: int
     admin: int
     backends: dict[str, int]
+    pki: Pki | None = None
+    tls_backends: dict[str, int] = field(default_factory=dict)  # nginx serving HTTPS
 
 
 def _base_config(p: Ports, *, workers: int = 1) -> dict[str, Any]:
@@ -424,6 +523,25 @@ def config_full_log(p: Ports) -> dict[str, Any]:
     return cfg
 
 
+def config_tls(p: Ports) -> dict[str, Any]:
+    """spine behind an HTTPS listener (keep-alive: wrk's connections stay open)."""
+    assert p.pki is not None
+    cfg = _base_config(p)
+    cfg["listeners"][0]["tls"] = {"certificate": str(p.pki.cert), "key": str(p.pki.key)}
+    return cfg
+
+
+def config_tls_upstream(p: Ports) -> dict[str, Any]:
+    """spine with verified TLS to nginx backends serving HTTPS."""
+    assert p.pki is not None
+    cfg = _base_config(p)
+    pool = cfg["pools"]["web"]
+    pool["backends"] = [{"id": n[-1], "address": f"127.0.0.1:{port}"}
+                        for n, port in p.tls_backends.items()]
+    pool["tls"] = {"ca": str(p.pki.ca), "server_name": SERVER_NAME}
+    return cfg
+
+
 def config_plugins(p: Ports) -> dict[str, Any]:
     cfg = _base_config(p)
     cfg["routes"][0]["plugins"] = [
@@ -440,8 +558,8 @@ class ProbeError(Exception):
     """The balancer answered, but not as this variant needs (a feature is missing)."""
 
 
-def _probe_basic(port: int, headers: dict[str, str] | None = None) -> Response:
-    r = http_get(port, "/", headers)
+def _probe_basic(port: int, headers: dict[str, str] | None = None, scheme: str = "http") -> Response:
+    r = http_get(port, "/", headers, scheme=scheme)
     backend = r.header("X-Backend")
     if r.status != 200 or backend not in ("a", "b"):
         raise ProbeError(f"GET / answered {r.status} with X-Backend={backend!r}, "
@@ -492,6 +610,11 @@ def probe_full_log(port: int, admin: int) -> dict[str, str]:
         time.sleep(0.1)
 
 
+def probe_https(port: int, admin: int) -> dict[str, str]:
+    _probe_basic(port, scheme="https")
+    return {}
+
+
 def probe_plugins(port: int, admin: int) -> dict[str, str]:
     r = _probe_basic(port)
     if r.header(PLUGIN_HEADER) != "on":
@@ -506,6 +629,8 @@ class Variant:
     config: Callable[[Ports], dict[str, Any]]
     probe: Callable[[int, int], dict[str, str]]  # -> extra request headers for wrk
     env: dict[str, str] = field(default_factory=dict)
+    baseline: str = "haproxy"  # the HAProxy target doing the same work, for the ratios
+    scheme: str = "http"  # what wrk speaks to it
 
 
 VARIANTS: dict[str, Variant] = {
@@ -519,8 +644,14 @@ VARIANTS: dict[str, Variant] = {
         Variant("plugins", "spine + request_id, ip_filter, rate_limit (never empties), headers "
                 "plugins on the route", config_plugins, probe_plugins),
         Variant("workers2", "spine with workers: 2 (SO_REUSEPORT)", config_workers2, probe_spine),
+        Variant("tls", "spine behind an HTTPS listener (TLS 1.3, ECDSA P-256), keep-alive",
+                config_tls, probe_https, baseline="haproxy-tls", scheme="https"),
+        Variant("tls-upstream", "spine with verified TLS to nginx backends serving HTTPS",
+                config_tls_upstream, probe_spine, baseline="haproxy-tls-up"),
     )
 }
+TLS_BASELINES = {"haproxy-tls": "HAProxy nbthread 1, leastconn, HTTPS listener",
+                 "haproxy-tls-up": "HAProxy nbthread 1, leastconn, verified TLS to nginx HTTPS backends"}
 
 
 def dump_config(cfg: dict[str, Any]) -> str:
@@ -538,6 +669,8 @@ class Target:
     port: int
     headers: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    scheme: str = "http"
+    baseline: str = "haproxy"  # balancer targets: the HAProxy target their ratios are against
     status: str = "ok"  # ok | failed: ... | skipped: ...
     log: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -549,14 +682,16 @@ class Target:
 
 
 def start_balancer(variant: Variant, python: str, work: Path, backends: dict[str, int],
-                   startup_timeout: float) -> Target:
+                   startup_timeout: float, pki: Pki | None = None,
+                   tls_backends: dict[str, int] | None = None) -> Target:
     d = work / f"balancer-{variant.name}"
     d.mkdir()
-    ports = Ports(free_port(), free_port(), backends)
+    ports = Ports(free_port(), free_port(), backends, pki, tls_backends or {})
     cfg_path = d / "config.yaml"
     cfg_path.write_text(dump_config(variant.config(ports)))
     target = Target(variant.name, "balancer", ports.listener, description=variant.description,
-                    log=d / "balancer.log", admin=ports.admin)
+                    log=d / "balancer.log", admin=ports.admin, scheme=variant.scheme,
+                    baseline=variant.baseline)
     env = dict(os.environ, **variant.env)
     env.pop("BALANCER_ADMIN_TOKEN", None)
     env["PYTHONUNBUFFERED"] = "1"
@@ -639,7 +774,7 @@ def run_wrk(wrk: str, target: Target, *, duration: float, threads: int, connecti
             "--timeout", "2s"]
     for k, v in target.headers.items():
         argv += ["-H", f"{k}: {v}"]
-    argv.append(f"http://127.0.0.1:{target.port}/")
+    argv.append(f"{target.scheme}://127.0.0.1:{target.port}/")
     before = trees_cpu(cpu_trees) if cpu_trees is not None else {}
     started = time.monotonic()
     proc = PROCS.start("wrk", argv, log=log_path)
@@ -766,8 +901,8 @@ def issue_target(t: Target, by_name: dict[str, Target], thr_h: float | None,
 
 
 def print_table(targets: list[Target], by_name: dict[str, Target], max_errors: int) -> dict[str, Any]:
-    hap, direct = by_name.get("haproxy"), by_name.get("direct")
-    header = (f"{'target':<10} {'req/s':>9} {'p99':>9} {'errors':>7}  {'thr/haproxy':>11} "
+    direct = by_name.get("direct")
+    header = (f"{'target':<14} {'req/s':>9} {'p99':>9} {'errors':>7}  {'thr/haproxy':>11} "
               f"{'p99/haproxy':>11} {'thr/direct':>10}  issue target")
     print()
     print(header)
@@ -776,25 +911,28 @@ def print_table(targets: list[Target], by_name: dict[str, Target], max_errors: i
     for t in targets:
         s = summarize(t)
         if t.status != "ok" or not t.runs:
-            print(f"{t.name:<10} {'-':>9} {'-':>9} {'-':>7}  {t.status}")
+            print(f"{t.name:<14} {'-':>9} {'-':>9} {'-':>7}  {t.status}")
             if t.kind == "balancer":
                 evaluations[t.name] = issue_target(t, by_name, None, None)
             continue
         err = s["errors"]
         err_txt = f"{err}" + ("!" if err > max_errors else "")
         if t.kind == "balancer":
+            hap = by_name.get(t.baseline)
             thr_h = paired_ratio(t, hap, "rps")
             p99_h = paired_ratio(t, hap, "p99_s")
             thr_d = paired_ratio(t, direct, "rps")
             ev = issue_target(t, by_name, thr_h, p99_h)
+            if t.baseline != "haproxy":
+                ev = {**ev, "text": f"{ev['text']} vs {t.baseline}"}
             evaluations[t.name] = {**ev, "thr_vs_haproxy": thr_h, "p99_vs_haproxy": p99_h,
-                                   "thr_vs_direct": thr_d}
-            print(f"{t.name:<10} {fmt_rps(s['rps']):>9} {fmt_lat(s['p99_s']):>9} {err_txt:>7}  "
+                                   "thr_vs_direct": thr_d, "haproxy_target": t.baseline}
+            print(f"{t.name:<14} {fmt_rps(s['rps']):>9} {fmt_lat(s['p99_s']):>9} {err_txt:>7}  "
                   f"{fmt_ratio(thr_h):>11} {fmt_ratio(p99_h):>11} {fmt_ratio(thr_d):>10}  "
                   f"{ev['text']}")
         else:
             thr_d = paired_ratio(t, direct, "rps") if t is not direct else None
-            print(f"{t.name:<10} {fmt_rps(s['rps']):>9} {fmt_lat(s['p99_s']):>9} {err_txt:>7}  "
+            print(f"{t.name:<14} {fmt_rps(s['rps']):>9} {fmt_lat(s['p99_s']):>9} {err_txt:>7}  "
                   f"{'':>11} {'':>11} {fmt_ratio(thr_d):>10}")
     noisy = [t.name for t in targets if t.runs and summarize(t)["errors"] > max_errors]
     if noisy:
@@ -814,12 +952,12 @@ def print_cpu_table(targets: list[Target]) -> None:
     if not ran:
         return
     print("CPU per request (us, medians over rounds)")
-    header = f"{'target':<10} {'proxy':>8} {'backends':>8} {'wrk':>8} {'total':>8}"
+    header = f"{'target':<14} {'proxy':>8} {'backends':>8} {'wrk':>8} {'total':>8}"
     print(header)
     print("-" * len(header))
     for t in ran:
         m = cpu_medians(t)
-        print(f"{t.name:<10} {fmt_us(m['proxy']):>8} {fmt_us(m['backends']):>8} "
+        print(f"{t.name:<14} {fmt_us(m['proxy']):>8} {fmt_us(m['backends']):>8} "
               f"{fmt_us(m['wrk']):>8} {fmt_us(m['total']):>8}")
     print()
 
@@ -956,15 +1094,34 @@ def main(argv: list[str] | None = None) -> int:
             Target("haproxy", "haproxy", hport, description="HAProxy nbthread 1, leastconn",
                    cpu_root=haproxy.pid),
         ]
+        # The TLS variants' HAProxy twins (and HTTPS backends), only when one is selected.
+        baselines = {VARIANTS[n].baseline for n in args.variant_names} & set(TLS_BASELINES)
+        pki = make_pki(work) if baselines else None
+        tls_backends: dict[str, int] = {}
+        if pki is not None and "haproxy-tls-up" in baselines:
+            for name in ("ta", "tb"):
+                tls_backends[name], nginx = start_nginx(tools, work, name, pki)
+                nginx_pids.append(nginx.pid)
+            log(f"nginx HTTPS backends a={tls_backends['ta']} b={tls_backends['tb']}")
+        for name in sorted(baselines):
+            assert pki is not None
+            if name == "haproxy-tls":
+                port, proc = start_haproxy(tools, work, backends, name, listener_pem=pki.pem)
+            else:
+                port, proc = start_haproxy(tools, work, tls_backends, name, backend_ca=pki.ca)
+            log(f"{name} on {port}")
+            targets.append(Target(name, "haproxy", port, description=TLS_BASELINES[name],
+                                  cpu_root=proc.pid, scheme="https" if name == "haproxy-tls" else "http"))
         for t in targets:  # sanity: everything answers 200 with the backend header
             try:
-                _probe_basic(t.port)
+                _probe_basic(t.port, scheme=t.scheme)
             except (ProbeError, OSError, http.client.HTTPException) as exc:
                 raise SystemExit(f"{t.name} does not answer as expected: {exc}")
 
         for name in args.variant_names:
             log(f"starting balancer variant {name}")
-            t = start_balancer(VARIANTS[name], python, work, backends, args.startup_timeout)
+            t = start_balancer(VARIANTS[name], python, work, backends, args.startup_timeout,
+                               pki, tls_backends)
             log(f"  {name}: {t.status.splitlines()[0]}" + (f" on {t.port}" if t.status == "ok" else ""))
             targets.append(t)
 
@@ -1039,7 +1196,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         method = {"duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup,
                   "threads": args.threads, "connections": args.connections,
-                  "ratio": "median over rounds of same-round pairs",
+                  "ratio": "median over rounds of same-round pairs; tls against haproxy-tls, "
+                           "tls-upstream against haproxy-tls-up",
                   "cpu": "utime+stime during each measured run: proxy = the target's process "
                          "tree, backends = both nginx trees, wrk = wait4 rusage; "
                          "us per completed request"}
@@ -1051,12 +1209,15 @@ def main(argv: list[str] | None = None) -> int:
                     "headers": {k: ("<cookie>" if k == "Cookie" else v) for k, v in t.headers.items()}}
 
         args.out.mkdir(parents=True, exist_ok=True)
-        baselines = [target_json(by_name["direct"]), target_json(by_name["haproxy"])]
+        baseline_json = [target_json(by_name["direct"]), target_json(by_name["haproxy"])]
         written = []
         names = args.variant_names or ["baselines"]
         for name in names:
             doc: dict[str, Any] = {"variant": name, "env": env_info, "method": method,
-                                   "targets": list(baselines)}
+                                   "targets": list(baseline_json)}
+            twin = VARIANTS[name].baseline if name in VARIANTS else "haproxy"
+            if twin != "haproxy" and twin in by_name:
+                doc["targets"].append(target_json(by_name[twin]))
             if name in by_name:
                 doc["targets"].append(target_json(by_name[name]))
                 doc["ratios"] = evaluations.get(name)
