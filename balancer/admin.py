@@ -59,6 +59,7 @@ class AdminServer:
         webapp.router.add_post("/admin/pools/{pool}/backends/{backend}/drain", self.drain)
         webapp.router.add_post("/admin/pools/{pool}/backends/{backend}/undrain", self.undrain)
         webapp.router.add_post("/admin/reload", self.reload)
+        webapp.router.add_get("/admin/routes/{route}/split", self.show_split)
         webapp.router.add_post("/admin/routes/{route}/split", self.split)
         return webapp
 
@@ -141,6 +142,10 @@ class AdminServer:
             return web.json_response({"error": error}, status=404)
         return web.json_response({"result": "draining" if drain else "undrained",
                                   "pool": pool_name, "backend": backend_id})
+
+    async def show_split(self, request: web.Request) -> web.Response:
+        status, answer = self.app.describe_split(request.match_info["route"])
+        return web.json_response(answer, status=status)
 
     async def split(self, request: web.Request) -> web.Response:
         """New canary weights for a route, until the next reload: body

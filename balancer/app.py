@@ -27,6 +27,7 @@ from .plugins import build_plugins
 from .pool import Pool
 from .runtime import Runtime, RuntimeRef
 from .server import ListenerServer
+from .split import Split
 from .status import SAMPLE_INTERVAL, RecentTraffic
 from .sticky import secret_from_env
 from .tasks import spawn
@@ -442,16 +443,30 @@ class App:
                                     "pool": pool_name, "backend": backend_id})
         return None
 
+    def _split_of(self, route_name: str) -> tuple[Split | None, tuple[int, dict]]:
+        """The split of a route, or the admin API's error answer when there is none."""
+        route = next((r for r in self.runtime.routes.routes if r.name == route_name), None)
+        if route is None:
+            return None, (404, {"error": f"no route {route_name}"})
+        if route.split is None:
+            return None, (409, {"error": f"route {route_name} has no split (it serves pool {route.pool_name})"})
+        return route.split, (200, {})
+
+    def describe_split(self, route_name: str) -> tuple[int, dict]:
+        """The weights in force for a route's split, and whether they are the file's."""
+        split, error = self._split_of(route_name)
+        if split is None:
+            return error
+        return 200, {"route": route_name, "split": split.describe(),
+                     "changed_at_runtime": split.changed_at_runtime}
+
     async def set_split(self, route_name: str, weights: dict[str, int]) -> tuple[int, dict]:
         """Change a route's canary weights at run time (and in every worker). Returns the HTTP
         status and answer for the admin API. The change lives in the running config only: the
         next reload takes the weights from the file again."""
-        route = next((r for r in self.runtime.routes.routes if r.name == route_name), None)
-        if route is None:
-            return 404, {"error": f"no route {route_name}"}
-        split = route.split
+        split, error = self._split_of(route_name)
         if split is None:
-            return 409, {"error": f"route {route_name} has no split (it serves pool {route.pool_name})"}
+            return error
         names = [pool.name for pool in split.sides]
         if sorted(weights) != sorted(names):
             return 400, {"error": f"give a weight for each pool of the split: {', '.join(names)}"}

@@ -170,12 +170,17 @@ async def test_admin_changes_the_weights_until_the_next_reload(start_balancer, b
     assert status == 200, answer
     assert answer["split"] == [{"pool": "v1", "weight": 100}, {"pool": "v2", "weight": 0}]
     assert "reload" in answer["note"]
+    async with http.get(f"{lb.admin_url}/admin/routes/games/split") as resp:
+        assert await resp.json() == {"route": "games", "changed_at_runtime": True,
+                                     "split": [{"pool": "v1", "weight": 100}, {"pool": "v2", "weight": 0}]}
     for cookie, _ in players:
         assert (await visit(client, lb, cookie))[1] == "v1"  # everyone, v2's players too
     # A reload takes the file's weights again, and v2's players return to v2.
     assert await lb.app.reload() == []
     for cookie, side in players:
         assert (await visit(client, lb, cookie))[1] == side
+    async with http.get(f"{lb.admin_url}/admin/routes/games/split") as resp:
+        assert (await resp.json())["changed_at_runtime"] is False
 
 
 async def test_admin_split_answers_bad_requests_clearly(start_balancer, backends, http) -> None:
@@ -196,6 +201,8 @@ async def test_admin_split_answers_bad_requests_clearly(start_balancer, backends
         assert status == expected and "error" in answer, (route, body, status, answer)
     async with http.post(f"{lb.admin_url}/admin/routes/games/split", data=b"{not json") as resp:
         assert resp.status == 400
+    async with http.get(f"{lb.admin_url}/admin/routes/lobby/split") as resp:
+        assert resp.status == 409
     assert lb.app.runtime.routes.routes[0].split.weights == (80, 20)  # nothing changed
 
 
