@@ -943,16 +943,28 @@ def _config(s: _Section, source: str) -> Config:
 
 
 def _check_split_cookies(s: _Section, routes: tuple[RouteConfig, ...], pools: dict[str, PoolConfig]) -> None:
-    """A split cookie named like the sticky cookie of one of its pools would be read as that
-    pool's cookie (same name, same signing): the two must differ."""
+    """Cookies of one name are read alike (same name, same signing), so within a split:
+    - the split cookie must not be a side's sticky cookie (it would be read as one);
+    - the sides' sticky cookies must differ, or a player who moves side (a weight change, a
+      side without backends) would bring one side's cookie to the other, which knows none of
+      its backends: a 503 under on_failure: fail, a lost game server on the way back."""
     for index, route in enumerate(routes):
-        if not route.split or route.split_on != "cookie":
+        if not route.split:
             continue
-        for side in route.split:
+        sticky_owner: dict[str, str] = {}
+        for number, side in enumerate(route.split):
             pool = pools.get(side.pool)
-            if pool is not None and pool.sticky is not None and pool.sticky.cookie == route.split_cookie.name:
+            if pool is None or pool.sticky is None:
+                continue
+            cookie = pool.sticky.cookie
+            if route.split_on == "cookie" and cookie == route.split_cookie.name:
                 s.error(f"routes.{index}.split_cookie.name",
-                        f"{route.split_cookie.name} is the sticky cookie of pool {side.pool}; give the split its own")
+                        f"{cookie} is the sticky cookie of pool {side.pool}; give the split its own")
+            if cookie in sticky_owner:
+                s.error(f"routes.{index}.split.{number}.pool",
+                        f"pools {sticky_owner[cookie]} and {side.pool} both name their sticky cookie "
+                        f"{cookie}; give each side of a split its own cookie name")
+            sticky_owner.setdefault(cookie, side.pool)
 
 
 def _check_references(ctx: _Context, config: Config) -> None:

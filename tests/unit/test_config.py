@@ -954,6 +954,15 @@ def test_a_split_cookie_must_not_be_a_sides_sticky_cookie() -> None:
     assert parse_config(data, "x").routes[0].split_cookie.name == "LB_SPLIT"
 
 
+def test_the_sides_of_a_split_need_sticky_cookies_of_their_own() -> None:
+    data = two_pools({"split": SPLIT})
+    data["pools"]["games"]["sticky"] = {"cookie": "LB_GAME"}
+    data["pools"]["canary"]["sticky"] = {"cookie": "LB_GAME"}
+    assert "both name their sticky cookie LB_GAME" in error_at(data, "routes.0.split.1.pool")
+    data["pools"]["canary"]["sticky"] = {"cookie": "LB_GAME_V2"}
+    assert parse_config(data, "x").routes[0].split
+
+
 def test_mirror_settings_and_errors() -> None:
     route = parse_config(two_pools({"pool": "games", "mirror": {"pool": "canary", "percent": 10}}), "x").routes[0]
     assert route.mirror is not None
