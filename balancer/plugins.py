@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from .config import PluginConfig
-from .http.errors import error_response, reason_phrase
+from .http.errors import error_response, head_of, reason_phrase
 from .sticky import read_cookie
 
 if TYPE_CHECKING:
@@ -376,7 +376,7 @@ def render_answer(answer: Response, request_id: str, close: bool, head_only: boo
     else:
         data = _custom_answer(status, fields, body, request_id, close)
     if head_only:  # HEAD: the same head, no body (RFC 9110 §9.3.2)
-        data = data[:data.index(b"\r\n\r\n") + 4]
+        data = head_of(data)
     return data
 
 

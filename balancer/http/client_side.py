@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .errors import RequestError, error_response
+from .errors import RequestError, error_response, head_of
 from .exchange import Exchange
 from .headers import request_id_from
 from .parser import RequestHead, RequestReader
@@ -290,6 +290,7 @@ class ClientConnection:
             return
         if reading is not None and reading in self.queue:
             self.queue.remove(reading)
+            error.head_only = reading.head.method == b"HEAD"
         if self.exchange is None:
             self._send_error(error)
             self.close()
@@ -301,6 +302,8 @@ class ClientConnection:
         self.server.count_rejected_status(error.status)
         request_id = request_id_from(None)
         data = error_response(error.status, error.message, request_id, True)
+        if error.head_only:
+            data = head_of(data)
         self.write(data)
         self.flush()
         access_log = self._runtime.current.access_log

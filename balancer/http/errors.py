@@ -49,6 +49,14 @@ class RequestError(Exception):
         self.status = status
         self.message = message
         self.close = close
+        # The refused request is known to be a HEAD: its answer has a head and no body.
+        self.head_only = False
+
+
+def head_of(response: bytes) -> bytes:
+    """A complete response without its body: the answer to a HEAD (RFC 9110 §9.3.2), or the
+    client would read the body as the next response."""
+    return response[:response.index(b"\r\n\r\n") + 4]
 
 
 def error_response(

@@ -27,7 +27,7 @@ from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, r
 from . import upstream
 from .errors import (
     CONNECT, PROTOCOL, REJECT_REASON, RESET, STALE, TIMEOUT, RequestError, error_response,
-    reason_phrase,
+    head_of, reason_phrase,
 )
 from .headers import (
     HOP_BY_HOP, NOT_FORWARDED, forwarded_for, hop_by_hop_with, request_id_from,
@@ -694,7 +694,7 @@ class Exchange:
         data = error_response(status, message, self.request_id, self.close_client, extra)
         if self._head_only:
             # RFC 9110 §9.3.2: no body after a HEAD, or the client reads it as the next response.
-            data = data[:data.index(b"\r\n\r\n") + 4]
+            data = head_of(data)
         self._send(data)
         reason = REJECT_REASON.get(status)
         if reason is not None:

@@ -257,6 +257,19 @@ async def test_legit_pipelining_after_a_body_still_works(edge):
     assert backend.bodies[0] == b"hello"
 
 
+async def test_a_refused_pipelined_head_request_gets_a_head_without_body(edge):
+    """A HEAD refused behind requests still being answered: its 400 comes after theirs, and,
+    answering a HEAD, has no body (which the client would read as the next response)."""
+    lb, _ = edge
+    raw = await send_raw(lb.port(), b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n" * 2
+                         + b"HEAD / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + b"0\r\nContent-Length: 5\r\n\r\n")
+    answers = parse_responses(raw.data, head_requests=[False, False, True])
+    assert [a.status for a in answers] == [200, 200, 400]
+    assert raw.data.endswith(b"\r\n\r\n")  # the 400's head ends the stream: no body
+    assert raw.closed
+
+
 async def test_request_inside_a_body_is_only_body_bytes(edge):
     lb, backend = edge
     raw = await send_raw(lb.port(), post(b"Content-Length: %d\r\nConnection: close\r\n" % len(SMUGGLED),
