@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Running, metric_samples, pool_yaml
+from tests.integration.test_access_log import line_for, log_top
 from tests.fakes.backends import Backend
 
 SECRET = "split-test-secret-0123456789abcdef"
@@ -281,3 +282,15 @@ async def test_readyz_needs_one_side_of_a_split(start_balancer, backends, http) 
     async with http.get(lb.admin_url + "/readyz") as resp:
         assert resp.status == 503
         assert "route games: pools v1, v2 have no eligible backend" in (await resp.json())["reasons"]
+
+
+async def test_the_access_log_names_the_pool_that_served(start_balancer, backends, client, tmp_path) -> None:
+    v1, v2 = await sides(backends)
+    log = tmp_path / "access.log"
+    lb = await start_balancer(split_config(v1, v2, 50, 50, top=log_top(log)))
+    for n in range(20):
+        async with client.get(lb.url + "/play", headers={"X-Request-Id": f"player-{n}"}) as resp:
+            await resp.read()
+            side = resp.headers["X-Backend"]
+        line = await line_for(lb, log, f"player-{n}")
+        assert (line["route"], line["pool"], line["backend"]) == ("games", side, side)
