@@ -57,7 +57,7 @@ def load_certificates(config: Config, source: str | None = None) -> Certificates
             continue
         path = f"listeners.{index}.tls"
         try:
-            loaded.listeners[listener.name] = server_context(listener.tls)
+            loaded.listeners[listener.name] = server_context(listener.tls, listener.http2)
             loaded.expiries.extend(_listener_expiries(listener.name, listener.tls))
         except (OSError, ssl.SSLError, ValueError) as exc:
             errors.append(f"{source}: {path}: cannot load: {_reason(exc)}")

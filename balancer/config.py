@@ -94,6 +94,8 @@ class ListenerConfig:
     address: Address
     tls: TlsConfig | None = None
     proxy_protocol: bool = False
+    # HTTP/2 for players: ALPN h2 on TLS (default on), prior knowledge (h2c) on cleartext.
+    http2: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,8 @@ class Limits:
     max_connections: int = 20000
     # A request body slower than this (bytes/s, averaged after the first second) gets 408.
     min_body_rate: int = 1024
+    # Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_concurrent_streams: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -985,11 +989,14 @@ def _check_references(ctx: _Context, config: Config) -> None:
 
 
 def _listener(s: _Section) -> ListenerConfig:
+    tls = s.take("tls", _mapping(_tls), None)
     return ListenerConfig(
         name=s.take("name", _scalar(_string)),
         address=s.take("address", _scalar(_address(allow_port_zero=True))),
-        tls=s.take("tls", _mapping(_tls), None),
+        tls=tls,
         proxy_protocol=s.take("proxy_protocol", _scalar(_bool), False),
+        # On by default where ALPN negotiates it; cleartext h2c only when asked for.
+        http2=s.take("http2", _scalar(_bool), tls is not None),
     )
 
 
@@ -1079,6 +1086,7 @@ def _limits(s: _Section) -> Limits:
         client_idle_timeout=s.take("client_idle_timeout", duration, d.client_idle_timeout),
         max_connections=s.take("max_connections", positive, d.max_connections),
         min_body_rate=s.take("min_body_rate", _scalar(_int(0)), d.min_body_rate),
+        max_concurrent_streams=s.take("max_concurrent_streams", positive, d.max_concurrent_streams),
     )
 
 

@@ -50,6 +50,9 @@ class ListenerServer:
         self._room = asyncio.Event()
         self._room.set()
         self.slots = 0  # accepted connections not yet closed, set up or not
+        # HTTP/2: by ALPN on TLS, by its connection preface (prior knowledge) on cleartext.
+        self.http2_alpn = config.http2 and ssl_context is not None
+        self.http2_prior_knowledge = config.http2 and ssl_context is None
 
     def bind(self, port: int | None = None, exclusive: bool = False) -> socket.socket:
         """A listening socket for this listener (`port` overrides the configured one: the
@@ -154,6 +157,18 @@ class ListenerServer:
             header = await read_proxy_header(self.loop, conn)
         return header.source[0] if header.source is not None else None
 
+    def speak_http2(self, conn: ClientConnection, transport: asyncio.Transport, received: bytes) -> None:
+        """Hand a player's connection over to HTTP/2: ALPN chose h2, or the preface came."""
+        from .http.http2 import Http2Connection
+
+        if conn in self.connections:  # prior knowledge: counted already as HTTP/1.1
+            self.connections.discard(conn)
+            stats = self.runtime.current.stats
+            stats.connections[self.name] = stats.connections.get(self.name, 1) - 1
+        h2conn = Http2Connection(self, conn.client_ip, conn.scheme)
+        transport.set_protocol(h2conn)  # type: ignore[arg-type]
+        h2conn.connection_made(transport, received)
+
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
         stats = self.runtime.current.stats
@@ -185,6 +200,10 @@ class ListenerServer:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        for conn in list(self.connections):
+            drain = getattr(conn, "drain", None)
+            if drain is not None:  # HTTP/2: GOAWAY, its open streams finish
+                drain()
 
     def close_idle(self) -> None:
         """At shutdown: close connections that are between requests."""

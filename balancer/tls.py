@@ -38,8 +38,10 @@ def harden(context: ssl.SSLContext) -> ssl.SSLContext:
 # -- listeners ---------------------------------------------------------------------------------
 
 
-def _server_context(certificate: str, key: str, tls: TlsConfig) -> ssl.SSLContext:
+def _server_context(certificate: str, key: str, tls: TlsConfig, http2: bool) -> ssl.SSLContext:
     context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    if http2:
+        context.set_alpn_protocols(["h2", "http/1.1"])  # the server's order wins: h2 when offered
     context.load_cert_chain(certificate, key, password=lambda: b"")
     if tls.client_certificate is not None:
         # Set on every context of the listener: a context the SNI callback switches to
@@ -50,16 +52,16 @@ def _server_context(certificate: str, key: str, tls: TlsConfig) -> ssl.SSLContex
     return context
 
 
-def server_context(tls: TlsConfig) -> ssl.SSLContext:
+def server_context(tls: TlsConfig, http2: bool = False) -> ssl.SSLContext:
     """The listener's context; with `sni`, the server name picks the certificate (exact names
     first, then `*.example.com` wildcards), the default pair serves everything else."""
-    default = _server_context(tls.certificate, tls.key, tls)
+    default = _server_context(tls.certificate, tls.key, tls, http2)
     if not tls.sni:
         return default
     exact: dict[str, ssl.SSLContext] = {}
     wildcard: dict[str, ssl.SSLContext] = {}
     for name, certificate, key in tls.sni:
-        context = _server_context(certificate, key, tls)
+        context = _server_context(certificate, key, tls, http2)
         if name.startswith("*."):
             wildcard[name[1:].lower()] = context
         else:

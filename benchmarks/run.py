@@ -440,7 +440,7 @@ def start_nginx(tools: dict[str, str], work: Path, name: str,
 
 def start_haproxy(tools: dict[str, str], work: Path, backends: dict[str, int], name: str = "haproxy",
                   listener_pem: Path | None = None, backend_ca: Path | None = None,
-                  ) -> tuple[int, subprocess.Popen[bytes]]:
+                  alpn: str = "http/1.1") -> tuple[int, subprocess.Popen[bytes]]:
     """HAProxy in front of `backends`; with `listener_pem` an HTTPS listener, with
     `backend_ca` TLS to the backends, verified against it under SERVER_NAME."""
     d = work / name
@@ -453,12 +453,78 @@ def start_haproxy(tools: dict[str, str], work: Path, backends: dict[str, int], n
     if listener_pem is None and backend_ca is None:
         cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
     else:
-        bind_tls = f" ssl crt {listener_pem} alpn http/1.1" if listener_pem is not None else ""
+        bind_tls = f" ssl crt {listener_pem} alpn {alpn}" if listener_pem is not None else ""
         cfg.write_text(HAPROXY_TLS_FRONTEND.format(port=port, servers=servers, bind_tls=bind_tls))
     proc = PROCS.start(name, [tools["haproxy"], "-db", "-f", str(cfg)], log=d / "stdout.log")
     if not wait_for_port(port, proc, 10):
         raise SystemExit(f"{name} did not start:\n{tail(d / 'stdout.log')}")
     return port, proc
+
+
+# --------------------------------------------------------------------------- h2 (HTTP/2 over TLS)
+
+# Issue 17: h2load over TLS, several streams per connection, against HAProxy with h2 on its bind.
+H2_VARIANT, H2_TARGET = "h2", 0.50
+
+def parse_h2load(output: str) -> dict[str, Any]:
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                     r"(\d+) errored", output)
+    rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", output)
+    if not done or not rps:
+        raise ValueError(f"unexpected h2load output: {output[-500:]}")
+    return {"rps": float(rps.group(1)), "succeeded": int(done.group(4)),
+            "errors": int(done.group(5)) + int(done.group(6)),
+            "protocol_h2": "Application protocol: h2" in output}
+
+
+def run_h2(args: argparse.Namespace, tools: dict[str, str], work: Path, backends: dict[str, int],
+           python: str) -> dict[str, Any]:
+    """h2load -c16 -m10 over TLS against HAProxy (h2 bind) and the balancer (h2 by ALPN)."""
+    h2load = find_tool("h2load")
+    if h2load is None:
+        return {"status": "skipped: h2load not installed (nghttp2-client)"}
+    d = work / "h2"
+    d.mkdir()
+    pki = make_pki(d)
+    hport, _ = start_haproxy(tools, d, backends, name="haproxy-h2", listener_pem=pki.pem, alpn="h2,http/1.1")
+    lport, admin = free_port(), free_port()
+    bcfg = _base_config(Ports(lport, admin, backends))
+    bcfg["listeners"][0]["tls"] = {"certificate": str(pki.cert), "key": str(pki.key)}
+    cfg_path = d / "balancer.yaml"
+    cfg_path.write_text(dump_config(bcfg))
+    balancer = PROCS.start("balancer-h2", [python, "-m", "balancer", "run", "--config", str(cfg_path)],
+                           log=d / "balancer.log", cwd=REPO)
+    if not wait_for_port(lport, balancer, args.startup_timeout):
+        return {"status": f"failed: balancer did not start: {tail(d / 'balancer.log')}"}
+    targets = {"haproxy": hport, "balancer": lport}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    argv = [h2load, "-c", "16", "-m", "10", "-t", "1", "-D", f"{args.duration:g}",
+            "--warm-up-time", "1"]
+    for rnd in range(args.rounds):
+        order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
+        for name in order:
+            log(f"h2 round {rnd + 1}/{args.rounds}: {name} {args.duration:g}s")
+            out = subprocess.run(argv + [f"https://127.0.0.1:{targets[name]}/"], capture_output=True,
+                                 text=True, timeout=args.duration + 60)
+            (d / f"round{rnd + 1}-{name}.txt").write_text(out.stdout + out.stderr)
+            try:
+                res = parse_h2load(out.stdout)
+            except ValueError as exc:
+                return {"status": f"failed: {exc}"}
+            runs[name].append(res)
+            log(f"  {fmt_rps(res['rps'])} req/s, errors {res['errors']}, h2: {res['protocol_h2']}")
+    ratios = [b["rps"] / h["rps"] for b, h in zip(runs["balancer"], runs["haproxy"]) if h["rps"]]
+    ratio = statistics.median(ratios) if ratios else None
+    result = {"status": "ok", "load": " ".join(argv[1:]), "runs": runs,
+              "median_rps": {n: statistics.median(r["rps"] for r in rs) for n, rs in runs.items()},
+              "ratio_vs_haproxy": ratio, "target": H2_TARGET,
+              "met": ratio is not None and ratio >= H2_TARGET}
+    print(f"\nh2: h2load {' '.join(argv[1:])} over TLS, {args.rounds} round(s), medians")
+    for name, rps in result["median_rps"].items():
+        print(f"  {name:<9} {fmt_rps(rps):>10} req/s")
+    print(f"  balancer / haproxy: {fmt_ratio(ratio)} (target >= {H2_TARGET:.2f}x)"
+          f" {'met' if result['met'] else 'NOT met'}")
+    return result
 
 
 # --------------------------------------------------------------------------- balancer variants
@@ -1030,12 +1096,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--list", action="store_true", help="list variants and exit")
     args = ap.parse_args(argv)
     v = args.variants.strip().lower()
+    args.h2 = v == "all"
     if v == "all":
         args.variant_names = list(VARIANTS)
     elif v in ("none", ""):
         args.variant_names = []
     else:
         args.variant_names = [x.strip() for x in v.split(",") if x.strip()]
+        args.h2 = H2_VARIANT in args.variant_names
+        args.variant_names = [x for x in args.variant_names if x != H2_VARIANT]
         unknown = [x for x in args.variant_names if x not in VARIANTS]
         if unknown:
             ap.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
@@ -1064,6 +1133,8 @@ def main(argv: list[str] | None = None) -> int:
                 other, minimum = RELATIVE_TARGETS[v.name]
                 tt = f" [target >= {minimum:.2f}x {other} thr]"
             print(f"{v.name:<9} {v.description}{tt}")
+        print(f"{H2_VARIANT:<9} h2load over TLS (-c16 -m10) vs HAProxy with h2 on its bind "
+              f"[target >= {H2_TARGET:.2f}x HAProxy thr]")
         return 0
 
     # Explicit: a shell starting us in the background would leave SIGINT ignored.
@@ -1183,6 +1254,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluations = print_table(targets, by_name, args.max_errors)
         print_cpu_table(targets)
         bound = print_two_workers(by_name, evaluations)
+        h2_result = run_h2(args, tools, work, backends, python) if args.h2 else None
 
         env_info = {
             "started": started.isoformat(timespec="seconds"),
@@ -1209,6 +1281,9 @@ def main(argv: list[str] | None = None) -> int:
                     "headers": {k: ("<cookie>" if k == "Cookie" else v) for k, v in t.headers.items()}}
 
         args.out.mkdir(parents=True, exist_ok=True)
+        if h2_result is not None:
+            (args.out / "results-h2.json").write_text(json.dumps(
+                {"variant": H2_VARIANT, "env": env_info, **h2_result}, indent=2) + "\n")
         baseline_json = [target_json(by_name["direct"]), target_json(by_name["haproxy"])]
         written = []
         names = args.variant_names or ["baselines"]

@@ -30,6 +30,8 @@ _TUNNEL_WAIT = 4
 # limits.min_body_rate is enforced after this much free time, checked at this coarse interval.
 BODY_RATE_GRACE = 1.0
 BODY_RATE_INTERVAL = 0.5
+# What an HTTP/2 connection preface (RFC 9113 §3.4) begins with; no HTTP/1.1 request does.
+PREFACE_START = b"PRI * HTTP/2.0"
 # How long a closing connection keeps reading (and dropping) what the client still sends.
 LINGER = 2.0
 
@@ -89,6 +91,10 @@ class ClientConnection:
             self.client_ip = peer[0] if peer else ""
         if self.server.ssl_context is not None:
             tls = transport.get_extra_info("ssl_object")
+            if self.server.http2_alpn and tls is not None and tls.selected_alpn_protocol() == "h2":
+                self.closed = True
+                self.server.speak_http2(self, transport, b"")
+                return
             self.tls_version = tls.version() if tls is not None else None
         runtime = self._runtime.current
         self.peer_trusted = runtime.is_trusted(self.client_ip)
@@ -123,6 +129,12 @@ class ClientConnection:
             tunnel.tunnel_from_client(data)
             return
         if self._error is not None or self.closed:
+            return
+        if not self._received and self.server.http2_prior_knowledge and data[:14] == PREFACE_START:
+            # h2c with prior knowledge: the connection preface instead of a request.
+            self.closed = True
+            self.deadline.cancel()
+            self.server.speak_http2(self, self.transport, data)
             return
         if self._idle:
             # A new request begins: the idle timer becomes the header timer, once per request
