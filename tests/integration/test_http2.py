@@ -317,3 +317,40 @@ async def test_websocket_over_http2(start_balancer, backends, pki):
         assert (await client.request("GET", "/after")).status == 200
     finally:
         client.close()
+
+
+async def test_per_stream_features_as_http11(start_balancer, backends, pki):
+    """Sticky cookies (Secure on TLS), geo (451 for a blocked country, the region header), and
+    the request counters work per stream as per HTTP/1.1 request."""
+    ca, chain, key, _ = pki
+    bs = await backends(("eu-1", "eu-west"), ("eu-2", "eu-west"))
+    lb = await start_balancer(f"""
+        trusted_proxies: [127.0.0.0/8]
+        geo:
+          regions: {{eu-west: [DE]}}
+          default_region: eu-west
+          blocked_countries: [FR]
+        routes:
+          - {{name: all, pool: web}}
+        pools:
+          web:
+            geo: true
+            sticky: {{cookie: LB_GAME, ttl: 1h}}
+            backends: {pool_yaml(bs)}
+        """, listeners=listeners(chain, key))
+    client = await H2Client.open(lb.port("tls"), ca)
+    try:
+        r = await client.request("GET", "/", [("cf-ipcountry", "FR")])
+        assert r.status == 451
+        r = await client.request("GET", "/", [("cf-ipcountry", "DE")])
+        assert r.status == 200
+        cookie = r.header(b"set-cookie")
+        assert cookie is not None and b"Secure" in cookie
+        first = json.loads(r.body)
+        assert {k.lower(): v for k, v in first["headers"].items()}["x-client-region"] == "eu-west"
+        pair = cookie.split(b";", 1)[0].decode()
+        for _ in range(6):
+            again = await client.request("GET", "/", [("cf-ipcountry", "DE"), ("cookie", pair)])
+            assert json.loads(again.body)["backend"] == first["backend"]
+    finally:
+        client.close()
