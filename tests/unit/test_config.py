@@ -105,9 +105,10 @@ def test_minimal_config_gets_every_documented_default() -> None:
     assert config.geo is None and config.consul is None
 
     (listener,) = config.listeners
-    assert (listener.name, listener.address, listener.tls, listener.proxy_protocol) == (
-        "public", Address("127.0.0.1", 0), None, False,
+    assert (listener.name, listener.address, listener.tls, listener.proxy_protocol, listener.http2) == (
+        "public", Address("127.0.0.1", 0), None, False, False,
     )
+    assert config.limits.max_concurrent_streams == 100
     (route,) = config.routes
     assert route.match == MatchConfig(host=None, path_prefix="/", methods=None, headers=())
     assert route.plugins == ()
@@ -299,6 +300,11 @@ def test_wrong_types_are_reported() -> None:
     )
     assert errors["listeners.0.proxy_protocol"].startswith("expected true or false")
     assert errors["limits"].startswith("expected a mapping")
+    http2 = dict(errors_of(config_with(
+        listeners=[{"name": "l", "address": "127.0.0.1:0", "http2": "on"}],
+        limits={"max_concurrent_streams": 0})))
+    assert http2["listeners.0.http2"].startswith("expected true or false")
+    assert "limits.max_concurrent_streams" in http2
     assert errors["admin.token_env"].startswith("expected an environment variable name")
 
 
