@@ -30,12 +30,13 @@ from .client_side import ClientConnection
 from .errors import RequestError, error_response
 from .exchange import Exchange
 from .headers import request_id_from
-from .parser import ALLOWED_METHODS, _METHODS, RequestHead, split_host
+from .parser import ALLOWED_METHODS, RequestHead, split_host
 
 if TYPE_CHECKING:
     from ..server import ListenerServer
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# The method as the one shared object HTTP/1.1 requests carry (method sets and counters hash it).
+_METHODS: dict[bytes, bytes] = {method: method for method in ALLOWED_METHODS}
 # Headers RFC 9113 §8.2.2 makes connection-specific: never in an HTTP/2 message. Leaving the
 # exchange's HTTP/1.1 answer, they are dropped; arriving from a player, h2 refuses them.
 _CONNECTION_SPECIFIC = frozenset({
