@@ -108,7 +108,9 @@ def record_of(ex: Exchange, outcome: str, duration: float) -> AccessRecord:
     record.method = head.method
     record.host = head.host
     record.target = head.target
-    record.protocol = "HTTP/1.0" if head.version == b"1.0" else "HTTP/1.1"
+    version = head.version
+    record.protocol = ("HTTP/1.1" if version == b"1.1" else "HTTP/2.0" if version == b"2.0"
+                       else "HTTP/1.0")
     record.status = ex.status
     record.bytes_in = ex.bytes_in
     record.bytes_out = ex.bytes_out

@@ -76,6 +76,7 @@ class Http2Stream(ClientConnection):
         self.client_ip = conn.client_ip
         self.peer_trusted = conn.peer_trusted
         self.scheme = conn.scheme
+        self.tls_version = conn.tls_version
         self.exchange = None
         self.tunnel = None
         self.closed = False
@@ -198,6 +199,7 @@ class Http2Connection:
         self.peer_trusted = server.runtime.current.is_trusted(client_ip)
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
+        self.tls_version: str | None = None  # the access log's
         limits = server.runtime.current.limits
         self.limits = limits
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
@@ -246,6 +248,9 @@ class Http2Connection:
 
     def connection_made(self, transport: asyncio.BaseTransport, received: bytes = b"") -> None:
         self.transport = transport  # type: ignore[assignment]
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:
+            self.tls_version = tls.version()
         self.server.connection_opened(self)  # type: ignore[arg-type]
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)

@@ -354,3 +354,29 @@ async def test_per_stream_features_as_http11(start_balancer, backends, pki):
             assert json.loads(again.body)["backend"] == first["backend"]
     finally:
         client.close()
+
+
+async def test_access_log_says_http2(start_balancer, backends, pki, tmp_path: Path):
+    from tests.integration.test_access_log import line_for
+
+    ca, chain, key, _ = pki
+    bs = await backends(1)
+    log = tmp_path / "access.log"
+    lb = await start_balancer(f"""
+        access_log: {{path: '{log}'}}
+        routes:
+          - {{name: all, pool: web}}
+        pools:
+          web:
+            backends: {pool_yaml(bs)}
+        """, listeners=listeners(chain, key))
+    client = await H2Client.open(lb.port("tls"), ca)
+    try:
+        r = await client.request("GET", "/audited", [("x-request-id", "h2-audit-1")])
+        assert r.status == 200
+    finally:
+        client.close()
+    line = await line_for(lb, log, "h2-audit-1")
+    assert line["protocol"] == "HTTP/2.0"
+    assert line["tls"].startswith("TLSv1.")
+    assert line["status"] == 200, line
