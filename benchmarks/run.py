@@ -468,12 +468,12 @@ H2_VARIANT, H2_TARGET = "h2", 0.50
 
 def parse_h2load(output: str) -> dict[str, Any]:
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                     r"(\d+) errored", output)
+                     r"(\d+) errored, (\d+) timeout", output)
     rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", output)
     if not done or not rps:
         raise ValueError(f"unexpected h2load output: {output[-500:]}")
-    return {"rps": float(rps.group(1)), "succeeded": int(done.group(4)),
-            "errors": int(done.group(5)) + int(done.group(6)),
+    return {"rps": float(rps.group(1)), "succeeded": int(done.group(3)),
+            "errors": int(done.group(4)) + int(done.group(5)) + int(done.group(6)),
             "protocol_h2": "Application protocol: h2" in output}
 
 

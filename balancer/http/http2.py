@@ -619,11 +619,8 @@ class Http2Connection:
         limit = self.limits.client_idle_timeout
         for stream in list(self.blocked):
             if now - stream.blocked_since >= limit:
-                exchange = stream.exchange
                 self.reset(stream, ErrorCodes.CANCEL)
-                stream.lost()
-                if exchange is not None:
-                    exchange.client_lost()
+                stream.lost()  # the exchange lets its backend go
         self.flush()
         if self.blocked:
             oldest = min(stream.blocked_since for stream in self.blocked)
