@@ -26,6 +26,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from ..tls import client_certificate
 from .client_side import ClientConnection
 from .errors import RequestError, error_response
 from .exchange import Exchange
@@ -77,6 +78,7 @@ class Http2Stream(ClientConnection):
         self.peer_trusted = conn.peer_trusted
         self.scheme = conn.scheme
         self.tls_version = conn.tls_version
+        self.client_cert = conn.client_cert
         self.exchange = None
         self.tunnel = None
         self.closed = False
@@ -200,6 +202,7 @@ class Http2Connection:
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.tls_version: str | None = None  # the access log's
+        self.client_cert = None  # a verified client certificate (listeners[].tls.client_certificate)
         limits = server.runtime.current.limits
         self.limits = limits
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
@@ -251,6 +254,9 @@ class Http2Connection:
         tls = transport.get_extra_info("ssl_object")
         if tls is not None:
             self.tls_version = tls.version()
+            asks = self.server.config.tls
+            if asks is not None and asks.client_certificate is not None:
+                self.client_cert = client_certificate(transport)
         self.server.connection_opened(self)  # type: ignore[arg-type]
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
