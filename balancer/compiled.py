@@ -30,6 +30,7 @@ COMPILED_MODULES = (
     "balancer.http.headers",
     "balancer.http.timers",
     "balancer.http.parser",
+    "balancer.http.downstream",
     "balancer.http.upstream",
     "balancer.http.exchange",
     "balancer.http.client_side",

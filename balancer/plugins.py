@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from .config import PluginConfig
-from .http.errors import error_response, head_of, reason_phrase
+from .http.errors import answer_bytes, error_answer, reason_phrase
 from .sticky import read_cookie
 
 if TYPE_CHECKING:
@@ -353,9 +353,10 @@ class PluginChain(tuple):  # type: ignore[type-arg]
         return chain
 
 
-def render_answer(answer: Response, request_id: str, close: bool, head_only: bool) -> bytes:
-    """The bytes of a plugin's answer; ValueError if the plugin asked for something that is not
-    a valid HTTP response (a status out of 200-599, a header that breaks its line)."""
+def answer_parts(answer: Response, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A plugin's answer as (status, fields, body) for the player's side to frame; ValueError if
+    the plugin asked for something that is not a valid HTTP response (a status out of 200-599,
+    a header that breaks its line)."""
     status = answer.status
     if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
         raise ValueError(f"a plugin answer needs a status between 200 and 599, got {status!r}")
@@ -372,30 +373,22 @@ def render_answer(answer: Response, request_id: str, close: bool, head_only: boo
     if body is None:
         message = answer.message or reason_phrase(status).decode("latin-1").lower()
         fields = [f for f in fields if f[0].lower() != b"content-type"]
-        data = error_response(status, message, request_id, close, tuple(fields))
-    else:
-        data = _custom_answer(status, fields, body, request_id, close)
-    if head_only:  # HEAD: the same head, no body (RFC 9110 §9.3.2)
-        data = head_of(data)
-    return data
-
-
-def _custom_answer(status: int, fields: list[tuple[bytes, bytes]], body: bytes, request_id: str,
-                   close: bool) -> bytes:
+        fields, data = error_answer(status, message, request_id, fields)
+        return status, fields, data
     if not isinstance(body, (bytes, bytearray)):
         raise ValueError(f"a plugin answer's body must be bytes, got {type(body).__name__}")
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))]
-    lines.extend(name + b": " + value + b"\r\n" for name, value in fields)
     if status not in (204, 304):
-        lines.append(b"content-length: %d\r\n" % len(body))
+        fields.append((b"content-length", b"%d" % len(body)))
     else:
         body = b""
-    lines.append(b"x-request-id: " + request_id.encode("ascii") + b"\r\n")
-    if close:
-        lines.append(b"connection: close\r\n")
-    lines.append(b"\r\n")
-    lines.append(bytes(body))
-    return b"".join(lines)
+    fields.append((b"x-request-id", request_id.encode("ascii")))
+    return status, fields, bytes(body)
+
+
+def render_answer(answer: Response, request_id: str, close: bool, head_only: bool) -> bytes:
+    """The HTTP/1.1 bytes of a plugin's answer (ValueError as `answer_parts`)."""
+    status, fields, body = answer_parts(answer, request_id)
+    return answer_bytes(status, fields, body, close, head_only)
 
 
 # A failing plugin fails every request it sees: log the first failure and then at most one line

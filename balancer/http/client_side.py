@@ -12,9 +12,10 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .errors import RequestError, error_response, head_of
+from .downstream import Downstream
+from .errors import RequestError, answer_bytes, error_response, head_of, reason_phrase
 from .exchange import Exchange
-from .headers import request_id_from
+from .headers import HOP_BY_HOP, request_id_from
 from .parser import RequestHead, RequestReader
 from .timers import Deadline
 from ..tls import client_certificate
@@ -35,17 +36,29 @@ PREFACE_START = b"PRI * HTTP/2.0"
 # How long a closing connection keeps reading (and dropping) what the client still sends.
 LINGER = 2.0
 
+_STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}  # status -> (reason, line)
 
-class ClientConnection:
-    """An asyncio.Protocol (by its methods: the class is compiled, and a compiled class
-    cannot derive from a Python one; see balancer/compiled.py)."""
+
+def status_line(status: int, reason: bytes) -> bytes:
+    """The status line relayed for a backend's status and reason phrase (its own, kept)."""
+    cached = _STATUS_LINES.get(status)
+    if cached is not None and cached[0] == reason:
+        return cached[1]
+    line = b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
+    if cached is None and len(_STATUS_LINES) < 512:
+        _STATUS_LINES[status] = (reason, line)  # backends send the same few over and over
+    return line
+
+
+class ClientConnection(Downstream):
+    """An HTTP/1.1 player connection: an asyncio.Protocol (by its methods: the class is
+    compiled, and a compiled class cannot derive from a Python one; see balancer/compiled.py),
+    and the `Downstream` of the exchanges it carries, one after the other."""
 
     __slots__ = (
-        "server", "listener", "loop", "transport", "reader", "client_ip", "peer_trusted",
-        "scheme", "exchange", "reading", "queue", "deadline", "_paused", "_write_paused",
+        "server", "transport", "reader", "exchange", "reading", "queue", "deadline", "_paused",
         "closed", "tunnel", "_batch", "_error", "_idle", "_received", "_body_rate",
-        "_body_since", "_body_base", "_lingering", "_runtime", "tls_version",
-        "client_cert",
+        "_body_since", "_body_base", "_lingering", "_runtime", "_chunked_out", "_close_after",
     )
 
     def __init__(self, server: "ListenerServer", proxied_ip: str | None = None) -> None:
@@ -70,7 +83,9 @@ class ClientConnection:
         self.queue: deque[Exchange] = deque()
         self.deadline = Deadline(self.loop, self._on_deadline)
         self._paused = 0
-        self._write_paused = False
+        self.write_paused = False
+        self._chunked_out = False  # the response being sent is framed in chunks
+        self._close_after = False  # its body ends when the connection does (HTTP/1.0)
         self.closed = False
         self.tunnel: Exchange | None = None
         self._batch: list[bytes] | None = None
@@ -151,19 +166,14 @@ class ClientConnection:
         if offset is not None:
             self._upgrade_read(data[offset:])
 
-    @property
-    def write_paused(self) -> bool:
-        """The player's socket takes no more for now (asyncio's pause_writing was called)."""
-        return self._write_paused
-
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
         exchange = self.tunnel or self.exchange
         if exchange is not None and exchange.upstream is not None:
             exchange.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         exchange = self.tunnel or self.exchange
         if exchange is not None and exchange.upstream is not None:
             exchange.upstream.resume_reading()
@@ -217,7 +227,70 @@ class ClientConnection:
         except RequestError as exc:
             exchange.reply(exc.status, exc.message, close=exc.close)
 
-    # -- writing to the player ------------------------------------------------------------
+    # -- writing to the player (Downstream) ------------------------------------------------
+
+    def send_interim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]]) -> int:
+        out = [status_line(status, reason)]
+        for lname, name, value in headers:
+            if lname not in HOP_BY_HOP:
+                out.extend((name, b": ", value, b"\r\n"))
+        out.append(b"\r\n")
+        data = b"".join(out)
+        self.write(data)
+        return len(data)
+
+    def send_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
+                  drop: frozenset, extra: list | None, framed: bool, close: bool) -> int:
+        out = [status_line(status, reason)]
+        for lname, name, value in headers:
+            if lname in drop and not (status == 101 and lname == b"upgrade"):
+                continue
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
+        exchange = self.exchange  # the one answered: pipelined ones wait their turn
+        version = exchange.head.version if exchange is not None else b"1.1"
+        if status == 101:
+            out.append(b"connection: upgrade\r\n")
+        elif not framed:
+            if version == b"1.1":
+                self._chunked_out = True
+                out.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self._close_after = close = True  # HTTP/1.0 reads a close-delimited body
+        if extra is not None:
+            for name, value in extra:
+                out.append(name)
+                out.append(b": ")
+                out.append(value)
+                out.append(b"\r\n")
+        if close:
+            out.append(b"connection: close\r\n")
+        elif version == b"1.0":
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        data = b"".join(out)
+        self.write(data)
+        return len(data)
+
+    def send_body(self, data: bytes) -> int:
+        if self._chunked_out:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self.write(data)
+        return len(data)
+
+    def end_response(self) -> int:
+        if self._chunked_out:
+            self._chunked_out = False
+            self.write(b"0\r\n\r\n")
+            return 5
+        return 0
+
+    def send_answer(self, status: int, fields: list, body: bytes, close: bool, head_only: bool) -> int:
+        data = answer_bytes(status, fields, body, close, head_only)
+        self.write(data)
+        return len(data)
 
     def write(self, data: bytes) -> None:
         batch = self._batch
@@ -242,8 +315,9 @@ class ClientConnection:
     def exchange_finished(self, exchange: Exchange) -> None:
         if exchange is not self.exchange:
             return
-        if exchange.close_client or self._error is not None and not self.queue:
-            if self._error is not None and not exchange.close_client:
+        close = exchange.close_client or self._close_after
+        if close or self._error is not None and not self.queue:
+            if self._error is not None and not close:
                 self._send_error(self._error)
             self.close()
             return
@@ -369,10 +443,10 @@ class ClientConnection:
             if not self._paused and not self.closed:
                 self.transport.resume_reading()  # type: ignore[union-attr]
 
-    def pause_reading_for_upstream(self) -> None:
+    def pause_request_body(self) -> None:
         self._pause(_UPSTREAM)
 
-    def resume_reading_for_upstream(self) -> None:
+    def resume_request_body(self) -> None:
         self._resume(_UPSTREAM)
 
     def close(self) -> None:

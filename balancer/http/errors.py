@@ -59,6 +59,39 @@ def head_of(response: bytes) -> bytes:
     return response[:response.index(b"\r\n\r\n") + 4]
 
 
+def error_answer(
+    status: int,
+    message: str,
+    request_id: str,
+    extra_headers: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]] = (),
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The fields and small JSON body of one of the balancer's own error answers (PRODUCT.md §5),
+    for any downstream to frame."""
+    body = json.dumps({"error": message, "request_id": request_id}).encode()
+    fields = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"x-request-id", request_id.encode()),
+    ]
+    fields.extend(extra_headers)
+    return fields, body
+
+
+def answer_bytes(status: int, fields: list[tuple[bytes, bytes]], body: bytes, close: bool,
+                 head_only: bool = False) -> bytes:
+    """A complete answer of the balancer's own as HTTP/1.1 bytes (no body after a HEAD:
+    RFC 9110 §9.3.2, or the client would read it as the next response)."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))]
+    for name, value in fields:
+        lines.append(name + b": " + value + b"\r\n")
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head_only:
+        lines.append(body)
+    return b"".join(lines)
+
+
 def error_response(
     status: int,
     message: str,
@@ -66,18 +99,6 @@ def error_response(
     close: bool,
     extra_headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
-    """A complete HTTP/1.1 response with the small JSON body of PRODUCT.md §5."""
-    body = json.dumps({"error": message, "request_id": request_id}).encode()
-    lines = [
-        b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)),
-        b"content-type: application/json\r\n",
-        b"content-length: %d\r\n" % len(body),
-        b"x-request-id: %s\r\n" % request_id.encode(),
-    ]
-    for name, value in extra_headers:
-        lines.append(name + b": " + value + b"\r\n")
-    if close:
-        lines.append(b"connection: close\r\n")
-    lines.append(b"\r\n")
-    lines.append(body)
-    return b"".join(lines)
+    """A complete HTTP/1.1 error answer with the small JSON body."""
+    fields, body = error_answer(status, message, request_id, extra_headers)
+    return answer_bytes(status, fields, body, close)

@@ -5,21 +5,19 @@ cimport cython
 from ..pool cimport Backend
 from ..routing cimport Route
 from ..runtime cimport Choice, PoolRuntime, Runtime
-from .client_side cimport ClientConnection
+from .downstream cimport Downstream
 from .headers cimport forwarded_for, hop_by_hop_with, request_id_from
 from .parser cimport RequestHead
 from .upstream cimport UpstreamConnection
 
 
-cdef dict _STATUS_LINES, _PLUGIN_REJECT_REASON, _RETRY_CONDITION
+cdef dict _PLUGIN_REJECT_REASON, _RETRY_CONDITION
 cdef dict _FAILURE_OUTCOME, _PLUGIN_OUTCOME, _NO_BACKEND_OUTCOME
 cdef frozenset _KEPT_FOR_LOG
 
-cpdef bytes status_line(int status, bytes reason)
-
 
 cdef class Exchange:
-    cdef public ClientConnection client
+    cdef public Downstream client
     cdef public RequestHead head
     cdef public Runtime runtime
     cdef public Route route
@@ -32,7 +30,7 @@ cdef class Exchange:
     cdef public Py_ssize_t body_size
     cdef public bint replayable, request_done, response_started, finished
     cdef public int status
-    cdef public bint chunked_out, close_client, tunnel
+    cdef public bint close_client, tunnel
     cdef public bytes upstream_head, early_tunnel
     cdef public object set_cookie, split_cookie, region, country
     cdef bint _connecting, _head_only
@@ -55,7 +53,7 @@ cdef class Exchange:
     cpdef request_ended(self)
     # What the backend connection calls: C calls, not Python method calls.
     cpdef response_interim(self, int status, bytes reason, list headers)
-    @cython.locals(drop=frozenset, out=list, pool=PoolRuntime, now=double)
+    @cython.locals(extra=list, pool=PoolRuntime, now=double)
     cpdef response_head(self, UpstreamConnection conn, int status, bytes reason, list headers,
                         bint chunked, bint has_length, bint bodiless, object connection)
     cpdef response_body(self, bytes data)
@@ -64,7 +62,6 @@ cdef class Exchange:
     cpdef tunnel_from_backend(self, bytes data)
     cpdef tunnel_closed(self)
     cpdef _release_backend(self)
-    cdef _send(self, bytes data)
     cpdef _finish(self, str outcome)
     cpdef _ended(self, str outcome)
     cpdef _count(self)

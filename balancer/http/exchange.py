@@ -23,11 +23,10 @@ from ..outcomes import (
 )
 from ..tasks import spawn
 from ..runtime import NONE_IN_REGION, STICKY_GONE
-from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, render_answer, report_failure
+from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, answer_parts, report_failure
 from . import upstream
 from .errors import (
-    CONNECT, PROTOCOL, REJECT_REASON, RESET, STALE, TIMEOUT, RequestError, error_response,
-    head_of, reason_phrase,
+    CONNECT, PROTOCOL, REJECT_REASON, RESET, STALE, TIMEOUT, RequestError, error_answer,
 )
 from .headers import (
     HOP_BY_HOP, NOT_FORWARDED, forwarded_for, hop_by_hop_with, request_id_from,
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from ..pool import Backend
     from ..routing import Route
     from ..runtime import PoolRuntime, Runtime
-    from .client_side import ClientConnection
+    from .downstream import Downstream
     from .upstream import UpstreamConnection
 
 # Request body kept for a retry; past this a streamed body can no longer be replayed.
@@ -47,7 +46,6 @@ RETRY_BUFFER = 64 * 1024
 # Unsent body held while the backend connection opens; past this the client is paused.
 PENDING_LIMIT = 256 * 1024
 
-_STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}  # status -> (reason, line)
 # Plugin answers counted in balancer_rejected_requests_total; other statuses (403...) have no
 # reason among the contract's labels (PRODUCT.md §8).
 _PLUGIN_REJECT_REASON = {429: "rate_limited", 451: "geo_blocked"}
@@ -62,29 +60,20 @@ _PLUGIN_OUTCOME = {429: RATE_LIMITED, 451: GEO_BLOCKED}
 _NO_BACKEND_OUTCOME = {NONE_IN_REGION: PINNED_UNAVAILABLE, STICKY_GONE: STICKY_UNAVAILABLE}
 
 
-def status_line(status: int, reason: bytes) -> bytes:
-    """The status line relayed for a backend's status and reason phrase (its own, kept)."""
-    cached = _STATUS_LINES.get(status)
-    if cached is not None and cached[0] == reason:
-        return cached[1]
-    line = b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
-    if cached is None and len(_STATUS_LINES) < 512:
-        _STATUS_LINES[status] = (reason, line)  # backends send the same few over and over
-    return line
-
-
 class Exchange:
     __slots__ = (
         "client", "head", "runtime", "route", "pool", "backend", "upstream", "request_id",
         "started", "tried", "body", "body_size", "replayable", "request_done",
-        "response_started", "finished", "status", "chunked_out", "close_client",
+        "response_started", "finished", "status", "close_client",
         "upstream_head", "set_cookie", "split_cookie", "region", "country", "early_tunnel", "tunnel",
         "_connecting", "_head_only", "_response_hooks", "_sent_at",
         # What the access log tells beyond the above (balancer/access_log.py).
         "bytes_in", "bytes_out", "sticky", "connect_time", "sent_at", "head_at",
     )
 
-    def __init__(self, client: ClientConnection, head: RequestHead, runtime: Runtime) -> None:
+    def __init__(self, client: Downstream, head: RequestHead, runtime: Runtime) -> None:
+        # The player's side: an HTTP/1.1 connection or, later, an HTTP/2 stream. The exchange
+        # hands it statuses, fields and body bytes; framing them is the downstream's job.
         self.client = client
         self.head = head
         self.runtime = runtime
@@ -107,7 +96,6 @@ class Exchange:
         self.response_started = False
         self.finished = False
         self.status = 0
-        self.chunked_out = False
         self.close_client = not head.keep_alive
         self.upstream_head = b""
         self.set_cookie: bytes | None = None
@@ -340,7 +328,7 @@ class Exchange:
             # connection was opening): its pause_writing is not called again, so this
             # connection starts paused too, or a whole response would pile up in memory.
             conn.pause_reading()
-        self.client.resume_reading_for_upstream()
+        self.client.resume_request_body()
 
     # -- request body from the client -----------------------------------------------------
 
@@ -374,7 +362,7 @@ class Exchange:
         self.body.append(data)
         self.body_size += len(data)
         if self.body_size > PENDING_LIMIT:
-            self.client.pause_reading_for_upstream()
+            self.client.pause_request_body()
 
     # -- the response from the backend ----------------------------------------------------
 
@@ -383,12 +371,7 @@ class Exchange:
         """1xx (100 Continue, 103 Early Hints): relayed as is, the final answer follows."""
         if self.response_started or self.finished:
             return
-        out = [status_line(status, reason)]
-        for lname, name, value in headers:
-            if lname not in HOP_BY_HOP:
-                out.extend((name, b": ", value, b"\r\n"))
-        out.append(b"\r\n")
-        self._send(b"".join(out))
+        self.bytes_out += self.client.send_interim(status, reason, headers)
 
     def response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
                       headers: list[tuple[bytes, bytes, bytes]], chunked: bool, has_length: bool,
@@ -421,42 +404,20 @@ class Exchange:
             headers = self._run_response_hooks(conn, status, headers)
         self.status = status
         self.response_started = True
-        client = self.client
         if not self.request_done or (self.head.upgrade is not None and status != 101):
             # The rest of the request body is not worth reading; and after a refused upgrade
             # the reader stopped at the head, so this connection cannot carry another request.
             self.close_client = True
-        drop = HOP_BY_HOP if connection is None else hop_by_hop_with(connection)
-        out = [status_line(status, reason)]
-        for lname, name, value in headers:
-            if lname in drop and not (status == 101 and lname == b"upgrade"):
-                continue
-            out.append(name)
-            out.append(b": ")
-            out.append(value)
-            out.append(b"\r\n")
-        if status == 101:
-            out.append(b"connection: upgrade\r\n")
-        elif not bodiless and not has_length and not self._head_only:
-            if self.head.version == b"1.1":
-                self.chunked_out = True
-                out.append(b"transfer-encoding: chunked\r\n")
-            else:
-                self.close_client = True  # HTTP/1.0 reads a close-delimited body
+        extra = None
         if self.set_cookie is not None:
-            out.append(b"set-cookie: ")
-            out.append(self.set_cookie)
-            out.append(b"\r\n")
+            extra = [(b"set-cookie", self.set_cookie)]
         if self.split_cookie is not None:
-            out.append(b"set-cookie: ")
-            out.append(self.split_cookie)
-            out.append(b"\r\n")
-        if self.close_client:
-            out.append(b"connection: close\r\n")
-        elif self.head.version == b"1.0":
-            out.append(b"connection: keep-alive\r\n")
-        out.append(b"\r\n")
-        self._send(b"".join(out))
+            if extra is None:
+                extra = []
+            extra.append((b"set-cookie", self.split_cookie))
+        self.bytes_out += self.client.send_head(status, reason, headers,
+                                               HOP_BY_HOP if connection is None else hop_by_hop_with(connection),
+                                               extra, bodiless or has_length or self._head_only, self.close_client)
         if status == 101:
             self._become_tunnel(conn)
 
@@ -482,15 +443,12 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         if self.finished:
             return
-        if self.chunked_out:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        self._send(data)
+        self.bytes_out += self.client.send_body(data)
 
     def response_end(self, conn: UpstreamConnection, reusable: bool) -> None:
         if self.finished:
             return
-        if self.chunked_out:
-            self._send(b"0\r\n\r\n")
+        self.bytes_out += self.client.end_response()
         self.upstream = None
         loop = self.client.loop
         if reusable and self.request_done and self.head.upgrade is None:
@@ -619,7 +577,7 @@ class Exchange:
             conn.deadline.set_in(self.pool.websocket_idle_timeout)  # type: ignore[union-attr]
 
     def tunnel_from_backend(self, data: bytes) -> None:
-        self._send(data)
+        self.bytes_out += self.client.send_body(data)
         conn = self.upstream
         if conn is not None:
             conn.deadline.set_in(self.pool.websocket_idle_timeout)  # type: ignore[union-attr]
@@ -691,11 +649,8 @@ class Exchange:
             extra = ((b"retry-after", str(retry_after).encode()),)
         if not self.request_id:
             self.request_id = request_id_from(self.head.request_id)
-        data = error_response(status, message, self.request_id, self.close_client, extra)
-        if self._head_only:
-            # RFC 9110 §9.3.2: no body after a HEAD, or the client reads it as the next response.
-            data = head_of(data)
-        self._send(data)
+        fields, body = error_answer(status, message, self.request_id, extra)
+        self.bytes_out += self.client.send_answer(status, fields, body, self.close_client, self._head_only)
         reason = REJECT_REASON.get(status)
         if reason is not None:
             self.client.count_rejected(reason)
@@ -712,23 +667,18 @@ class Exchange:
             return
         close = self.close_client or not self.request_done or self.head.upgrade is not None
         try:
-            data = render_answer(answer, self.request_id, close, self._head_only)
+            status, fields, body = answer_parts(answer, self.request_id)
         except ValueError as exc:
             self._plugin_failed(plugin, "on_request", exc)
             return
         self.close_client = close
-        self.status = answer.status
+        self.status = status
         self.response_started = True
-        self._send(data)
+        self.bytes_out += self.client.send_answer(status, fields, body, close, self._head_only)
         reason = _PLUGIN_REJECT_REASON.get(answer.status)
         if reason is not None:
             self.client.count_rejected(reason)
         self._finish(_PLUGIN_OUTCOME.get(answer.status, PLUGIN_ANSWER))
-
-    def _send(self, data: bytes) -> None:
-        """Every byte to the player goes through here: bytes_out is the access log's."""
-        self.bytes_out += len(data)
-        self.client.write(data)
 
     def _finish(self, outcome: str) -> None:
         if self.finished:

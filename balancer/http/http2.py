@@ -82,6 +82,8 @@ class Http2Stream(ClientConnection):
         self.exchange = None
         self.tunnel = None
         self.closed = False
+        self._chunked_out = False  # ClientConnection's framing state, unused by a stream: an
+        self._close_after = False  # HTTP/2 answer's body ends with END_STREAM
         self.head_sent = False
         self.head_only = False
         self.ended = False  # END_STREAM sent (or the stream reset): nothing more is written
@@ -154,10 +156,10 @@ class Http2Stream(ClientConnection):
     def count_rejected(self, reason: str) -> None:
         self.server.count_rejected(reason)
 
-    def pause_reading_for_upstream(self) -> None:
+    def pause_request_body(self) -> None:
         self.reading_paused = True
 
-    def resume_reading_for_upstream(self) -> None:
+    def resume_request_body(self) -> None:
         if self.reading_paused:
             self.reading_paused = False
             if self.unacked and not self.ended:

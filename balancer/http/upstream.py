@@ -186,11 +186,11 @@ class UpstreamConnection:
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.pause_reading_for_upstream()
+            self.exchange.client.pause_request_body()
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.resume_reading_for_upstream()
+            self.exchange.client.resume_request_body()
 
     def _new_parser(self) -> None:
         self.parser = httptools.HttpResponseParser(self)

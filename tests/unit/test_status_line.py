@@ -1,6 +1,6 @@
 """The status line relayed to the player carries the backend's own reason phrase."""
 
-from balancer.http.exchange import status_line
+from balancer.http.client_side import status_line
 
 
 def test_each_backend_keeps_its_reason_phrase() -> None:
