@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import maxminddb
 import yaml
 
+from .grammar import TOKEN
 from .http.headers import OWN_REQUEST_HEADERS
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -618,7 +619,6 @@ def show_value(raw: object) -> str:
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # RFC 9110 token: what a header name, method or cookie name may be made of.
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Pool names and backend ids appear in /admin/pools/{pool}/backends/{id} URLs and metric labels.
 _ID = re.compile(r"^[A-Za-z0-9._:-]+$")
@@ -705,7 +705,7 @@ def _env_name(raw: object) -> str:
 def _token(what: str) -> Callable[[object], str]:
     def convert(raw: object) -> str:
         name = _string(raw)
-        if not _TOKEN.match(name):
+        if not TOKEN.fullmatch(name):
             raise _Invalid(f"expected a {what} (letters, digits and !#$%&'*+.^_`|~-), got {show_value(raw)}")
         return name
 
@@ -826,7 +826,7 @@ def _hash_on(raw: object) -> str:
     if text == "client_ip":
         return text
     kind, colon, name = text.partition(":")
-    if colon and name and kind in ("header", "cookie") and _TOKEN.match(name):
+    if colon and name and kind in ("header", "cookie") and TOKEN.fullmatch(name):
         # Header names are case-insensitive: lower-case once here, like route match headers.
         return f"header:{name.lower()}" if kind == "header" else text
     if colon and name and kind == "query":

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from .config import PluginConfig
+from .grammar import FIELD_VALUE, TOKEN
 from .http.errors import answer_bytes, error_answer, reason_phrase
 from .sticky import read_cookie
 
@@ -43,10 +44,6 @@ BUILTIN_PACKAGE = "plugins"
 _BUILTIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DOTTED_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
-# RFC 9110 §5.1 field names are tokens; §5.5 field values exclude CR, LF and NUL (and we
-# refuse every other control byte but HTAB, as the request parser does).
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 # Framing and hop-by-hop fields: the balancer frames both directions itself, so letting a plugin
@@ -134,7 +131,7 @@ _CHECKED_NAMES: dict[str, tuple[bytes, bytes]] = {}
 def _checked_name(name: str) -> tuple[bytes, bytes]:
     checked = _CHECKED_NAMES.get(name) if isinstance(name, str) else None
     if checked is None:
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        if not isinstance(name, str) or not TOKEN.fullmatch(name):
             raise ValueError(f"invalid header name {name!r}")
         raw_name = name.encode("ascii")
         checked = (raw_name, raw_name.lower())
@@ -145,7 +142,7 @@ def _checked_name(name: str) -> tuple[bytes, bytes]:
 
 
 def _checked_value(name: str, value: str) -> bytes:
-    if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+    if not isinstance(value, str) or not FIELD_VALUE.fullmatch(value):
         raise ValueError(f"invalid value for header {name}: {value!r}")
     return value.strip(" \t").encode("latin-1")
 

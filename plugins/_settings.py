@@ -8,17 +8,15 @@ returns None for a value it refused so the caller can go on and report every oth
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any
 
 # One wording for a refused value across the whole config, the plugins' settings included.
 from balancer.config import show_value as show
+from balancer.grammar import FIELD_VALUE, TOKEN
 
 Errors = list[tuple[str, str]]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 PROTECTED_WHY = "framing and hop-by-hop headers, Host, and the headers the balancer sets itself are protected"
 
 
@@ -40,7 +38,7 @@ def section(raw: object, path: str, errors: Errors, known: tuple[str, ...],
 
 
 def header_name(raw: object, path: str, errors: Errors, protected: frozenset[str] = frozenset()) -> str | None:
-    if not isinstance(raw, str) or not _TOKEN.fullmatch(raw):
+    if not isinstance(raw, str) or not TOKEN.fullmatch(raw):
         errors.append((path, f"expected a header name, got {show(raw)}"))
         return None
     if raw.lower() in protected:
@@ -53,7 +51,7 @@ def header_value(raw: object, path: str, errors: Errors) -> str | None:
     """A header value: a string (numbers are taken as written), printable ASCII and tabs only."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         raw = str(raw)
-    if not isinstance(raw, str) or not _FIELD_VALUE.fullmatch(raw):
+    if not isinstance(raw, str) or not FIELD_VALUE.fullmatch(raw):
         errors.append((path, f"expected a header value (printable ASCII), got {show(raw)}"))
         return None
     return raw

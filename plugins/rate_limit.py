@@ -26,8 +26,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+from balancer.grammar import TOKEN
 from balancer.plugins import Plugin, PluginRequest, Response
-from plugins._settings import _TOKEN, Errors, header_name, positive_int, section, show
+from plugins._settings import Errors, header_name, positive_int, section, show
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m)\s*$")
 _PER = {"s": 1.0, "m": 60.0}
@@ -152,7 +153,7 @@ def _parse_key(raw: object, path: str, errors: Errors) -> str | None:
         kind, colon, name = raw.partition(":")
         if colon and kind == "header" and header_name(name, path, errors) is not None:
             return raw
-        if colon and kind == "cookie" and _TOKEN.fullmatch(name):  # a cookie name is a token
+        if colon and kind == "cookie" and TOKEN.fullmatch(name):  # a cookie name is a token
             return raw
         if colon and kind in ("header", "cookie"):
             if kind == "cookie":
