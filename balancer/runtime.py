@@ -16,7 +16,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Callable, Sequence
 from urllib.parse import parse_qsl
 
-from . import health
+from . import outlier
 from .addresses import parse_ip
 from .balance import LeastConn, PeakEwma, Random, RoundRobin, static_weight
 from .balance import consistent_hash
@@ -80,7 +80,7 @@ class PoolRuntime:
         weight_of = static_weight
         if config.slow_start > 0:
             slow_start = config.slow_start
-            weight_of = lambda b, now: health.effective_weight(b, now, slow_start)
+            weight_of = lambda b, now: outlier.effective_weight(b, now, slow_start)
         if config.balance == "ewma":
             self.strategy = PeakEwma(weight_of, config.ewma_decay)
         else:

@@ -17,7 +17,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 from . import compiled
-from .health import effective_weight
+from .outlier import effective_weight
 from .metrics import BUCKETS, Stats
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import time
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING
 
-from .. import health
+from .. import outlier
 from ..outcomes import (
     CLIENT_CLOSED, GEO_BLOCKED, NO_BACKEND, PINNED_UNAVAILABLE, PLUGIN_ANSWER, RATE_LIMITED,
     STATUS_OUTCOME, STICKY_UNAVAILABLE, UPSTREAM_CONNECT_FAILURE, UPSTREAM_PROTOCOL_ERROR,
@@ -399,7 +399,7 @@ class Exchange:
             # No retry allowed or nowhere else to go: the backend's own 5xx is the answer.
         else:
             if backend.consecutive_failures:  # the common case costs no call
-                health.record_success(backend)
+                outlier.record_success(backend)
         if self._response_hooks:
             headers = self._run_response_hooks(conn, status, headers)
         self.status = status
@@ -497,7 +497,7 @@ class Exchange:
             backend.count_error(kind)
         pool = self.pool
         assert pool is not None
-        health.record_failure(pool.pool, backend, time.monotonic())
+        outlier.record_failure(pool.pool, backend, time.monotonic())
 
     def _may_retry(self, kind: str) -> bool:
         pool = self.pool

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from .. import health
+from .. import outlier
 from ..failures import connect_failed
 from .errors import PROTOCOL, RESET, STALE, TIMEOUT
 from .headers import HeaderNames
@@ -385,7 +385,7 @@ class UpstreamConnection:
         backend = self.backend
         backend.count_error(PROTOCOL)
         if self.pool is not None:
-            health.record_failure(self.pool, backend, time.monotonic())
+            outlier.record_failure(self.pool, backend, time.monotonic())
 
     def _on_deadline(self) -> None:
         exchange = self.exchange

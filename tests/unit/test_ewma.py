@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from balancer import health
+from balancer import outlier
 from balancer.balance import PeakEwma
 from balancer.config import Address, BackendConfig
 from balancer.pool import Backend
@@ -60,7 +60,7 @@ def test_cost_is_divided_by_the_weight() -> None:
 
 def test_slow_start_scales_the_weight_down_while_a_backend_ramps_up() -> None:
     old, new = make(1, 1)
-    ewma = PeakEwma(lambda b, now: health.effective_weight(b, now, 60.0))
+    ewma = PeakEwma(lambda b, now: outlier.effective_weight(b, now, 60.0))
     ewma.observe(old, 0.010, 100.0)
     ewma.observe(new, 0.005, 100.0)
     new.ramp_start = 100.0  # joined just now: 10% of its weight, so 5 ms counts as 50 ms

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from balancer.config import Address, BackendConfig, OutlierConfig, PoolConfig
-from balancer.health import effective_weight, record_failure, record_success
+from balancer.outlier import effective_weight, record_failure, record_success
 from balancer.pool import Pool
 
 NOW = 1000.0
