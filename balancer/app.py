@@ -18,7 +18,8 @@ from typing import Callable
 from . import compiled, signals
 from .access_log import AccessLog
 from .certificates import Certificates, CertificateError, load_certificates
-from .config import Config, ConfigError, ConsulConfig, ListenerConfig, load_config
+from .config import Config, ConfigError, ConsulConfig, ListenerConfig
+from .config_file import load_config
 from .discovery.consul import ConsulRegistration, ConsulWatch
 from .health import HealthChecker
 from .log_format import use_log_format

@@ -7,7 +7,8 @@ import asyncio
 import logging
 import sys
 
-from .config import ConfigError, check_main, load_config
+from .config import ConfigError
+from .config_file import check_main, load_config
 from .log_format import TEXT_FORMAT, use_log_format
 
 

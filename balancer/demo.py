@@ -10,7 +10,8 @@ import logging
 from aiohttp import WSMsgType, web
 
 from .app import App
-from .config import BackendConfig, load_config
+from .config import BackendConfig
+from .config_file import load_config
 
 log = logging.getLogger("balancer.demo")
 

@@ -11,7 +11,7 @@ import ipaddress
 from typing import Any
 
 # One wording for a refused value across the whole config, the plugins' settings included.
-from balancer.config import show_value as show
+from balancer.config_file import show_value as show
 from balancer.grammar import FIELD_VALUE, TOKEN
 
 Errors = list[tuple[str, str]]

@@ -18,7 +18,7 @@ import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.app import App
-from balancer.config import load_config
+from balancer.config_file import load_config
 from tests.fakes.backends import Backend
 from tests.fakes.consul import FakeConsul
 from tests.pki import Pki

@@ -17,7 +17,7 @@ import hmac
 import os
 from dataclasses import dataclass
 
-from balancer.config import parse_duration
+from balancer.config_file import parse_duration
 from balancer.plugins import Plugin, PluginRequest, PluginResponse, Response
 
 PAGE = b"<!doctype html><title>Back soon</title><h1>The casino is under maintenance.</h1>\n"

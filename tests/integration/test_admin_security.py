@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from balancer.config import AdminConfig, load_config
+from balancer.config import AdminConfig
+from balancer.config_file import load_config
 from tests.conftest import one_pool, pool_yaml
 from tests.httpcheck import parse_responses, send_raw
 

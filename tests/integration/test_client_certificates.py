@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 import trustme
 
-from balancer.config import ConfigError, load_config
+from balancer.config import ConfigError
+from balancer.config_file import load_config
 from tests.conftest import pool_yaml
 from tests.pki import Pki
 

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from balancer.app import App
-from balancer.config import load_config
+from balancer.config_file import load_config
 from tests.conftest import balancer_yaml, pool_yaml
 from tests.fakes.backends import Backend
 from tests.httpcheck import Answer, Incomplete, parse_responses

@@ -203,7 +203,8 @@ async def test_headers_plugin_edits_request_and_response(start_balancer, backend
 
 
 async def test_headers_plugin_config_errors_carry_key_paths(start_balancer, backends, tmp_path):
-    from balancer.config import ConfigError, load_config
+    from balancer.config import ConfigError
+    from balancer.config_file import load_config
     path = tmp_path / "bad.yaml"
     path.write_text("""
 listeners: [{name: public, address: "127.0.0.1:0"}]

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 import trustme
 
-from balancer.config import ConfigError, load_config
+from balancer.config import ConfigError
+from balancer.config_file import load_config
 from tests.conftest import pool_yaml
 
 NAMES = ("casino.example.com", "games.example.com", "eu.live.example.com")

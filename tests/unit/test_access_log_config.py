@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from balancer.access_log import truncate_ip
-from balancer.config import AccessLogConfig, ConfigError, load_config
+from balancer.config import AccessLogConfig, ConfigError
+from balancer.config_file import load_config
 from balancer.log_format import JsonFormatter
 
 BASE = """

@@ -26,11 +26,8 @@ from balancer.config import (
     OutlierConfig,
     RetryConfig,
     Timeouts,
-    check_main,
-    load_config,
-    parse_config,
-    parse_duration,
 )
+from balancer.config_file import check_main, load_config, parse_config, parse_duration
 from balancer.plugins import (
     Plugin,
     PluginLoadError,

@@ -11,7 +11,8 @@ import pytest
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from balancer.config import Address, BackendConfig, GeoConfig, parse_config
+from balancer.config import Address, BackendConfig, GeoConfig
+from balancer.config_file import parse_config
 from balancer.geo import Geo, normalize_country
 from balancer.metrics import Stats
 from balancer.pool import Backend, Pool

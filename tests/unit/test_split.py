@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from balancer.config import parse_config
+from balancer.config_file import parse_config
 from balancer.metrics import Stats
 from balancer.pool import Pool
 from balancer.runtime import Runtime
