@@ -22,6 +22,7 @@ from .config import Config, ConfigError, ConsulConfig, ListenerConfig
 from .config_file import load_config
 from .discovery.consul import ConsulRegistration, ConsulWatch
 from .health import HealthChecker
+from .http.client_side import ClientConnection
 from .log_format import use_log_format
 from .metrics import Stats
 from .plugins import build_plugins
@@ -175,7 +176,7 @@ class App:
     async def _open_listener(self, listener: ListenerConfig,
                              certificates: Certificates | None = None) -> ListenerServer:
         context = (certificates or self.certificates).listeners.get(listener.name)
-        server = ListenerServer(listener, self._runtime_ref, self.loop, context,
+        server = ListenerServer(listener, self._runtime_ref, self.loop, ClientConnection, context,
                                 reuse_port=self.config.workers != 1)
         # Our own listener on the same address (a reload re-opening it) may share the port;
         # anyone else's means a second instance started by mistake: fail loudly.

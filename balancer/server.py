@@ -12,15 +12,14 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Protocol
 
-from .config import ListenerConfig
+from .config import Address, ListenerConfig
 from .tasks import spawn
 from .http.errors import REJECT_REASON
 from .http.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_header
 
 if TYPE_CHECKING:
-    from .http.client_side import ClientConnection
     from .runtime import RuntimeRef
 
 log = logging.getLogger("balancer.listener")
@@ -31,20 +30,59 @@ BACKLOG = 4096
 PROXY_PEEK = 4096
 
 
+def bind_listener(address: Address, port: int | None = None, exclusive: bool = False) -> socket.socket:
+    """A listening socket on `address` (`port` overrides its port: the workers' sockets share
+    the port the first one got). `exclusive`: refuse a port some other process already listens
+    on, which SO_REUSEPORT alone would silently share."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    if exclusive and address.port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address.host, address.port))  # OSError: address already in use
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Always: workers share a port this way, and a reload that re-opens a listener binds
+    # its new socket before the old one stops accepting.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((address.host, address.port if port is None else port))
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class Connection(Protocol):
+    """What the listener needs of a player's connection (balancer.http.client_side builds
+    them): whether it is busy, and closing it."""
+
+    exchange: object | None  # the request in progress
+    tunnel: object | None  # a WebSocket being relayed
+
+    def close(self) -> None: ...
+
+
+# Builds one accepted connection's protocol from its listener and the client address a PROXY
+# header carried (None without one). The server is handed it, so that it never imports the HTTP
+# layer it serves (docs/architecture.md).
+ProtocolFactory = Callable[["ListenerServer", "str | None"], Connection]
+
+
 class ListenerServer:
     """Accepts with its own loop (sock_accept + connect_accepted_socket) so that it can stop
     accepting at max_connections and leave the rest in the kernel backlog."""
 
     def __init__(self, config: ListenerConfig, runtime: RuntimeRef,
-                 loop: asyncio.AbstractEventLoop, ssl_context: ssl.SSLContext | None = None,
-                 reuse_port: bool = False) -> None:
+                 loop: asyncio.AbstractEventLoop, protocol: ProtocolFactory,
+                 ssl_context: ssl.SSLContext | None = None, reuse_port: bool = False) -> None:
         self.config = config
         self.name = config.name
         self.runtime = runtime
         self.loop = loop
+        self.protocol = protocol
         self.ssl_context = ssl_context
         self.reuse_port = reuse_port
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[Connection] = set()
         self.sock: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
         self._room = asyncio.Event()
@@ -54,30 +92,8 @@ class ListenerServer:
         self.http2_alpn = config.http2 and ssl_context is not None
         self.http2_prior_knowledge = config.http2 and ssl_context is None
 
-    def bind(self, port: int | None = None, exclusive: bool = False) -> socket.socket:
-        """A listening socket for this listener (`port` overrides the configured one: the
-        workers' sockets share the port the first one got). `exclusive`: refuse a port some
-        other process already listens on, which SO_REUSEPORT alone would silently share."""
-        address = self.config.address
-        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        if exclusive and address.port:
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind((address.host, address.port))  # OSError: address already in use
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Always: workers share a port this way, and a reload that re-opens a listener binds
-        # its new socket before the old one stops accepting.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((address.host, address.port if port is None else port))
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-        return sock
-
     async def start(self, sock: socket.socket | None = None, exclusive: bool = False) -> None:
-        self.sock = sock if sock is not None else self.bind(exclusive=exclusive)
+        self.sock = sock if sock is not None else bind_listener(self.config.address, exclusive=exclusive)
         stats = self.runtime.current.stats
         # Series exist from the start (at 0), so rate() and alerts see them before the first event.
         stats.connections.setdefault(self.name, 0)
@@ -95,8 +111,6 @@ class ListenerServer:
         return self.sock.getsockname()[1] if self.sock is not None else 0
 
     async def _accept_loop(self, sock: socket.socket) -> None:
-        from .http.client_side import ClientConnection
-
         loop = self.loop
         while True:
             await self._room.wait()
@@ -110,7 +124,7 @@ class ListenerServer:
                 continue
             self._take_slot()
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            spawn(self._serve(conn, ClientConnection))
+            spawn(self._serve(conn))
 
     def _take_slot(self) -> None:
         self.slots += 1
@@ -126,11 +140,11 @@ class ListenerServer:
         if not self._room.is_set() and self.slots < self.runtime.current.limits.max_connections:
             self._room.set()
 
-    async def _serve(self, conn: socket.socket, factory: type) -> None:
+    async def _serve(self, conn: socket.socket) -> None:
         try:
             client_ip = await self._proxied_client(conn) if self.config.proxy_protocol else None
             await self.loop.connect_accepted_socket(
-                lambda: factory(self, client_ip), conn, ssl=self.ssl_context,
+                lambda: self.protocol(self, client_ip), conn, ssl=self.ssl_context,
                 ssl_handshake_timeout=self.runtime.current.limits.header_timeout if self.ssl_context else None)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ProxyProtocolError) as exc:
             log.debug("listener %s: connection setup failed: %s", self.name, exc)
@@ -157,7 +171,7 @@ class ListenerServer:
             header = await read_proxy_header(self.loop, conn)
         return header.source[0] if header.source is not None else None
 
-    def speak_http2(self, conn: ClientConnection, transport: asyncio.Transport, received: bytes) -> None:
+    def speak_http2(self, conn: Connection, transport: asyncio.Transport, received: bytes) -> None:
         """Hand a player's connection over to HTTP/2: ALPN chose h2, or the preface came."""
         from .http.http2 import Http2Connection
 
@@ -169,12 +183,12 @@ class ListenerServer:
         transport.set_protocol(h2conn)  # type: ignore[arg-type]
         h2conn.connection_made(transport, received)
 
-    def connection_opened(self, conn: ClientConnection) -> None:
+    def connection_opened(self, conn: Connection) -> None:
         self.connections.add(conn)
         stats = self.runtime.current.stats
         stats.connections[self.name] = stats.connections.get(self.name, 0) + 1
 
-    def connection_closed(self, conn: ClientConnection) -> None:
+    def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
         stats = self.runtime.current.stats
         stats.connections[self.name] = stats.connections.get(self.name, 1) - 1

@@ -29,7 +29,7 @@ from . import signals
 from .app import CONTROL, WORKER, App
 from .config import Address, BackendConfig, Config
 from .metrics import Stats, merge_snapshots
-from .server import ListenerServer
+from .server import bind_listener
 from .sticky import secret_from_env
 from .tasks import spawn
 
@@ -272,12 +272,11 @@ class Supervisor:
         """Per listener, one SO_REUSEPORT socket per worker, all on the same port."""
         sockets: dict[str, list[socket.socket]] = {}
         for listener in self.config.listeners:
-            server = ListenerServer(listener, None, None, reuse_port=True)  # type: ignore[arg-type]
-            first = server.bind(exclusive=True)
+            first = bind_listener(listener.address, exclusive=True)
             port = first.getsockname()[1]
             group = [first]
             for _ in range(self.count - 1):
-                group.append(server.bind(port=port))
+                group.append(bind_listener(listener.address, port=port))
             sockets[listener.name] = group
         return sockets
 

@@ -22,6 +22,7 @@ from ..tls import client_certificate
 
 if TYPE_CHECKING:
     from ..runtime import RuntimeRef
+    from ..server import ListenerServer
 
 # Why reading from the player is paused; reading resumes when no reason is left.
 _PIPELINE = 1
@@ -480,5 +481,3 @@ class ClientConnection(Downstream):
         if not self.closed and self.transport is not None:
             self.transport.abort()
 
-
-from ..server import ListenerServer  # noqa: E402  (import cycle: the server builds these)
