@@ -23,6 +23,7 @@ from .config_file import load_config
 from .discovery.consul import ConsulRegistration, ConsulWatch
 from .health import HealthChecker
 from .http.client_side import ClientConnection
+from .http.upstream import close_pooled
 from .log_format import use_log_format
 from .metrics import Stats
 from .plugins import build_plugins
@@ -164,7 +165,7 @@ class App:
         for name, pool_config in config.pools.items():
             pool = self.runtime.pools[name].pool
             if name in self.pools and self.pools[name] is pool:
-                pool.reconfigure(pool_config)
+                close_pooled(pool.reconfigure(pool_config))
             self.pools[name] = pool
         for name in list(self.pools):
             if name not in config.pools:
@@ -230,7 +231,7 @@ class App:
             watch = self.watches.get(pool_name)
             if pool is None or watch is None or watch.on_change is not on_change:
                 return  # from a watch that a reload or shutdown is stopping: stale
-            pool.set_discovered(backends)
+            close_pooled(pool.set_discovered(backends))
             checker = self.health.get(pool_name)
             if checker is not None:
                 checker.sync()
@@ -296,7 +297,9 @@ class App:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.monotonic()
             for pool in list(self.pools.values()):
-                for backend in pool.forget_drained(now):
+                overdue, dropped = pool.forget_drained(now)
+                close_pooled(dropped)
+                for backend in overdue:
                     for exchange in list(backend.tunnels):
                         exchange.close_for_drain()
                     log.info("pool %s: drain of %s ran out; closed its WebSockets", pool.name, backend.id)
@@ -550,8 +553,7 @@ class App:
         if self.admin is not None:
             await self.admin.stop()
         for pool in self.pools.values():
-            for backend in pool.backends.values():
-                backend.close_idle()
+            close_pooled(pool.backends.values())
         await self.access_log.close()
         self.runtime.close()
 

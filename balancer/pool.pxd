@@ -16,9 +16,6 @@ cdef class Backend:
     cdef public dict upstream_errors, health_checks
     cdef public object last_failure
 
-    @cython.locals(limit=double, age=double)
-    cpdef take_idle(self, double now, double idle_timeout, object tls=*)
-
 
 cdef class Pool:
     cdef public str name

@@ -115,34 +115,6 @@ class Backend:
         """What least_conn counts: requests in flight plus open WebSockets."""
         return self.active_requests + self.websockets
 
-    def take_idle(self, now: float, idle_timeout: float,
-                  tls: object = None) -> UpstreamConnection | None:
-        """Pop the most recently used live keep-alive connection, if it is safe to reuse.
-        Ones whose peer has closed are dropped on the way (connection_lost removed most), and
-        so are ones made with other TLS settings than the pool's `tls` now (a reload that
-        turned TLS on, or changed its CA, must not reuse what the old settings accepted).
-        Ones idle longer than the backend's known limit allows are left in place: nothing
-        newer is there, and seeing whether the backend closes them keeps that limit right."""
-        limit = self.reuse_within
-        if limit == 0.0 or limit > idle_timeout:
-            limit = idle_timeout
-        idle = self.idle
-        while idle:
-            conn = idle[-1]
-            if conn.closed or conn.transport is None or conn.transport.is_closing():
-                idle.pop()
-                continue
-            age = now - conn.last_used
-            if age > idle_timeout or (conn.tls_config is not tls and conn.tls_config != tls):
-                idle.pop()
-                conn.close()
-                continue
-            if age > limit:
-                return None
-            idle.pop()
-            return conn
-        return None
-
     def keepalive_announced_as(self, seconds: float) -> None:
         """A response said `Keep-Alive: timeout=N`."""
         if seconds != self.keepalive_announced:
@@ -167,12 +139,6 @@ class Backend:
         limit = min(known)
         within = limit - max(KEEPALIVE_MARGIN, limit * 0.25)
         self.reuse_within = within if within > 0.0 else -1.0
-
-    def close_idle(self) -> None:
-        """Close the pooled keep-alive connections (the backend left, or the balancer stops)."""
-        for conn in self.idle:
-            conn.close()
-        self.idle.clear()
 
     def count_error(self, kind: str) -> None:
         self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
@@ -208,21 +174,23 @@ class Pool:
 
     # -- membership -----------------------------------------------------------------------
 
-    def reconfigure(self, config: PoolConfig) -> None:
+    def reconfigure(self, config: PoolConfig) -> list[Backend]:
         """A reload: new settings and static backends; discovered backends are kept while the
-        pool still has discovery (without it nothing would ever update them: they drain)."""
+        pool still has discovery (without it nothing would ever update them: they drain).
+        Returns the backends dropped, whose pooled connections the caller closes."""
         self.config = config
         self._static = config.backends
         if config.discovery is None:
             self._discovered = ()
-        self._merge()
+        return self._merge()
 
-    def set_discovered(self, backends: list[BackendConfig]) -> None:
-        """A Consul update: the discovered part of the pool is now exactly `backends`."""
+    def set_discovered(self, backends: list[BackendConfig]) -> list[Backend]:
+        """A Consul update: the discovered part of the pool is now exactly `backends`.
+        Returns the backends dropped, whose pooled connections the caller closes."""
         self._discovered = tuple(backends)
-        self._merge()
+        return self._merge()
 
-    def _merge(self) -> None:
+    def _merge(self) -> list[Backend]:
         now = time.monotonic()
         wanted: dict[str, BackendConfig] = {}
         for backend_config in self._static + self._discovered:
@@ -243,8 +211,9 @@ class Pool:
             if backend_id not in wanted and not backend.removed:
                 backend.removed = True
                 self.start_drain(backend, now)
-        self.forget_drained(now)
+        _overdue, dropped = self.forget_drained(now)
         self.members = [b for b in self.backends.values() if not b.removed]
+        return dropped
 
     def start_drain(self, backend: Backend, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -259,14 +228,16 @@ class Pool:
             backend.draining = False
             log.info("pool %s: backend %s undrained", self.name, backend.id)
 
-    def forget_drained(self, now: float) -> list[Backend]:
-        """Drop removed backends whose users are gone or whose drain ran out; returns the ones
-        whose deadline passed with WebSockets still open (the caller closes those).
+    def forget_drained(self, now: float) -> tuple[list[Backend], list[Backend]]:
+        """Drop removed backends whose users are gone or whose drain ran out. Returns the ones
+        whose deadline passed with WebSockets still open, and the ones dropped: the caller
+        closes those WebSockets and the dropped ones' pooled connections (the pool does no I/O).
 
         With sticky cookies a backend's users include players between two requests, whom
         nothing here can count: a removed backend then stays until `drain_timeout`, so a
         player mid-game keeps their server (PRODUCT.md §9)."""
         overdue: list[Backend] = []
+        dropped: list[Backend] = []
         sticky = self.config.sticky is not None
         for backend_id, backend in list(self.backends.items()):
             if not backend.draining:
@@ -276,8 +247,8 @@ class Pool:
                 overdue.append(backend)
             if backend.removed and (expired or (backend.load == 0 and not sticky)):
                 del self.backends[backend_id]
-                backend.close_idle()
-        return overdue
+                dropped.append(backend)
+        return overdue, dropped
 
     def get(self, backend_id: str) -> Backend | None:
         return self.backends.get(backend_id)

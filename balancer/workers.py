@@ -27,8 +27,9 @@ from typing import Any
 
 from . import signals
 from .app import CONTROL, WORKER, App
-from .config import Address, BackendConfig, Config
+from .config import Address, BackendConfig, Config, worker_count
 from .metrics import Stats, merge_snapshots
+from .http.upstream import close_pooled
 from .server import bind_listener
 from .sticky import secret_from_env
 from .tasks import spawn
@@ -37,12 +38,6 @@ log = logging.getLogger("balancer.workers")
 
 HEALTH_PUSH_INTERVAL = 0.1
 REPLY_TIMEOUT = 2.0
-
-
-def worker_count(config: Config) -> int:
-    if config.workers == "auto":
-        return os.cpu_count() or 1
-    return int(config.workers)
 
 
 def _encode(message: dict) -> bytes:
@@ -93,7 +88,7 @@ class ControlLink:
         if op == "discovered":
             pool = app.pools.get(message["pool"])
             if pool is not None:
-                pool.set_discovered([_backend_from(d) for d in message["backends"]])
+                close_pooled(pool.set_discovered([_backend_from(d) for d in message["backends"]]))
             return {}
         if op in ("drain", "undrain"):
             await app.set_drain(message["pool"], message["backend"], op == "drain")

@@ -273,12 +273,12 @@ class Exchange:
         if pool.latency_aware:
             self._sent_at = monotonic()
         now = self.client.loop.time()
-        conn = backend.take_idle(now, pool.idle_timeout, pool.config.tls)
+        conn = upstream.take_idle(backend, now, pool.idle_timeout, pool.config.tls)
         while conn is not None and not self._safe_to_repeat() and conn.at_risk():
             # A request that must not be lost goes only on a connection the backend has not
             # closed already (the loop may not have read its FIN yet).
             conn.close()
-            conn = backend.take_idle(now, pool.idle_timeout, pool.config.tls)
+            conn = upstream.take_idle(backend, now, pool.idle_timeout, pool.config.tls)
         if conn is not None:
             self.connect_time = 0.0
             self._attach(conn, now)

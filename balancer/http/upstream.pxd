@@ -3,6 +3,9 @@
 # module creates its own types before importing the other's), as long as neither module's
 # body imports names from the other at import time (exchange.py imports this module whole).
 
+cimport cython
+
+from ..pool cimport Backend
 from .exchange cimport Exchange
 from .headers cimport HeaderNames
 from .timers cimport Deadline
@@ -39,3 +42,7 @@ cdef class UpstreamConnection:
     cpdef close(self)
     cpdef _end_message(self)
     cdef _new_parser(self)
+
+
+@cython.locals(limit=double, age=double, idle=list, conn=UpstreamConnection)
+cpdef UpstreamConnection take_idle(Backend backend, double now, double idle_timeout, object tls=*)

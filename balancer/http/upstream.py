@@ -2,7 +2,7 @@
 
 An `UpstreamConnection` carries one exchange at a time (no pipelining towards backends, so a
 failure is always attributable to one request). Between exchanges it waits in its backend's
-`idle` list with its last-used time. Taking one (`Backend.take_idle`) is synchronous and pure,
+`idle` list with its last-used time. Taking one (`take_idle`) is synchronous and pure,
 as in httpcore: expired ones and ones whose peer has closed are dropped, and nothing awaits
 between taking it and using it.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import select
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -91,7 +92,7 @@ class UpstreamConnection:
         self._in_feed = False  # the parser is reading: a released connection waits (parked)
         self._parked = False  # released during this read: pooled once the read ends cleanly
         # The pool's `tls` settings this connection was made with (None: plain); a pooled
-        # connection is reused only while they are still the pool's (Backend.take_idle).
+        # connection is reused only while they are still the pool's (take_idle).
         self.tls_config = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -420,6 +421,44 @@ def _after_head(data: bytes) -> bytes:
             start = end + 4  # an interim response: the final head follows
             continue
         return data[end + 4:]
+
+
+def take_idle(backend: Backend, now: float, idle_timeout: float,
+              tls: object = None) -> UpstreamConnection | None:
+    """Pop `backend`'s most recently used live keep-alive connection, if it is safe to reuse.
+    Ones whose peer has closed are dropped on the way (connection_lost removed most), and so
+    are ones made with other TLS settings than the pool's `tls` now (a reload that turned TLS
+    on, or changed its CA, must not reuse what the old settings accepted). Ones idle longer
+    than the backend's known limit allows are left in place: nothing newer is there, and
+    seeing whether the backend closes them keeps that limit right."""
+    limit = backend.reuse_within
+    if limit == 0.0 or limit > idle_timeout:
+        limit = idle_timeout
+    idle = backend.idle
+    while idle:
+        conn = idle[-1]
+        if conn.closed or conn.transport is None or conn.transport.is_closing():
+            idle.pop()
+            continue
+        age = now - conn.last_used
+        if age > idle_timeout or (conn.tls_config is not tls and conn.tls_config != tls):
+            idle.pop()
+            conn.close()
+            continue
+        if age > limit:
+            return None
+        idle.pop()
+        return conn
+    return None
+
+
+def close_pooled(backends: Iterable[Backend]) -> None:
+    """Close the keep-alive connections pooled for `backends` (they left the pool, or the
+    balancer stops)."""
+    for backend in backends:
+        for conn in backend.idle:
+            conn.close()
+        backend.idle.clear()
 
 
 async def connect(backend: Backend, loop: asyncio.AbstractEventLoop, timeout: float,
