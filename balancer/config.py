@@ -11,6 +11,7 @@ check their settings; this module imports nothing of the balancer, so every laye
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -301,3 +302,10 @@ class Config:
     access_log: AccessLogConfig | None = None  # None: no access log
     log_format: Literal["text", "json"] = "text"  # the balancer's own log
     source: str = "<memory>"
+
+
+def worker_count(config: Config) -> int:
+    """How many worker processes `workers` asks for ("auto": one per CPU)."""
+    if config.workers == "auto":
+        return os.cpu_count() or 1
+    return int(config.workers)

@@ -354,7 +354,7 @@ class BalancerCollector(Collector):
 
 
 def _instance_families(app: Any) -> Iterator[Metric]:
-    from .status import version
+    from . import version  # the package's: this module is imported before it is complete
 
     info = GaugeMetricFamily("balancer_build_info", "Always 1; the version in a label.", labels=["version"])
     info.add_metric([version()], 1)

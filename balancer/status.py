@@ -13,10 +13,10 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from importlib import metadata
 from typing import TYPE_CHECKING
 
-from . import compiled
+from . import compiled, version
+from .config import worker_count
 from .outlier import effective_weight
 from .metrics import BUCKETS, Stats
 
@@ -26,13 +26,6 @@ if TYPE_CHECKING:
 WINDOW = 60.0  # seconds of traffic the per-backend rates cover
 SAMPLE_INTERVAL = 5.0  # how often the admin process samples the counters
 MIN_SPACING = 1.0  # samples closer than this replace each other (a page polled very often)
-
-
-def version() -> str:
-    try:
-        return metadata.version("casino-edge-balancer")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(slots=True)
@@ -134,8 +127,6 @@ def status_document(app: App) -> dict:
 
 
 def instance_doc(app: App) -> dict:
-    from .workers import worker_count
-
     reload = app.last_reload
     return {
         "version": version(),
@@ -155,8 +146,6 @@ def instance_doc(app: App) -> dict:
 
 
 def listeners_doc(app: App) -> list[dict]:
-    from .workers import worker_count
-
     stats = app.stats_for_scrape()
     per_instance = app.config.limits.max_connections * worker_count(app.config)
     out = []
