@@ -25,6 +25,7 @@ from .health import HealthChecker
 from .http.client_side import ClientConnection
 from .http.upstream import close_pooled
 from .log_format import use_log_format
+from .messages import Drain, Split
 from .metrics import Stats
 from .plugins import build_plugins
 from .pool import Pool
@@ -444,8 +445,7 @@ class App:
         else:
             pool.stop_drain(backend)
         if self.workers is not None:
-            self.workers.broadcast({"op": "drain" if drain else "undrain",
-                                    "pool": pool_name, "backend": backend_id})
+            self.workers.broadcast(Drain(pool_name, backend_id, drain))
         return None
 
     def _split_of(self, route_name: str) -> tuple[Split | None, tuple[int, dict]]:
@@ -478,7 +478,7 @@ class App:
         split.set_weights([weights[name] for name in names])
         split.changed_at_runtime = True
         if self.workers is not None:
-            self.workers.broadcast({"op": "split", "route": route_name, "weights": weights})
+            self.workers.broadcast(Split(route_name, weights))
         log.warning("route %s: split set to %s at run time (until the next reload)", route_name,
                     ", ".join(f"{name} {weights[name]}" for name in names))
         return 200, {"route": route_name, "split": split.describe(),

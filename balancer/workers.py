@@ -4,11 +4,11 @@ The parent binds one listening socket per worker per listener (SO_REUSEPORT, so 
 spreads new connections across workers; port 0 is resolved once so that all share the port),
 forks the workers, then becomes the control process: admin listener, active health checks,
 Consul watches and reload run there once, not N times. It talks to each worker over a
-socketpair with JSON lines:
+socketpair with the typed messages of balancer/messages.py:
 
-    control -> worker: health (backend health and slow-start ramp), discovered (Consul sets),
-                       drain / undrain, reload, snapshot (counters for /metrics, /admin/pools)
-    worker -> control: replies, matched by "id"
+    control -> worker: Health (backend health and slow-start ramp), Discovered (Consul sets),
+                       Drain, Split, Reload, Snapshot (counters for /metrics, /admin/pools)
+    worker -> control: replies (Done, Reloaded, Counters, Refused), matched by id
 
 Passive outlier detection stays per worker: it judges the traffic that worker sees.
 """
@@ -16,7 +16,6 @@ Passive outlier detection stays per worker: it judges the traffic that worker se
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -27,7 +26,11 @@ from typing import Any
 
 from . import signals
 from .app import CONTROL, WORKER, App
-from .config import Address, BackendConfig, Config, worker_count
+from .config import BackendConfig, Config, worker_count
+from .messages import (
+    Counters, Discovered, Done, Drain, Health, HealthStates, Message, Refused, Reload, Reloaded,
+    Snapshot, Split, decode, encode,
+)
 from .metrics import Stats, merge_snapshots
 from .http.upstream import close_pooled
 from .server import bind_listener
@@ -38,10 +41,6 @@ log = logging.getLogger("balancer.workers")
 
 HEALTH_PUSH_INTERVAL = 0.1
 REPLY_TIMEOUT = 2.0
-
-
-def _encode(message: dict) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 # -- the worker side --------------------------------------------------------------------------
@@ -65,17 +64,15 @@ class ControlLink:
                 # The control process is gone: finish what is in flight and leave.
                 self.app.request_stop()
                 return
-            message = json.loads(line)
+            message_id, message = decode(line)
             reply = await self.handle(message)
-            if "id" in message:
-                reply["id"] = message["id"]
-                writer.write(_encode(reply))
+            if message_id is not None:
+                writer.write(encode(reply, message_id))
 
-    async def handle(self, message: dict) -> dict:
+    async def handle(self, message: Message) -> Message:
         app = self.app
-        op = message["op"]
-        if op == "health":
-            for pool_name, states in message["pools"].items():
+        if isinstance(message, Health):
+            for pool_name, states in message.pools.items():
                 pool = app.pools.get(pool_name)
                 if pool is None:
                     continue
@@ -84,36 +81,24 @@ class ControlLink:
                     if backend is not None:
                         backend.healthy = healthy
                         backend.ramp_start = ramp_start
-            return {}
-        if op == "discovered":
-            pool = app.pools.get(message["pool"])
+        elif isinstance(message, Discovered):
+            pool = app.pools.get(message.pool)
             if pool is not None:
-                close_pooled(pool.set_discovered([_backend_from(d) for d in message["backends"]]))
-            return {}
-        if op in ("drain", "undrain"):
-            await app.set_drain(message["pool"], message["backend"], op == "drain")
-            return {}
-        if op == "split":
-            await app.set_split(message["route"], message["weights"])
-            return {}
-        if op == "reload":
-            return {"errors": await app.reload()}
-        if op == "snapshot":
-            return {"stats": app.stats.snapshot(), "pools": _pool_counters(app)}
-        return {"error": f"unknown op {op}"}
+                close_pooled(pool.set_discovered(list(message.backends)))
+        elif isinstance(message, Drain):
+            await app.set_drain(message.pool, message.backend, message.drain)
+        elif isinstance(message, Split):
+            await app.set_split(message.route, message.weights)
+        elif isinstance(message, Reload):
+            return Reloaded(tuple(await app.reload()))
+        elif isinstance(message, Snapshot):
+            return Counters(app.stats.snapshot(), pool_counters(app))
+        else:
+            return Refused(f"not a question for a worker: {type(message).__name__}")
+        return Done()
 
 
-def _backend_to(b: BackendConfig) -> dict:
-    return {"id": b.id, "host": b.address.host, "port": b.address.port, "region": b.region,
-            "weight": b.weight, "source": b.source}
-
-
-def _backend_from(d: dict) -> BackendConfig:
-    return BackendConfig(id=d["id"], address=Address(d["host"], d["port"]), region=d["region"],
-                         weight=d["weight"], source=d["source"])
-
-
-def _pool_counters(app: App) -> dict:
+def pool_counters(app: App) -> dict:
     now = time.monotonic()
     out: dict[str, Any] = {}
     for name, pool in app.pools.items():
@@ -140,7 +125,7 @@ class WorkerHandle:
         self.sock = sock
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.pending: dict[int, asyncio.Future] = {}
+        self.pending: dict[int, asyncio.Future[Message]] = {}
         self.alive = True
 
     async def start(self) -> None:
@@ -157,14 +142,14 @@ class WorkerHandle:
                     if not future.done():
                         future.set_exception(ConnectionError("worker gone"))
                 return
-            message = json.loads(line)
-            future = self.pending.pop(message.get("id", -1), None)
+            message_id, message = decode(line)
+            future = self.pending.pop(message_id, None) if message_id is not None else None
             if future is not None and not future.done():
                 future.set_result(message)
 
-    def send(self, message: dict) -> None:
+    def send(self, message: Message, message_id: int | None = None) -> None:
         if self.alive and self.writer is not None:
-            self.writer.write(_encode(message))
+            self.writer.write(encode(message, message_id))
 
 
 class Workers:
@@ -174,7 +159,7 @@ class Workers:
         self.handles = handles
         self.stats = Stats()
         self._next_id = 0
-        self._last_health: dict | None = None
+        self._last_health: HealthStates | None = None
 
     async def start(self, app: App) -> None:
         for handle in self.handles:
@@ -182,14 +167,14 @@ class Workers:
         app.workers = self
         spawn(self._push_health(app))
 
-    def broadcast(self, message: dict) -> None:
+    def broadcast(self, message: Message) -> None:
         for handle in self.handles:
             handle.send(message)
 
     def broadcast_discovered(self, pool: str, backends: list[BackendConfig]) -> None:
-        self.broadcast({"op": "discovered", "pool": pool, "backends": [_backend_to(b) for b in backends]})
+        self.broadcast(Discovered(pool, tuple(backends)))
 
-    async def ask(self, message: dict) -> list[dict]:
+    async def ask(self, message: Message) -> list[Message]:
         """Send to every live worker and gather the replies (a silent worker is skipped)."""
         loop = asyncio.get_running_loop()
         futures = []
@@ -199,7 +184,7 @@ class Workers:
             self._next_id += 1
             future = loop.create_future()
             handle.pending[self._next_id] = future
-            handle.send({**message, "id": self._next_id})
+            handle.send(message, self._next_id)
             futures.append((handle, self._next_id, future))
         replies = []
         for handle, message_id, future in futures:
@@ -212,19 +197,20 @@ class Workers:
 
     async def reload(self) -> list[str]:
         errors: list[str] = []
-        for reply in await self.ask({"op": "reload"}):
-            errors.extend(reply.get("errors", []))
+        for reply in await self.ask(Reload()):
+            if isinstance(reply, Reloaded):
+                errors.extend(reply.errors)
         return errors
 
     async def collect(self, app: App) -> None:
         """Sum the workers' counters into the control process's Stats and Backend objects."""
-        replies = await self.ask({"op": "snapshot"})
-        stats = merge_snapshots(r["stats"] for r in replies)
+        replies = [r for r in await self.ask(Snapshot()) if isinstance(r, Counters)]
+        stats = merge_snapshots(r.stats for r in replies)
         stats.reloads = app.stats.reloads  # reloads are counted where they are decided
         self.stats = stats
         now = time.monotonic()
         for name, pool in app.pools.items():
-            counters = [r["pools"].get(name, {}) for r in replies]
+            counters = [r.pools.get(name, {}) for r in replies]
             pool.retries_total = sum(c.get("retries", 0) for c in counters)
             pool.panics_total = sum(c.get("panics", 0) for c in counters)
             pool.stale_retries_total = sum(c.get("stale_retries", 0) for c in counters)
@@ -251,7 +237,7 @@ class Workers:
             }
             if state != self._last_health:
                 self._last_health = state
-                self.broadcast({"op": "health", "pools": state})
+                self.broadcast(Health(state))
             await asyncio.sleep(HEALTH_PUSH_INTERVAL)
 
 
