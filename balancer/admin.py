@@ -33,7 +33,7 @@ class AdminServer:
         self.registry.register(BalancerCollector(
             stats=lambda: app.stats_for_scrape(),
             pools=lambda: app.pools_for_scrape(),
-            consul=lambda: app.watches.values(),
+            consul=lambda: app.control.watches.values() if app.control is not None else (),
             instance=lambda: app,
             certificates=lambda: app.certificates.expiries,
         ))

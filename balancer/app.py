@@ -11,17 +11,18 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import ssl
 import time
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from . import compiled, signals
 from .access_log import AccessLog
 from .certificates import Certificates, CertificateError, load_certificates
-from .config import Config, ConfigError, ConsulConfig, ListenerConfig
+from .config import Address, BackendConfig, Config, ConfigError, ListenerConfig
 from .config_file import load_config
-from .discovery.consul import ConsulRegistration, ConsulWatch
-from .health import HealthChecker
+from .admin import AdminServer
+from .control import ControlPlane
 from .http.client_side import ClientConnection
 from .http.upstream import close_pooled
 from .log_format import use_log_format
@@ -36,6 +37,9 @@ from .status import SAMPLE_INTERVAL, RecentTraffic
 from .sticky import secret_from_env
 from .tasks import spawn
 
+if TYPE_CHECKING:
+    from .workers import Workers
+
 log = logging.getLogger("balancer")
 
 SWEEP_INTERVAL = 1.0
@@ -49,17 +53,22 @@ class ReloadOutcome:
     errors: tuple[str, ...]
 
 
-# What a process does. "single": everything (workers: 1). With workers > 1 the parent is the
-# "control" process (admin, health checks, Consul, reload) and each child a "worker" (the data
-# plane), so that probes and Consul queries do not multiply by the number of workers.
-SINGLE, CONTROL, WORKER = "single", "control", "worker"
-
-
 class App:
+    """One process of the balancer: the data plane (listeners, pools, the runtime in force)
+    and, unless it is a worker, the control plane (`ControlPlane`: health checks, Consul) and
+    the admin listener.
+
+    With `workers: 1` one process has it all. With more, the parent has no listeners
+    (`listens=False`) and talks to its `workers`; each worker has no control plane
+    (`control=False`) and serves on the `listener_sockets` the parent bound for it.
+    """
+
     def __init__(self, config: Config, config_path: str | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None, role: str = SINGLE,
-                 secrets: dict[str, bytes] | None = None) -> None:
-        self.role = role
+                 loop: asyncio.AbstractEventLoop | None = None, *, listens: bool = True,
+                 control: bool = True, secrets: dict[str, bytes] | None = None,
+                 listener_sockets: dict[str, socket.socket] | None = None,
+                 workers: Workers | None = None,
+                 worker_listeners: dict[str, tuple[Address, int]] | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.loop = loop or asyncio.get_event_loop()
@@ -76,14 +85,12 @@ class App:
         self.listeners: dict[str, ListenerServer] = {}
         # Listeners a reload closed: no longer accepting, but their connections live on.
         self.retired: list[ListenerServer] = []
-        self.health: dict[str, HealthChecker] = {}
-        self.watches: dict[str, ConsulWatch] = {}
-        self.registration: ConsulRegistration | None = None
-        self._registering: asyncio.Task | None = None  # retrying a registration Consul refused
+        self.listens = listens
+        self.control = ControlPlane(self.loop, self._discovered) if control else None
         self.admin = None
         self._secrets: dict[str, bytes] = dict(secrets or {})
-        # The control process's link to its workers (balancer.workers.Workers), if any.
-        self.workers = None
+        # The control process's link to its workers, if any.
+        self.workers = workers
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         # A reload runs whole or not at all: shutdown waits for one in progress, and none
@@ -95,10 +102,10 @@ class App:
         self.certificates = load_certificates(config)
         self._runtime_ref = RuntimeRef(self._compile(config, self.certificates))
         # Listener sockets handed over by a parent process (workers); name -> socket.
-        self.inherited_sockets: dict = {}
+        self._inherited_sockets = dict(listener_sockets or {})
         # Control process: where its workers' listeners were bound at start,
         # name -> (configured address, bound port), for the status page.
-        self.worker_listeners: dict = {}
+        self.worker_listeners = dict(worker_listeners or {})
 
     # -- building -------------------------------------------------------------------------
 
@@ -132,34 +139,23 @@ class App:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    @property
-    def serves_traffic(self) -> bool:
-        return self.role != CONTROL
-
-    @property
-    def runs_probes(self) -> bool:
-        """Health checks, Consul, admin and registration run once per instance."""
-        return self.role != WORKER
-
     async def start(self) -> None:
         self._adopt_pools(self.config)
-        if self.serves_traffic:
+        if self.listens:
             access_log = self.config.access_log
             self.access_log.configure(access_log, self.access_log.open_writer(access_log))
             for listener in self.config.listeners:
                 self.listeners[listener.name] = await self._open_listener(listener)
         await self._sync_background()
         self._tasks.append(self.loop.create_task(self._sweep()))
-        if self.runs_probes:
-            from .admin import AdminServer
-
+        if self.control is not None:
             self.admin = AdminServer(self)
             await self.admin.start()
             self.recent.record(self.stats_for_scrape())
             self._tasks.append(self.loop.create_task(self._sample_traffic()))
             log.info("admin on %s", self.admin.url)
             if self.config.consul is not None and self.config.consul.register is not None:
-                await self._register()
+                await self._register(self.control)
         self.started = True
 
     def _adopt_pools(self, config: Config) -> None:
@@ -183,65 +179,19 @@ class App:
         # Our own listener on the same address (a reload re-opening it) may share the port;
         # anyone else's means a second instance started by mistake: fail loudly.
         ours = any(s.config.address == listener.address for s in self.listeners.values())
-        await server.start(self.inherited_sockets.pop(listener.name, None), exclusive=not ours)
+        await server.start(self._inherited_sockets.pop(listener.name, None), exclusive=not ours)
         log.info("listener %s on %s", listener.name, _where(server))
         return server
 
     async def _sync_background(self) -> None:
-        """Health checkers and Consul watches follow the pools of the current config.
+        if self.control is not None:
+            await self.control.follow(self.pools, self.config.consul, self.certificates.pools)
 
-        A watch is replaced only when what it watches changed (its pool's discovery, or the
-        consul section apart from `register`), so a reload costs Consul no fresh reads. Old
-        watches are stopped (awaited) before new ones start: a stopped watch never delivers.
-        """
-        if not self.runs_probes:
-            return
-        config = self.config
-        consul = _watched(config.consul or ConsulConfig())
-        for name, pool in list(self.pools.items()):
-            checker = self.health.get(name)
-            tls = self.certificates.pools.get(name)
-            if checker is None:
-                checker = self.health[name] = HealthChecker(pool, tls)
-                checker.start()
-            else:
-                checker.pool = pool
-                checker.tls = tls
-                checker.sync()
-            discovery = pool.config.discovery
-            watch = self.watches.get(name)
-            if watch is not None and (discovery is None or watch.discovery != discovery
-                                      or watch.consul_config != consul):
-                del self.watches[name]
-                await watch.stop()
-                watch = None
-            if discovery is not None and watch is None and name in self.pools:
-                watch = ConsulWatch(consul, name, discovery, self._discovered(name))
-                self.watches[name] = watch
-                await watch.start()
-        for name in list(self.health):
-            if name not in self.pools:
-                await self.health.pop(name).stop()
-        for name in list(self.watches):
-            if name not in self.pools:
-                await self.watches.pop(name).stop()
+    def _discovered(self, pool_name: str, backends: list[BackendConfig]) -> None:
+        if self.workers is not None:
+            self.workers.broadcast_discovered(pool_name, backends)
 
-    def _discovered(self, pool_name: str) -> Callable:
-        def on_change(backends: list) -> None:
-            pool = self.pools.get(pool_name)
-            watch = self.watches.get(pool_name)
-            if pool is None or watch is None or watch.on_change is not on_change:
-                return  # from a watch that a reload or shutdown is stopping: stale
-            close_pooled(pool.set_discovered(backends))
-            checker = self.health.get(pool_name)
-            if checker is not None:
-                checker.sync()
-            if self.workers is not None:
-                self.workers.broadcast_discovered(pool_name, backends)
-            log.info("pool %s: %d backends from Consul", pool_name, len(backends))
-        return on_change
-
-    async def _register(self) -> None:
+    async def _register(self, control: ControlPlane) -> None:
         consul = self.config.consul
         assert consul is not None and consul.register is not None
         first = next(iter(self.listeners.values()), None)
@@ -249,48 +199,23 @@ class App:
         # the configured address.
         listener = first.config if first is not None else self.config.listeners[0]
         port = first.port if first is not None else listener.address.port
-        # A wildcard host is sent as "" by the registration itself (Consul then advertises
-        # the node's own address).
-        host = listener.address.host
-        registration = self.registration = ConsulRegistration(consul)
         admin_url = self.admin.url if self.admin else ""
-        try:
-            await registration.register(host, port, admin_url)
-        except Exception as exc:  # Consul down must not stop the balancer from serving
-            # ... nor leave this instance unfindable until its next restart.
-            log.warning("consul registration failed: %s; retrying in the background", exc)
-            self._registering = self.loop.create_task(
-                registration.register_retrying(host, port, admin_url))
+        await control.register(consul, listener.address.host, port, admin_url)
 
     async def _sync_registration(self) -> None:
         """A reload that adds, removes or changes `consul.register` is followed in Consul."""
-        if not self.runs_probes:
-            return
+        control = self.control
         consul = self.config.consul
-        wanted = consul if consul is not None and consul.register is not None else None
-        current = self.registration
-        if current is None and wanted is None:
+        if control is None or not control.registration_changes(consul):
             return
-        if (current is not None and wanted is not None
-                and _registered_as(current.consul_config) == _registered_as(wanted)):
-            return
-        await self.leave_consul()
-        if wanted is not None:
-            await self._register()
+        await control.leave_consul()
+        if consul is not None and consul.register is not None:
+            await self._register(control)
 
     async def leave_consul(self) -> None:
-        """Withdraw this instance's registration (and stop retrying one): the first step of a
-        shutdown, so that Consul sends new players elsewhere while this instance drains."""
-        registering, self._registering = self._registering, None
-        if registering is not None:
-            registering.cancel()
-            await asyncio.wait([registering])
-        registration, self.registration = self.registration, None
-        if registration is not None:
-            try:
-                await registration.deregister()
-            except Exception as exc:
-                log.warning("consul deregistration failed: %s", exc)
+        """Withdraw this instance's registration: the first step of a shutdown."""
+        if self.control is not None:
+            await self.control.leave_consul()
 
     async def _sweep(self) -> None:
         """Once a second: forget drained backends, close WebSockets whose drain ran out."""
@@ -346,12 +271,12 @@ class App:
             log.error("reload refused, nothing changed: %s", exc)
             return [f"{self.config_path}: {exc}"]
         try:
-            log_writer = self.access_log.open_writer(config.access_log) if self.serves_traffic else None
+            log_writer = self.access_log.open_writer(config.access_log) if self.listens else None
         except OSError as exc:
             log.error("reload refused, nothing changed: cannot open the access log: %s", exc)
             return [f"{self.config_path}: access_log.path: {exc}"]
         old_listeners = {l.name: _bound(l) for l in self.config.listeners}
-        if not self.serves_traffic:
+        if not self.listens:
             old_listeners = {l.name: _bound(l) for l in config.listeners}  # workers own the sockets
         # Open every new or changed listener before touching the old ones, so that a listener
         # that cannot be opened leaves everything as it was, and a re-opened port never stops
@@ -395,7 +320,7 @@ class App:
         self.certificates = certificates
         self.runtime = runtime
         use_log_format(config.log_format)
-        if self.serves_traffic:
+        if self.listens:
             self.access_log.configure(config.access_log, log_writer)
         self._adopt_pools(config)
         await self._sync_background()
@@ -546,10 +471,8 @@ class App:
                 conn.close()
         for task in self._tasks:
             task.cancel()
-        for checker in self.health.values():
-            await checker.stop()
-        for watch in self.watches.values():
-            await watch.stop()
+        if self.control is not None:
+            await self.control.stop()
         if self.admin is not None:
             await self.admin.stop()
         for pool in self.pools.values():
@@ -565,7 +488,7 @@ class App:
         if not await self.start_unless_stopped():
             await self.shutdown()
             return
-        if self.role == WORKER:
+        if self.control is None:
             loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the control process relays
         else:
             loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload_everywhere()))
@@ -587,13 +510,3 @@ def _where(server: ListenerServer) -> str:
 def _bound(listener: ListenerConfig) -> ListenerConfig:
     """What a listener's socket depends on; its TLS is swapped in place."""
     return dataclasses.replace(listener, tls=None)
-
-
-def _registered_as(consul: ConsulConfig) -> tuple:
-    """What a registration depends on: where Consul is, the token, and what is registered."""
-    return (consul.address, consul.token_env, consul.register)
-
-
-def _watched(consul: ConsulConfig) -> ConsulConfig:
-    """The part of the consul section a watch depends on: self-registration is not in it."""
-    return dataclasses.replace(consul, register=None)

@@ -174,7 +174,7 @@ def pools_doc(app: App) -> list[dict]:
     now = time.monotonic()
     out = []
     for name, pool in app.pools.items():
-        checker = app.health.get(name)
+        checker = app.control.health.get(name) if app.control is not None else None
         checks = checker.last_results if checker is not None else {}
         eligible, panic = pool.eligibility(now)
         backends = []
@@ -209,7 +209,8 @@ def _failure(failure: tuple[str, float] | None) -> dict | None:
 
 def consul_doc(app: App) -> list[dict]:
     out = []
-    for pool_name, watch in app.watches.items():
+    watches = app.control.watches if app.control is not None else {}
+    for pool_name, watch in watches.items():
         out.append({
             "pool": pool_name, "service": watch.service,
             "last_success": watch.last_success,

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from . import signals
-from .app import CONTROL, WORKER, App
+from .app import App
 from .config import BackendConfig, Config, worker_count
 from .messages import (
     Counters, Discovered, Done, Drain, Health, HealthStates, Message, Refused, Reload, Reloaded,
@@ -164,7 +164,6 @@ class Workers:
     async def start(self, app: App) -> None:
         for handle in self.handles:
             await handle.start()
-        app.workers = self
         spawn(self._push_health(app))
 
     def broadcast(self, message: Message) -> None:
@@ -297,9 +296,8 @@ class Supervisor:
         import uvloop
 
         async def main() -> None:
-            app = App(self.config, self.config_path, asyncio.get_running_loop(), role=WORKER,
-                      secrets=secrets)
-            app.inherited_sockets = sockets
+            app = App(self.config, self.config_path, asyncio.get_running_loop(), control=False,
+                      secrets=secrets, listener_sockets=sockets)
             control = ControlLink(app, link)
             await control.start()
             await app.serve()
@@ -319,12 +317,12 @@ class Supervisor:
         async def main() -> None:
             nonlocal exit_code
             loop = asyncio.get_running_loop()
-            app = App(self.config, self.config_path, loop, role=CONTROL, secrets=secrets)
+            workers = Workers(handles)
+            app = App(self.config, self.config_path, loop, listens=False, secrets=secrets,
+                      workers=workers, worker_listeners=self.bound)
             # First of all: a stop asked from here on (or before, while forking) ends the
             # instance cleanly, workers and Consul registration included.
             signals.stop_on_signals(loop, app.request_stop)
-            app.worker_listeners = self.bound
-            workers = Workers(handles)
             await workers.start(app)
             # The workers write the access log: logrotate's SIGUSR1 to this process is theirs.
             def reopen_logs() -> None:

@@ -81,7 +81,7 @@ async def test_a_misbehaving_consul_keeps_the_last_backends_logs_once_and_notice
     caplog.set_level(logging.INFO, logger="balancer.consul")
     lb, g2 = await serving_g1(start_balancer, backends, consul, http)
 
-    watch = lb.app.watches["games"]
+    watch = lb.app.control.watches["games"]
     errors_before = watch.updates["error"]
     fault(consul)
 
@@ -124,5 +124,5 @@ async def test_a_slow_consul_is_waited_for_and_nothing_is_lost(start_balancer, b
         return {"g1", "g2"} <= seen
     await until(both_served, "g2 discovered through a slow Consul")
     assert seen == {"g1", "g2"}
-    assert lb.app.watches["games"].updates["error"] == 0
+    assert lb.app.control.watches["games"].updates["error"] == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
