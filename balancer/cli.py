@@ -1,4 +1,4 @@
-"""Command line: `balancer run|check|demo --config FILE` (PRODUCT.md §2)."""
+"""Command line: `balancer run|check|demo --config FILE` (README.md, "Commands")."""
 
 from __future__ import annotations
 

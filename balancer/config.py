@@ -19,7 +19,7 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 BalanceName = Literal["least_conn", "round_robin", "random", "consistent_hash", "ewma"]
 OnFailure = Literal["rebalance", "fail"]
-# What a retry may be triggered by (PRODUCT.md §3 retries.on).
+# What a retry may be triggered by (docs/configuration.md, `retries.on`).
 RetryCondition = Literal["connect_failure", "reset", "timeout", "502", "503", "504"]
 # Whether a listener asks players for a certificate (absent: it does not ask).
 ClientCertificateMode = Literal["required", "optional"]

@@ -8,7 +8,7 @@ body of `balancer check`.
 
 The loader is a set of small parsers, one per key. A `_Section` pops the keys it knows from a
 mapping, each with its parser and default, and reports whatever is left as unknown keys: a typo
-must never silently fall back to a default (PRODUCT.md §3). Parsers raise `_Invalid` for the
+must never silently fall back to a default (docs/configuration.md). Parsers raise `_Invalid` for the
 value at their own path, or record deeper errors themselves, and parsing always goes on so that
 one run lists every problem. After an error the values returned are placeholders only; the
 config is then never built.
@@ -665,7 +665,7 @@ def _key_pair_problem(certificate: str, key: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Sections, top to bottom as in PRODUCT.md §3. `d` is the dataclass with its defaults.
+# Sections, top to bottom as in docs/configuration.md. `d` is the dataclass with its defaults.
 # --------------------------------------------------------------------------------------------
 
 

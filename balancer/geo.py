@@ -1,4 +1,5 @@
-"""Country -> region: who may be served, and from where (PRODUCT.md §3 `geo`, §4 steps 1 and 3).
+"""Country -> region: who may be served, and from where (docs/configuration.md `geo`;
+docs/architecture.md, "Choosing a backend", steps 1 and 3).
 
 The country comes from a header set by a trusted proxy in front (Cloudflare's CF-IPCountry by
 default) or, failing that, from an optional MaxMind database looked up on the client address.

@@ -123,7 +123,7 @@ class HealthChecker:
 
     def _disable(self) -> None:
         """`health_check` was removed by a reload: nothing would ever bring a backend that is
-        down back, and without active checks a backend counts as healthy (PRODUCT.md §3)."""
+        down back, and without active checks a backend counts as healthy (docs/architecture.md)."""
         for task in self._tasks.values():
             self._retire(task)
         self._tasks.clear()
@@ -155,7 +155,7 @@ class HealthChecker:
             self._apply(backend, streak, config, ok, detail)
             # Probes start every `interval`, however long the last one took: a frozen host
             # (every probe runs into `timeout`) is then out within unhealthy_threshold x
-            # interval + timeout (PRODUCT.md §9), not threshold x (interval + timeout).
+            # interval + timeout (docs/architecture.md), not threshold x (interval + timeout).
             spent = time.monotonic() - started
             await asyncio.sleep(max(0.0, config.interval * random.uniform(1 - JITTER, 1 + JITTER) - spent))
 

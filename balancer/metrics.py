@@ -1,7 +1,7 @@
-"""Every metric of PRODUCT.md §8, defined once.
+"""Every metric of docs/monitoring.md, defined once.
 
-The request path only bumps plain ints in dicts (`Stats`) and on Backend objects: a labelled
-prometheus-client child costs ~3 us per call, which at 30k req/s would eat ~17% of a core. At
+The request path only bumps plain ints in dicts (`Stats`) and on Backend objects, because a
+labelled prometheus-client child per event is too slow for it (docs/decisions.md). At
 scrape time `BalancerCollector` turns that state into metric families (prometheus-client's
 custom collector API). With several workers, each worker's `snapshot()` is summed by the
 parent, which is also why the snapshot is plain JSON-able data.
@@ -178,7 +178,7 @@ def _add_into(histograms: dict, key: tuple, hist: list[float]) -> None:
 
 
 class BalancerCollector(Collector):
-    """Turns Stats, pools and Consul watches into the §8 metric families at scrape time."""
+    """Turns Stats, pools and Consul watches into the metric families of docs/monitoring.md at scrape time."""
 
     def __init__(self, stats: Callable[[], Stats], pools: Callable[[], Iterable[Pool]],
                  consul: Callable[[], Iterable] = lambda: (),

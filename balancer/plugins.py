@@ -1,4 +1,4 @@
-"""Plugin protocol and loader (PRODUCT.md §10).
+"""Plugin protocol and loader (docs/plugins.md).
 
 A plugin is a `Plugin` subclass. It is configured per route as a one-key mapping
 `{name: settings}`: a built-in name such as `rate_limit` (module `plugins.rate_limit`, whose
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("balancer.plugins")
 
-# Where built-in plugins live: the top-level `plugins` package (ARCHITECTURE.md layout).
+# Where built-in plugins live: the top-level `plugins` package (README.md, "Layout").
 BUILTIN_PACKAGE = "plugins"
 _BUILTIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DOTTED_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

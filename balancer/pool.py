@@ -149,7 +149,8 @@ class Backend:
 
 class Pool:
     """The backends of one pool, keyed by id. Static backends come from the config, discovered
-    ones from Consul; a backend that leaves either drains instead of being cut (PRODUCT.md §9)."""
+    ones from Consul; a backend that leaves either drains instead of being cut
+    (docs/architecture.md, "Reload, discovery and faults")."""
 
     __slots__ = ("name", "config", "backends", "members", "panics_total", "retries_total",
                  "stale_retries_total",
@@ -235,7 +236,7 @@ class Pool:
 
         With sticky cookies a backend's users include players between two requests, whom
         nothing here can count: a removed backend then stays until `drain_timeout`, so a
-        player mid-game keeps their server (PRODUCT.md §9)."""
+        player mid-game keeps their server (docs/decisions.md, Consul discovery)."""
         overdue: list[Backend] = []
         dropped: list[Backend] = []
         sticky = self.config.sticky is not None

@@ -1,7 +1,7 @@
 """The route table: host / path prefix / method / header / client certificate matching,
 compiled once per config.
 
-First match wins (PRODUCT.md §3). Host matching ignores the port; `*.example.com` matches
+First match wins (docs/configuration.md, `routes`). Host matching ignores the port; `*.example.com` matches
 `a.example.com` but not `example.com`. A request whose method a route does not list simply
 does not match that route.
 """

@@ -4,7 +4,7 @@ A reload builds a new `Runtime` and swaps it in one assignment; requests already
 the runtime they started with. `Pool` objects (backend state) outlive runtimes: the app keeps
 them by name and hands them to each new generation, so health and counters carry over.
 
-Choosing a backend follows PRODUCT.md §4 to the letter: blocked (done before, in the exchange)
+Choosing a backend follows docs/architecture.md ("Choosing a backend"): blocked (done before, in the exchange)
 -> sticky -> geo -> balance -> 503 with Retry-After.
 """
 
@@ -173,7 +173,7 @@ class PoolRuntime:
         return backend
 
     def _region_order(self, exchange: Exchange, pinned: bool) -> tuple[str, ...]:
-        """Geo (§4 step 3): the regions to choose in, best first; () when geo does not apply
+        """Geo (step 3 of choosing a backend): the regions to choose in, best first; () when geo does not apply
         (the pool has no `geo: true` and the country is not pinned, or no region is known)."""
         geo = self.geo
         if geo is not None and (pinned or self.config.geo):
@@ -221,7 +221,7 @@ class PoolRuntime:
         return backend.region is not None and backend.region == exchange.region
 
     def _retry_after(self, now: float, regions: tuple[str, ...] = ()) -> int:
-        """Whole seconds until the earliest ejection ends, else 1 (PRODUCT.md §3). For a
+        """Whole seconds until the earliest ejection ends, else 1 (docs/decisions.md). For a
         pinned player only ejections in the regions that may serve them count: an ejection
         abroad ending would not help them."""
         ends = [b.ejected_until for b in self.pool.members

@@ -1,4 +1,5 @@
-"""Signed, opaque sticky cookies (PRODUCT.md §3 `sticky`, §4 step 2, §11).
+"""Signed, opaque sticky cookies (docs/configuration.md `sticky`; docs/architecture.md,
+"Choosing a backend" step 2 and "More than one machine").
 
 A sticky cookie names the backend a player is pinned to, so that every balancer instance sends
 the player back to the same game server. It must not reveal which server that is (ids and
@@ -143,7 +144,7 @@ class StickyCookies:
 
     def decode(self, value: str, now: float) -> bytes | None:
         """The backend token of a valid, unexpired cookie; None for anything else. Never raises:
-        a forged or damaged cookie is treated as absent (PRODUCT.md §4)."""
+        a forged or damaged cookie is treated as absent (docs/architecture.md)."""
         known = self.verified(value, now)
         return known[0] if known is not None else None
 
@@ -177,7 +178,7 @@ class StickyCookies:
         return known
 
     def set_cookie_header(self, value: str, secure: bool) -> bytes:
-        """The Set-Cookie header value; `secure` on TLS listeners (PRODUCT.md §3)."""
+        """The Set-Cookie header value; `secure` on TLS listeners (docs/configuration.md)."""
         suffix = self._header_suffix_secure if secure else self._header_suffix
         return self._header_prefix + value.encode("ascii") + suffix
 

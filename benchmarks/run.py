@@ -767,7 +767,7 @@ def start_balancer(variant: Variant, python: str, work: Path, backends: dict[str
     target.cpu_root = proc.pid
     if not wait_for_port(ports.listener, proc, startup_timeout):
         code = proc.poll()
-        if code == 2:  # `balancer run` exits 2 on a config it rejects (PRODUCT.md §2)
+        if code == 2:  # `balancer run` exits 2 on a config it rejects (README.md, "Commands")
             why = "config rejected, exit 2: a key or plugin this build does not know yet?"
         elif code is not None:
             why = f"exited with {code}"

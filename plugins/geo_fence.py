@@ -1,4 +1,4 @@
-"""`geo_fence`: refuse some countries on one route with 451 (PRODUCT.md §10).
+"""`geo_fence`: refuse some countries on one route with 451 (docs/plugins.md).
 
     plugins:
       - geo_fence: {countries: [US, FR]}

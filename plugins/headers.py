@@ -1,4 +1,4 @@
-"""`headers`: set, add and remove headers on the request and on the response (PRODUCT.md §10).
+"""`headers`: set, add and remove headers on the request and on the response (docs/plugins.md).
 
     plugins:
       - headers:

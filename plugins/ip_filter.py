@@ -1,4 +1,4 @@
-"""`ip_filter`: allow and deny client networks on one route; 403 (PRODUCT.md §10).
+"""`ip_filter`: allow and deny client networks on one route; 403 (docs/plugins.md).
 
     plugins:
       - ip_filter: {allow: [10.0.0.0/8, 192.168.1.7], deny: [10.6.6.0/24]}

@@ -1,4 +1,4 @@
-"""`rate_limit`: a token bucket per client, player or session (PRODUCT.md §10).
+"""`rate_limit`: a token bucket per client, player or session (docs/plugins.md).
 
     plugins:
       - rate_limit: {rate: 20/s, burst: 40, key: client_ip}
@@ -106,7 +106,7 @@ class RateLimit(Plugin):
             bucket[0] = tokens - 1.0
             return None
         bucket[0] = tokens
-        # Whole seconds until one token is back (PRODUCT.md §3: Retry-After is whole seconds).
+        # Whole seconds until one token is back (Retry-After is whole seconds).
         wait = max(1, math.ceil((1.0 - tokens) / self.rate))
         return Response(429, "rate limited", retry_after=wait)
 

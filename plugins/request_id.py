@@ -1,5 +1,5 @@
 """`request_id`: name and shape of the request id, sent on the request and the response
-(PRODUCT.md §10).
+(docs/plugins.md).
 
     plugins:
       - request_id: {header: X-Correlation-Id, format: hex}

@@ -1,5 +1,6 @@
 """consistent_hash: weighted rendezvous (highest random weight) hashing, optionally with bounded
-loads (PRODUCT.md §3 `hash_on`, `hash_balance_factor`; §4 step 4; §11).
+loads (docs/configuration.md `hash_on`, `hash_balance_factor`; docs/architecture.md, "Choosing
+a backend" step 4 and "More than one machine").
 
 Every backend gets a pseudo-random score for the key and the highest score wins. Removing a
 backend therefore moves only the keys it won (~1/N of them), and adding one moves only the
@@ -15,7 +16,8 @@ one blake2b of the key plus a few integer operations per backend.
 Bounded loads (Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads"):
 with a factor c > 1 no backend takes more than ceil(c * (total load + 1) * its share of the
 weight); a full backend passes the key on to the next one in score order. Load is local to
-each instance, so with bounded loads instances may disagree (documented in PRODUCT.md).
+each instance, so with bounded loads instances may disagree (documented with
+`hash_balance_factor` in docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def pick(candidates: Sequence[B], key: bytes, balance_factor: float = 0.0) -> B:
     k = key_hash(key)
     if balance_factor > 1.0:
         return _pick_bounded(candidates, k, balance_factor)
-    # The loops below inline _mix: at ~30k req/s a function call per backend is measurable.
+    # The loops below inline _mix: a call per backend and request costs (docs/decisions.md).
     cached = _id_hashes.get
     best = candidates[0]
     weight = best.weight

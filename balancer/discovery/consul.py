@@ -1,6 +1,6 @@
 """Consul discovery: blocking queries on /v1/health/service/<name> -> pool backend updates.
 
-`ConsulWatch` keeps one pool's discovered backends in step with Consul's catalog (PRODUCT.md §9):
+`ConsulWatch` keeps one pool's discovered backends in step with Consul's catalog (docs/operations.md, "Consul"):
 it long-polls `/v1/health/service/<service>?passing` following the "Implementation Details" of
 Consul's blocking-query docs, turns the entries into `BackendConfig`s and hands a new list to
 `on_change` whenever the set changes. When Consul fails it keeps the last known set (it never

@@ -1,4 +1,4 @@
-"""The admin listener (PRODUCT.md §7) and the metrics it exposes (§8), through the real balancer."""
+"""The admin listener (docs/monitoring.md) and the metrics it exposes, through the real balancer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Admin listener security (PRODUCT.md §7): loopback by default, bearer token on /admin/*,
+"""Admin listener security (docs/security.md, "Admin listener"): loopback by default, bearer token on /admin/*,
 never reachable through a public listener, and no open proxy towards it or anywhere else.
 """
 

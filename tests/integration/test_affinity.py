@@ -1,5 +1,5 @@
 """Player affinity through the real balancer: signed sticky cookies and consistent hashing
-(PRODUCT.md §3 `sticky`, `hash_on`, `hash_balance_factor`; §4 step 2 and 4; §11).
+(docs/configuration.md `sticky`, `hash_on`, `hash_balance_factor`; docs/architecture.md).
 
 Every request here goes over a real socket to the real balancer and on to real aiohttp
 backends; what is asserted is what a player's browser or a game client would observe: the
@@ -321,7 +321,7 @@ async def test_fail_when_the_cookies_backend_is_gone_after_a_reload(start_balanc
     lb = await start_balancer(sticky_pool(bs, on_failure="fail"))
     first = await get(client, lb)
     rest = [b for b in bs if b.name != first.backend]
-    # Its sticky players keep a removed backend until drain_timeout (PRODUCT.md §9): let it run out.
+    # Its sticky players keep a removed backend until drain_timeout (docs/architecture.md): let it run out.
     await lb.reload_with(sticky_pool(rest, on_failure="fail", extra="drain_timeout: 200ms"))
     for _ in range(150):
         if first.backend not in await backend_states(client, lb):

@@ -1,4 +1,4 @@
-"""The command line (PRODUCT.md §2): `balancer check` and `balancer run`, as real processes."""
+"""The command line (README.md, "Commands"): `balancer check` and `balancer run`, as real processes."""
 
 from __future__ import annotations
 

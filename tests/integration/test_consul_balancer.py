@@ -1,4 +1,5 @@
-"""Consul discovery through the real balancer (PRODUCT.md §3 `consul`, `discovery.consul`; §9).
+"""Consul discovery through the real balancer (docs/configuration.md `consul`,
+`discovery.consul`; docs/operations.md, "Consul").
 
 The Consul double (tests/fakes/consul.py) runs on a loopback port; real aiohttp backends are
 registered in it; the real balancer watches it and proxies real requests. What is asserted is

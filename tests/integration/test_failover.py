@@ -1,6 +1,6 @@
 """Backend health and safe failover through the real balancer, with real backends that die,
-hang, reset, answer 5xx and recover (PRODUCT.md §3 health_check/outlier/slow_start/retries/
-max_connections_per_backend, §4, §5 Retries, §7 /readyz, §8 metrics, §9 Health).
+hang, reset, answer 5xx and recover (docs/configuration.md health_check/outlier/slow_start/retries/
+max_connections_per_backend; docs/architecture.md; /readyz and the metrics of docs/monitoring.md).
 
 Every test looks only at what an operator or a player sees: status codes, which backend
 answered, how many requests each backend received, /admin/pools, /readyz and /metrics.
@@ -167,7 +167,7 @@ async def test_active_check_takes_a_dead_backend_out_in_time_and_back_after_thre
     port = b2.port
     await b2.stop()
     took = await wait_for(lambda: state_is(lb, http, "b2", "unhealthy"), 3.0)
-    # PRODUCT.md §9: out of rotation within unhealthy_threshold x interval + timeout.
+    # docs/architecture.md: out of rotation within unhealthy_threshold x interval + timeout.
     assert took <= unhealthy * interval * (1 + JITTER) + timeout + SLACK
     samples = await scrape(lb, http)
     assert metric(samples, "balancer_backend_up", pool="web", backend="b2", region="") == 0

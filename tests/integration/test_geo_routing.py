@@ -1,9 +1,9 @@
-"""Geo routing through the real balancer (PRODUCT.md §3 `geo`, §4 steps 1 and 3, §9).
+"""Geo routing through the real balancer (docs/configuration.md `geo`; docs/architecture.md).
 
 Where a player is served from, and whether at all: the country from a trusted proxy's header
 or a MaxMind database (built here with mmdb-writer), regions with their fallbacks, pinned
 countries that never leave their region and blocked ones refused with 451. Also how geo
-composes with the balancing strategies and with sticky cookies (§4 order).
+composes with the balancing strategies and with sticky cookies (the order of docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ async def test_blocked_country_gets_451_before_any_backend(start_balancer, world
     assert (await get(client, lb, "DE")).status == 200
 
 
-# -- composition (§4 order) ---------------------------------------------------------------
+# -- composition (docs/architecture.md order) ------------------------------------------------------------
 
 
 async def test_geo_with_least_conn(start_balancer, world, client):
@@ -368,7 +368,7 @@ async def test_sticky_cookie_does_not_unblock_a_blocked_country(start_balancer, 
 
 
 async def test_blocked_country_gets_451_even_where_no_route_matches(start_balancer, backends, http):
-    """PRODUCT.md §4 step 1 holds for every request: a blocked player is not told which
+    """Step 1 of choosing a backend (docs/architecture.md) holds for every request: a blocked player is not told which
     paths exist (404) before being told they are refused (451)."""
     bs = await backends(1)
     lb = await start_balancer(f"""

@@ -298,7 +298,7 @@ async def test_reload_that_removes_health_check_brings_backends_back(
     checker = start(checkers, pool)
     await until(lambda: not b.healthy)
 
-    # Without active checks nothing could ever bring it back, and PRODUCT.md §3 says a
+    # Without active checks nothing could ever bring it back, and docs/architecture.md says a
     # backend without health_check counts as healthy.
     pool.config = replace(pool.config, health_check=None)
     checker.sync()

@@ -1,4 +1,4 @@
-"""Plugins end to end (PRODUCT.md §10): the built-ins, a third-party plugin by dotted path, async
+"""Plugins end to end (docs/plugins.md): the built-ins, a third-party plugin by dotted path, async
 hooks, plugin failures, and what a player and an operator see of them."""
 
 from __future__ import annotations

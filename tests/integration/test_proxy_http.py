@@ -1,4 +1,5 @@
-"""HTTP/1.1 forwarding through the real balancer (PRODUCT.md §5, §6 and the limits of §3).
+"""HTTP/1.1 forwarding through the real balancer (docs/architecture.md, "Forwarding";
+docs/security.md; `limits` in docs/configuration.md).
 
 Every test starts real backends and the real balancer on loopback ports the OS picks. Where
 the exact bytes matter (pipelining, framing, hop-by-hop headers) the client is a raw socket and

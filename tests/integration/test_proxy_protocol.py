@@ -1,4 +1,4 @@
-"""PROXY protocol v1/v2 on a listener (PRODUCT.md §3 `proxy_protocol`, §11): the address it
+"""PROXY protocol v1/v2 on a listener (docs/configuration.md `proxy_protocol`; docs/architecture.md): the address it
 carries is the client's for X-Forwarded-For, the geo lookup and rate limits, and only peers in
 `trusted_proxies` may send it."""
 

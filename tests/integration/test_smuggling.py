@@ -4,7 +4,7 @@ Every vector is sent on a fresh connection with a second request (`GET /smuggled
 the way an attacker hides a request inside another one's framing. Each must be refused with a
 fitting 4xx (or 501), the connection must close, and the backend must never see the second
 request: a desync between the balancer and the backend would show up as `/smuggled` in the
-backend's counters. PRODUCT.md §6; RFC 9112 §6.3 and §11.2.
+backend's counters. docs/security.md; RFC 9112 §6.3 and §11.2.
 """
 
 from __future__ import annotations

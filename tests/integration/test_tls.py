@@ -1,4 +1,4 @@
-"""TLS termination on listeners (PRODUCT.md §3 `listeners.tls`): certificates from trustme, an
+"""TLS termination on listeners (docs/configuration.md `listeners.tls`): certificates from trustme, an
 SNI map, TLS 1.2 and up only, and what TLS changes for the backend (X-Forwarded-Proto) and
 the player (Secure sticky cookies)."""
 

@@ -1,5 +1,5 @@
 """Balancing strategies (balancer.balance): pure selection among candidates, no I/O
-(PRODUCT.md §4 step 4)."""
+(docs/architecture.md, "Choosing a backend" step 4)."""
 
 from __future__ import annotations
 

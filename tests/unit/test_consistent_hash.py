@@ -1,5 +1,5 @@
 """consistent_hash: weighted rendezvous hashing with optional bounded loads
-(PRODUCT.md §3 hash_on / hash_balance_factor, §4 step 4, §11)."""
+(docs/configuration.md hash_on / hash_balance_factor; docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ KNOWN_WEIGHTED = ["game-1", "game-0", "game-2", "game-2", "game-2", "game-2", "g
 
 def test_known_answers_stay_stable() -> None:
     # Pinned results: a change to the hashing would reshuffle every player during a rolling
-    # upgrade, when old and new instances run side by side and must agree (PRODUCT.md §11).
+    # upgrade, when old and new instances run side by side and must agree (docs/architecture.md).
     candidates = backends([1, 1, 1, 1])
     weighted = backends([3, 1, 2])
     got = [pick(candidates, f"player-{n}".encode()).id for n in range(8)]

@@ -1,5 +1,5 @@
 """Geo: country from a trusted header or a MaxMind database, region order, pinned and blocked
-countries (PRODUCT.md §3 geo, §4 steps 1 and 3, §9)."""
+countries (docs/configuration.md geo; docs/architecture.md)."""
 
 from __future__ import annotations
 

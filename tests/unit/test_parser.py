@@ -1,7 +1,7 @@
 """The strict request reader (balancer.http.parser): bytes in, events out, no sockets.
 
-Covers PRODUCT.md §6 (bad input: 400 and close where leniency would allow smuggling) and the
-limits of §3 (414 / 431 / 413), plus the framing facts the data plane relies on: bodies are
+Covers docs/security.md (bad input: 400 and close where leniency would allow smuggling) and the
+limits of docs/configuration.md (414 / 431 / 413), plus the framing facts the data plane relies on: bodies are
 delivered decoded, pipelined requests come out one after another, and an upgrade stops the
 reader at the offset where tunnel bytes start.
 """
@@ -298,7 +298,7 @@ def test_chunked_body_streaming_over_max_body_bytes_is_413() -> None:
     assert len(recorder.body()) <= 1000  # nothing past the limit was passed on
 
 
-# -- strict framing (PRODUCT.md §6) -----------------------------------------------------------
+# -- strict framing (docs/security.md) -----------------------------------------------------------
 
 SMUGGLING_AND_MALFORMED = {
     "content-length with transfer-encoding":

@@ -1,4 +1,4 @@
-"""Request ids the balancer makes (PRODUCT.md §5: a UUID4 when the client sent none usable)."""
+"""Request ids the balancer makes (docs/architecture.md, "Forwarding": a UUID4 when the client sent none usable)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The route table (balancer.routing): host / path prefix / method / header matching, first
-match wins (PRODUCT.md §3). Pure: routes are built from the config types, no sockets."""
+match wins (docs/configuration.md, `routes`). Pure: routes are built from the config types, no sockets."""
 
 from __future__ import annotations
 

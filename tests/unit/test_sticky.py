@@ -1,4 +1,4 @@
-"""Sticky cookies: signed, opaque, shared between instances (PRODUCT.md §3 sticky, §4, §11)."""
+"""Sticky cookies: signed, opaque, shared between instances (docs/configuration.md sticky; docs/architecture.md)."""
 
 from __future__ import annotations
 
