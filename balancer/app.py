@@ -16,7 +16,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING
 
-from . import compiled, signals
+from . import compiled, messages, signals
 from .access_log import AccessLog
 from .certificates import Certificates, CertificateError, load_certificates
 from .config import Address, BackendConfig, Config, ConfigError, ListenerConfig
@@ -26,7 +26,6 @@ from .control import ControlPlane
 from .http.client_side import ClientConnection
 from .http.upstream import close_pooled
 from .log_format import use_log_format
-from .messages import Drain, Split
 from .metrics import Stats
 from .plugins import build_plugins
 from .pool import Pool
@@ -370,7 +369,7 @@ class App:
         else:
             pool.stop_drain(backend)
         if self.workers is not None:
-            self.workers.broadcast(Drain(pool_name, backend_id, drain))
+            self.workers.broadcast(messages.Drain(pool_name, backend_id, drain))
         return None
 
     def _split_of(self, route_name: str) -> tuple[Split | None, tuple[int, dict]]:
@@ -403,7 +402,7 @@ class App:
         split.set_weights([weights[name] for name in names])
         split.changed_at_runtime = True
         if self.workers is not None:
-            self.workers.broadcast(Split(route_name, weights))
+            self.workers.broadcast(messages.Split(route_name, weights))
         log.warning("route %s: split set to %s at run time (until the next reload)", route_name,
                     ", ".join(f"{name} {weights[name]}" for name in names))
         return 200, {"route": route_name, "split": split.describe(),
