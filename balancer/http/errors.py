@@ -65,7 +65,7 @@ def error_answer(
     request_id: str,
     extra_headers: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]] = (),
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """The fields and small JSON body of one of the balancer's own error answers (PRODUCT.md §5),
+    """The fields and small JSON body of one of the balancer's own error answers (docs/architecture.md, "Forwarding"),
     for any downstream to frame."""
     body = json.dumps({"error": message, "request_id": request_id}).encode()
     fields = [
