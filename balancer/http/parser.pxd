@@ -27,12 +27,11 @@ cdef class RequestReader:
     cdef object _events
     cdef Py_ssize_t _max_url, _max_header_bytes, _max_header_count, _max_body
     cdef object _parser, _feed
-    cdef bytes _last_host_header, _tail
-    cdef object _suspect
+    cdef bytes _last_host_header
+    cdef list _head_reads
     cdef str _last_host
     cdef HeaderNames _names
     cdef RequestHead _head
-    cdef Py_ssize_t _suspect_at
     cdef Py_ssize_t _url_bytes, _head_size, _head_bytes, _body_bytes
     cdef bint _in_head, _keep_alive_asked
     cdef int _hosts
@@ -40,4 +39,5 @@ cdef class RequestReader:
 
     cpdef feed(self, bytes data)
     cpdef _check_target(self, RequestHead head)
-    cpdef bint _foreign_protocol(self, bytes target)
+    cpdef _feed_checked(self, bytes data)
+    cpdef bint _request_line_ends_at(self, bytes buf, Py_ssize_t at)

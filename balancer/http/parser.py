@@ -97,9 +97,9 @@ _HOSTS_MAX = 1024
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 # llhttp also reads RTSP/x.y and ICE/x.y request lines and reports only their version, so the
 # protocol token is checked on the bytes themselves: a cheap scan of every read for these, and
-# a closer look at the request line only when one shows up.
+# a closer look only when one shows up.
 _FOREIGN_PROTOCOLS = (b"RTSP/", b"ICE/")
-_TAIL = 8  # bytes of an unfinished head kept to find a token split between two reads
+_TOKEN_SPLIT = 4  # a token cut between two reads has at most this many bytes in the first
 
 
 def host_of(value: bytes) -> str:
@@ -139,7 +139,7 @@ class RequestReader:
         "_events", "_parser", "_head", "_url_bytes", "_head_size", "_head_bytes",
         "_body_bytes", "_in_head", "_hosts", "head_started",
         "_max_url", "_max_header_bytes", "_max_header_count", "_max_body", "_names",
-        "_keep_alive_asked", "_feed", "_last_host_header", "_last_host", "_suspect", "_suspect_at", "_tail",
+        "_keep_alive_asked", "_feed", "_last_host_header", "_last_host", "_head_reads",
     )
 
     def __init__(self, events: RequestEvents, limits: Limits) -> None:
@@ -173,11 +173,9 @@ class RequestReader:
         # A request's first byte has arrived but its head is not complete yet: the owner's
         # header deadline applies, not its keep-alive idle one.
         self.head_started = False
-        # The bytes, from the read in which a non-HTTP protocol token appeared on, while the
-        # head they belong to is parsed; None nearly always.
-        self._suspect: bytes | None = None
-        self._suspect_at = 0  # where in those bytes the next request line is looked for
-        self._tail = b""  # the last bytes of a read that ended inside a head
+        # The reads a head still unfinished at the end of a read came in (the line of a
+        # request is looked for in them when a protocol token shows up); empty nearly always.
+        self._head_reads: list[bytes] = []
 
     @property
     def body_received(self) -> int:
@@ -189,19 +187,25 @@ class RequestReader:
         Raises RequestError with the status to answer."""
         if self._in_head:
             self._head_bytes += len(data)
-        suspect = self._suspect
-        if suspect is not None:
-            # A token was seen earlier in this unfinished head: it still counts.
-            self._suspect = suspect + data
-        elif _FOREIGN_PROTOCOLS[0] in data or _FOREIGN_PROTOCOLS[1] in data:
-            self._suspect = data
-            self._suspect_at = 0
-        elif self._tail:
-            joined = self._tail + data[:_TAIL]
-            if _FOREIGN_PROTOCOLS[0] in joined or _FOREIGN_PROTOCOLS[1] in joined:
-                self._suspect = self._tail + data
-                self._suspect_at = 0
-        self._tail = b""
+        reads = self._head_reads
+        if (_FOREIGN_PROTOCOLS[0] in data or _FOREIGN_PROTOCOLS[1] in data
+                or (reads and self._token_across(reads[-1], data))):
+            upgrade = self._feed_checking_protocol(data)
+        else:
+            upgrade = self._feed_checked(data)
+        if upgrade is not None:
+            return upgrade
+        if self._in_head and self._head_bytes > self._max_header_bytes:
+            raise RequestError(431, "request header too large")
+        if self.head_started:
+            # The head goes on in the next read (bounded by the header size limit just checked).
+            reads.append(data)
+        elif reads:
+            reads.clear()
+        return None
+
+    def _feed_checked(self, data: bytes) -> int | None:
+        """llhttp on `data`; its errors as RequestError, an upgrade as the tunnel's offset."""
         try:
             self._feed(data)
         except httptools.HttpParserUpgrade as exc:
@@ -215,15 +219,55 @@ class RequestReader:
             raise RequestError(400, "invalid method") from None
         except httptools.HttpParserError as exc:
             raise RequestError(400, f"malformed request: {exc}") from None
-        if self._in_head and self._head_bytes > self._max_header_bytes:
-            raise RequestError(431, "request header too large")
-        if self.head_started:
-            # A head continues in the next read: keep what a token split or seen here needs
-            # (bounded by the header size limit just checked).
-            self._tail = data[-_TAIL:]
-        else:
-            self._suspect = None
         return None
+
+    @staticmethod
+    def _token_across(before: bytes, data: bytes) -> bool:
+        joined = before[-_TOKEN_SPLIT:] + data[:_TOKEN_SPLIT]
+        return _FOREIGN_PROTOCOLS[0] in joined or _FOREIGN_PROTOCOLS[1] in joined
+
+    def _feed_checking_protocol(self, data: bytes) -> int | None:
+        """The rare read with RTSP/ or ICE/ in it (or cut across its start): fed up to each
+        token, so that llhttp has just read what precedes it, and refused where the token is
+        the protocol of the request line being read. Elsewhere (a header value, a body) the
+        token is just bytes. The answer does not depend on how the bytes were cut into reads."""
+        before = b"".join(self._head_reads)
+        buf = before + data
+        offset = len(before)
+        positions = []
+        for token in _FOREIGN_PROTOCOLS:
+            at = buf.find(token, max(offset - _TOKEN_SPLIT, 0))
+            while at >= 0:
+                positions.append(at)
+                at = buf.find(token, at + 1)
+        positions.sort()
+        fed = 0
+        for at in positions:
+            cut = at - offset
+            if cut > fed:
+                upgrade = self._feed_checked(data[fed:cut])
+                if upgrade is not None:
+                    return fed + upgrade
+                fed = cut
+            if self._request_line_ends_at(buf, at):
+                raise RequestError(400, "unsupported protocol")
+        upgrade = self._feed_checked(data[fed:])
+        return None if upgrade is None else fed + upgrade
+
+    def _request_line_ends_at(self, buf: bytes, at: int) -> bool:
+        """Is `buf[at:]` the protocol of the request line llhttp is reading: is what precedes
+        it this head's `method SP target SP`? (Where the line starts is not known: a previous
+        body may end right before it. A header value spelling this head's own method and
+        target before a token is refused too, whatever the reads' cuts.)"""
+        if not self.head_started:
+            return False  # between messages or in a body: not a request line
+        target = self._head.target
+        if not target:
+            return False
+        method = self._parser.get_method()
+        start = at - len(target) - 2 - len(method)
+        return (start >= 0 and buf[start + len(method):at] == b" " + target + b" "
+                and buf[start:start + len(method)] == method)
 
     # -- llhttp callbacks -------------------------------------------------------------
 
@@ -313,8 +357,6 @@ class RequestReader:
             version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             raise RequestError(400, "unsupported HTTP version")
-        if self._suspect is not None and self._foreign_protocol(head.target):
-            raise RequestError(400, "unsupported protocol")
         head.version = version
         if method is None:
             raise RequestError(501, "method not supported")
@@ -346,22 +388,6 @@ class RequestReader:
         else:
             head.upgrade = None
         self._events.request_started(head)
-
-    def _foreign_protocol(self, target: bytes) -> bool:
-        """Does this request's line end in RTSP/ or ICE/ rather than HTTP/? Asked only when
-        the read holds one of those tokens. A request line is `method SP target SP protocol`:
-        when the target is in the read, the token must follow it to count; when it is not
-        (the line began in an earlier read), the token in the read is taken as this line's."""
-        data = self._suspect
-        assert data is not None
-        needle = b" " + target + b" "
-        where = data.find(needle, self._suspect_at)
-        if where < 0:
-            return True
-        start = where + len(needle)
-        self._suspect_at = start  # a later pipelined head in the same bytes is looked for after
-        rest = data[start:start + 5]
-        return rest.startswith(_FOREIGN_PROTOCOLS[0]) or rest.startswith(_FOREIGN_PROTOCOLS[1])
 
     def _check_target(self, head: RequestHead) -> None:
         target = head.target

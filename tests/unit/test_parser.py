@@ -417,3 +417,37 @@ def test_split_host_refuses_what_is_not_a_host(value: bytes) -> None:
     with pytest.raises(RequestError) as info:
         split_host(value)
     assert info.value.status == 400
+
+
+GOOD_THEN_FOREIGN = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 2 + b"GET / RTSP/1.0\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + b"CONNECT / RTSP/1.0\r\nHost: a\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nRTSP/GET / ICE/1.0\r\nHost: a\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", GOOD_THEN_FOREIGN)
+def test_where_the_reads_are_cut_never_changes_which_request_is_refused(data: bytes) -> None:
+    # The good requests before the foreign line are read whole however the bytes are cut
+    # (a token found in a later read was once taken for an earlier line's protocol).
+    whole = Recorder()
+    with pytest.raises(RequestError):
+        RequestReader(whole, Limits()).feed(data)
+    for cut in range(1, len(data)):
+        recorder = Recorder()
+        reader = RequestReader(recorder, Limits())
+        with pytest.raises(RequestError) as info:
+            reader.feed(data[:cut])
+            reader.feed(data[cut:])
+        assert info.value.status in (400, 501)
+        assert [h.target for h in recorder.heads] == [h.target for h in whole.heads], cut
+
+
+def test_a_protocol_token_in_a_header_value_is_only_bytes() -> None:
+    data = b"GET /a HTTP/1.1\r\nHost: a\r\nX-Note: RTSP/1.0 and ICE/1.0\r\n\r\n"
+    for cut in range(1, len(data)):
+        recorder = Recorder()
+        reader = RequestReader(recorder, Limits())
+        reader.feed(data[:cut])
+        reader.feed(data[cut:])
+        assert [h.target for h in recorder.heads] == [b"/a"], cut
