@@ -323,7 +323,9 @@ async def start_process(config: Path) -> tuple[asyncio.subprocess.Process, int, 
     lines: list[str] = []
     port = 0
     assert proc.stderr is not None
-    while not any("balancer ready" in line for line in lines):
+    # With workers, the control process's "ready" may come before a worker's listener line
+    # (separate processes writing to one pipe): wait for both.
+    while not port or not any("balancer ready" in line for line in lines):
         line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
         assert line, "balancer exited early:\n" + "".join(lines)
         lines.append(line)
