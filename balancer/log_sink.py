@@ -46,6 +46,7 @@ class Target:
         self.address: object = None
         self.chunk = FILE_CHUNK
         self.prefix = b""
+        self.error: OSError | None = None  # the latest a syslog socket refused a line with
         self.open()
 
     def open(self) -> None:
@@ -77,12 +78,20 @@ class Target:
         mode = os.fstat(self.fd).st_mode
         self.chunk = FILE_CHUNK if stat.S_ISREG(mode) else PIPE_CHUNK
 
-    def write(self, lines: list[bytes]) -> None:
+    def write(self, lines: list[bytes]) -> int:
+        """Write whole lines. A syslog socket takes each line as a datagram of its own: one it
+        refuses (no daemon at the path yet, a full buffer) is lost alone and counted in the
+        returned number, the next ones are still tried. A stream sink raises OSError."""
         if self.sock is not None:
             prefix, sock, address = self.prefix, self.sock, self.address
+            refused = 0
             for line in lines:
-                sock.sendto(prefix + line.rstrip(b"\n"), address)
-            return
+                try:
+                    sock.sendto(prefix + line.rstrip(b"\n"), address)
+                except OSError as exc:
+                    refused += 1
+                    self.error = exc
+            return refused
         fd, chunk = self.fd, self.chunk
         piece: list[bytes] = []
         size = 0
@@ -95,6 +104,7 @@ class Target:
             size += len(line)
         if piece:
             _write_all(fd, b"".join(piece))
+        return 0
 
     def close(self) -> None:
         if self.sock is not None:
@@ -161,13 +171,15 @@ class LogWriter:
             else:
                 lines, size = item
                 try:
-                    target.write(lines)
+                    refused = target.write(lines)
                 except OSError as exc:
-                    self._warn(exc)
-                    self._on_done(size, 0, len(lines))
+                    refused = len(lines)
+                    target.error = exc
+                if refused:
+                    self._warn(target.error)
                 else:
                     self._warned = False
-                    self._on_done(size, len(lines), 0)
+                self._on_done(size, len(lines) - refused, refused)
 
     def _reopen(self) -> None:
         try:
@@ -178,7 +190,7 @@ class LogWriter:
         else:
             self._warned = False
 
-    def _warn(self, exc: OSError) -> None:
+    def _warn(self, exc: OSError | None) -> None:
         if not self._warned:  # once until it works again: a full disk must not flood the log
             self._warned = True
             log.error("access log: writing to %s failed: %s; lines are dropped and counted "

@@ -11,7 +11,10 @@ import json
 import os
 import re
 import signal
+import socket
+import ssl
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -423,3 +426,108 @@ async def test_two_workers_write_whole_lines_to_one_file(backends, tmp_path):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# -- the `tls` field and the syslog sinks --------------------------------------------------------
+
+
+async def test_the_tls_field_is_the_version_through_a_tls_listener_and_null_on_plain(
+        start_balancer, backends, new_ca, tmp_path):
+    [b] = await backends(1)
+    pki = new_ca()
+    cert, key = pki.pair("casino.example.com")
+    log = tmp_path / "access.log"
+    lb = await start_balancer(one_pool([b], top=log_top(log)), listeners=f"""
+listeners:
+  - {{name: public, address: 127.0.0.1:0, tls: {{certificate: {cert}, key: {key}}}}}
+  - {{name: plain, address: 127.0.0.1:0}}
+""")
+    tls12 = pki.client_context()
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    async with aiohttp.ClientSession() as http:
+        for request_id, context in (("tls-13", pki.client_context()), ("tls-12", tls12)):
+            async with http.get(f"https://127.0.0.1:{lb.port('public')}/", ssl=context,
+                                server_hostname="casino.example.com",
+                                headers={"X-Request-Id": request_id}) as resp:
+                assert resp.status == 200
+        assert await get(http, f"http://127.0.0.1:{lb.port('plain')}/", "plain-1") == 200
+    for request_id, version in (("tls-13", "TLSv1.3"), ("tls-12", "TLSv1.2")):
+        line = await line_for(lb, log, request_id)
+        assert (line["tls"], line["listener"]) == (version, "public")
+    plain = await line_for(lb, log, "plain-1")
+    assert (plain["tls"], plain["listener"]) == (None, "plain")
+
+
+def syslog_line(datagram: bytes) -> dict:
+    """A syslog datagram as the balancer sends it: `<134>balancer[pid]: ` and one JSON line."""
+    prefix = b"<134>balancer[%d]: " % os.getpid()  # local0.info; the balancer runs in this process
+    assert datagram.startswith(prefix), datagram[:60]
+    return json.loads(datagram[len(prefix):])
+
+
+async def datagrams(sock: socket.socket, want: int) -> list[dict]:
+    loop = asyncio.get_running_loop()
+    return [syslog_line(await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)) for _ in range(want)]
+
+
+async def log_metrics(http: aiohttp.ClientSession, lb: Running) -> tuple[float, float]:
+    async with http.get(lb.admin_url + "/metrics") as resp:
+        samples = metric_samples(await resp.text())
+    return (samples[("balancer_access_log_lines_total", frozenset())],
+            samples[("balancer_access_log_dropped_total", frozenset())])
+
+
+async def test_syslog_over_udp_gets_one_datagram_per_line(start_balancer, backends, http):
+    [b] = await backends(1)
+    daemon = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    daemon.bind(("127.0.0.1", 0))
+    daemon.setblocking(False)
+    try:
+        lb = await start_balancer(one_pool([b], top=log_top(f"udp://127.0.0.1:{daemon.getsockname()[1]}")))
+        for i in range(5):
+            assert await get(http, lb.url + f"/spin?round={i}", f"udp-{i}") == 200
+        await lb.app.access_log.flush()
+        lines = await datagrams(daemon, 5)
+        assert sorted(line["request_id"] for line in lines) == [f"udp-{i}" for i in range(5)]
+        assert all(list(line) == FIELDS and line["outcome"] == "ok" for line in lines)
+        assert await log_metrics(http, lb) == (5, 0)
+    finally:
+        daemon.close()
+
+
+async def test_syslog_over_a_unix_socket_drops_and_counts_lines_while_the_daemon_is_away(
+        start_balancer, backends, http):
+    """No daemon at the path: every line is refused at once, dropped and counted, and players
+    are served as usual. When the daemon binds its socket, the next lines reach it."""
+    [b] = await backends(1)
+    with tempfile.TemporaryDirectory(prefix="lb") as folder:  # short: a socket path has ~100 bytes
+        path = os.path.join(folder, "log")
+        lb = await start_balancer(one_pool([b], top=log_top(f"unix://{path}")))
+        for i in range(20):
+            assert await get(http, lb.url + "/", f"away-{i}") == 200
+        await lb.app.access_log.flush()
+        assert await log_metrics(http, lb) == (0, 20)
+        daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        daemon.bind(path)
+        daemon.setblocking(False)
+        try:
+            for i in range(3):
+                assert await get(http, lb.url + "/", f"back-{i}") == 200
+            await lb.app.access_log.flush()
+            lines = await datagrams(daemon, 3)
+            assert sorted(line["request_id"] for line in lines) == ["back-0", "back-1", "back-2"]
+            assert await log_metrics(http, lb) == (3, 20)
+        finally:
+            daemon.close()
+
+
+async def test_syslog_over_udp_to_nobody_never_holds_a_request(start_balancer, backends, http):
+    """UDP has no delivery receipt: a port nobody listens on swallows the lines (the kernel
+    takes each datagram, so they count as written) and requests are served as usual."""
+    [b] = await backends(1)
+    lb = await start_balancer(one_pool([b], top=log_top(f"udp://127.0.0.1:{free_port()}")))
+    statuses = await asyncio.gather(*(get(http, lb.url + "/", f"lost-{i}") for i in range(50)))
+    assert statuses == [200] * 50
+    await lb.app.access_log.flush()
+    written, dropped = await log_metrics(http, lb)
+    assert written + dropped == 50
