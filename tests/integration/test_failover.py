@@ -24,6 +24,8 @@ from tests.fakes.backends import Backend, free_port
 # Detection bounds: the configured probe schedule plus an honest margin for a busy machine
 # (a detection that never happens, or waits for extra probes, still fails).
 SLACK = 2.0
+# How long a test waits for an event before failing: it only ends a test that would hang.
+HANG_GUARD = 30.0
 ALL_CONDITIONS = "[connect_failure, reset, 502, 503, 504]"
 
 
@@ -163,10 +165,10 @@ async def test_active_check_takes_a_dead_backend_out_in_time_and_back_after_thre
                             timeout: {int(timeout * 1000)}ms,
                             healthy_threshold: {healthy}, unhealthy_threshold: {unhealthy}}}
             """))
-    await wait_for(lambda: _checked(lb, http, "b2", 2), 2.0)
+    await wait_for(lambda: _checked(lb, http, "b2", 2), HANG_GUARD)
     port = b2.port
     await b2.stop()
-    took = await wait_for(lambda: state_is(lb, http, "b2", "unhealthy"), 3.0)
+    took = await wait_for(lambda: state_is(lb, http, "b2", "unhealthy"), HANG_GUARD)
     # docs/architecture.md: out of rotation within unhealthy_threshold x interval + timeout.
     assert took <= unhealthy * interval * (1 + JITTER) + timeout + SLACK
     samples = await scrape(lb, http)
@@ -182,7 +184,7 @@ async def test_active_check_takes_a_dead_backend_out_in_time_and_back_after_thre
     successes_before = metric(samples, "balancer_health_checks_total", pool="web", backend="b2",
                               result="success")
     await b2.start(port)
-    await wait_for(lambda: state_is(lb, http, "b2", "healthy"), 3.0)
+    await wait_for(lambda: state_is(lb, http, "b2", "healthy"), HANG_GUARD)
     samples = await scrape(lb, http)
     # One good probe does not bring it back: it takes healthy_threshold in a row.
     assert metric(samples, "balancer_health_checks_total", pool="web", backend="b2",
@@ -215,12 +217,12 @@ async def test_active_check_takes_a_frozen_backend_out_within_threshold_x_interv
             health_check: {{path: /health, interval: {int(interval * 1000)}ms,
                             timeout: {int(timeout * 1000)}ms, unhealthy_threshold: {unhealthy}}}
             """))
-        await wait_for(lambda: _checked(lb, http, "frozen", 1), 2.0)
+        await wait_for(lambda: _checked(lb, http, "frozen", 1), HANG_GUARD)
         frozen.hang = True
-        took = await wait_for(lambda: state_is(lb, http, "frozen", "unhealthy"), 3.0)
+        took = await wait_for(lambda: state_is(lb, http, "frozen", "unhealthy"), HANG_GUARD)
         assert took <= unhealthy * interval * (1 + JITTER) + timeout + SLACK
         frozen.hang = False
-        await wait_for(lambda: state_is(lb, http, "frozen", "healthy"), 3.0)
+        await wait_for(lambda: state_is(lb, http, "frozen", "healthy"), HANG_GUARD)
     finally:
         await frozen.stop()
 
@@ -228,10 +230,10 @@ async def test_active_check_takes_a_frozen_backend_out_within_threshold_x_interv
 async def test_tcp_check_takes_a_dead_backend_out(start_balancer, backends, http):
     b1, b2 = await backends(2)
     lb = await start_balancer(pool_config([b1, b2], """
-            health_check: {tcp: true, interval: 50ms, timeout: 100ms, unhealthy_threshold: 2}
+            health_check: {tcp: true, interval: 50ms, timeout: 2s, unhealthy_threshold: 2}
             """))
     await b2.stop()
-    await wait_for(lambda: state_is(lb, http, "b2", "unhealthy"), 2.0)
+    await wait_for(lambda: state_is(lb, http, "b2", "unhealthy"), HANG_GUARD)
     answers = [await get(http, lb.url + "/x") for _ in range(6)]
     assert {(status, who) for status, who, _ in answers} == {(200, "b1")}
 
@@ -247,22 +249,22 @@ async def test_readyz_names_the_pool_with_no_eligible_backend(start_balancer, ba
             backends: {pool_yaml([web])}
           wallet:
             backends: {pool_yaml([wallet])}
-            health_check: {{path: /health, interval: 50ms, timeout: 100ms, unhealthy_threshold: 2}}
+            health_check: {{path: /health, interval: 50ms, timeout: 2s, unhealthy_threshold: 2}}
         """)
 
     async def ready() -> tuple[int, dict]:
         async with http.get(lb.admin_url + "/readyz") as resp:
             return resp.status, await resp.json()
 
-    await wait_for(lambda: _ready_is(ready, 200), 2.0)
+    await wait_for(lambda: _ready_is(ready, 200), HANG_GUARD)
     wallet.mode = "error500"  # its /health now answers 500
-    await wait_for(lambda: _ready_is(ready, 503), 2.0)
+    await wait_for(lambda: _ready_is(ready, 503), HANG_GUARD)
     status, doc = await ready()
     assert doc["reasons"] == ["route cashier: pool wallet has no eligible backend"]
     status, _, headers = await get(http, lb.url + "/cashier/deposit")
     assert status == 503 and headers["Retry-After"] == "1"
     wallet.mode = "ok"
-    await wait_for(lambda: _ready_is(ready, 200), 2.0)
+    await wait_for(lambda: _ready_is(ready, 200), HANG_GUARD)
 
 
 async def _ready_is(ready: Callable[[], Awaitable[tuple[int, dict]]], status: int) -> bool:
@@ -397,19 +399,25 @@ async def test_recovered_backend_ramps_up_under_slow_start_with_least_conn(start
     """least_conn divides load by effective weight: a backend just back from an outage takes a
     small share of concurrent players at first, its full share once the ramp is over."""
     b1, b2 = await backends(2)
+    # The probe timeout is a hang guard (2 s): the outage is a fast 500, and a probe that
+    # merely waited for a busy CPU must not mark a backend down and restart its ramp.
     lb = await start_balancer(pool_config([b1, b2], """
             balance: least_conn
             slow_start: 10s
-            health_check: {path: /health, interval: 50ms, timeout: 100ms,
+            health_check: {path: /health, interval: 50ms, timeout: 2s,
                            healthy_threshold: 1, unhealthy_threshold: 1}
             """))
     b2.mode = "error500"
     await wait_for(lambda: state_is(lb, http, "b2", "unhealthy"), 30.0)
     b2.mode = "ok"
     await wait_for(lambda: state_is(lb, http, "b2", "healthy"), 30.0)
+    backends_now = lb.app.pools["web"].backends
+    ramp_start = backends_now["b2"].ramp_start
     early = await _concurrent_share(lb, http, "b2")
     await ramp_over(lb, "b2", 10.0)
     late = await _concurrent_share(lb, http, "b2")
+    # One ramp, from the recovery: neither backend went down again during the samples.
+    assert backends_now["b2"].ramp_start == ramp_start and not backends_now["b1"].ramp_start
     assert early < 0.3
     assert late > 0.4
 
@@ -621,9 +629,9 @@ async def test_a_full_backend_is_not_eligible_and_a_full_pool_answers_503(start_
             max_connections_per_backend: 1
             """))
     first = asyncio.ensure_future(get(http, lb.url + "/a"))
-    await wait_for(lambda: _busy(lb, http, 1), 2.0)
+    await wait_for(lambda: _busy(lb, http, 1), HANG_GUARD)
     second = asyncio.ensure_future(get(http, lb.url + "/b"))
-    await wait_for(lambda: _busy(lb, http, 2), 2.0)
+    await wait_for(lambda: _busy(lb, http, 2), HANG_GUARD)
     # Round robin would now go back to the first backend, but it is full; so is the other.
     status, _, headers = await get(http, lb.url + "/c")
     assert status == 503
