@@ -1,11 +1,22 @@
+"""`python -m balancer` and the installed `balancer` command (pyproject.toml points at `main`).
+
+For `run`, SIGTERM/SIGINT are noted before anything heavy is imported: a stop asked while the
+modules load is a clean stop too (docs/operations.md, "Shutdown"). Only what runs before this
+module (the interpreter's start-up and `balancer/__init__.py`) is outside that.
+"""
+
 import sys
 
-if "run" in sys.argv[1:]:
-    # Before the imports below take their time: a stop asked this early is a clean stop too.
-    from .signals import note_early
 
-    note_early()
+def main() -> int:
+    if "run" in sys.argv[1:]:
+        from .signals import note_early
 
-from .cli import main  # noqa: E402
+        note_early()
+    from .cli import main as command_line
 
-raise SystemExit(main())
+    return command_line()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

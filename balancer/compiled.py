@@ -12,7 +12,6 @@ Imported by `balancer/__init__.py`, before any of these modules can be imported.
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
@@ -70,8 +69,10 @@ def why_not_compiled(modules: tuple[str, ...] = COMPILED_MODULES,
     return None
 
 
-class _SourceFinder(importlib.abc.MetaPathFinder):
-    """Finds the COMPILED_MODULES as their .py files, ahead of the extension modules."""
+class _SourceFinder:
+    """Finds the COMPILED_MODULES as their .py files, ahead of the extension modules (a meta
+    path finder by its `find_spec`; not derived from importlib.abc, whose import costs more
+    than all of `balancer/__init__.py` and comes before `balancer run` notes a stop)."""
 
     def find_spec(self, fullname: str, path: object, target: ModuleType | None = None):
         if fullname not in COMPILED_MODULES:

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # How long a step of a process may take before a test gives up: a hang guard for a busy
 # machine, not a performance claim.
 PATIENCE = 60.0
+# The `balancer` command pip installs beside the interpreter (pyproject.toml's entry point).
+INSTALLED_COMMAND = (str(Path(sys.executable).with_name("balancer")),)
 
 
 class Instance:
@@ -27,9 +29,12 @@ class Instance:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def launch(cls, config: Path | str, env: dict[str, str] | None = None) -> "Instance":
+    async def launch(cls, config: Path | str, env: dict[str, str] | None = None,
+                     command: tuple[str, ...] = (sys.executable, "-m", "balancer")) -> "Instance":
+        """`command` is how the balancer is started: `python -m balancer` unless given (e.g.
+        INSTALLED_COMMAND, what the systemd unit runs)."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "balancer", "run", "--config", str(config),
+            *command, "run", "--config", str(config),
             cwd=ROOT, stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
         return cls(proc)
 

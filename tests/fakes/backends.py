@@ -1,7 +1,8 @@
 """Real aiohttp backends for integration tests, on loopback ports chosen by the OS.
 
 Each `Backend` counts what it received (per method and path), and its behaviour can be
-switched while it runs: answer normally, answer 500, hang, reset connections, or stop.
+switched while it runs: answer normally, answer 500, hang (for a time, or held until the test
+releases it), reset connections, or stop.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ class Backend:
         self.keepalive_timeout = keepalive_timeout
         self.announce_keepalive = announce_keepalive
         self.port = 0
-        self.mode = "ok"  # ok | close | error500 | hang | reset | status:<code>
+        self.mode = "ok"  # ok | close | error500 | hang | hold | reset | status:<code>
         self.requests: Counter[tuple[str, str]] = Counter()
         self.seen_headers: list[dict[str, str]] = []
         self.bodies: list[bytes] = []
         self.hang_seconds = 30.0
+        self.released = asyncio.Event()  # "hold": requests wait until the test sets this
         self.ws_sent = 0  # bytes /ws/flood/<size> has handed to its socket so far
         self.ws_open = 0  # WebSockets open right now
         self.tls_sessions_reused: list[bool | None] = []  # per request; None: plain HTTP
@@ -86,6 +88,8 @@ class Backend:
             return web.Response(status=int(self.mode[7:]), text=f"{self.name} {self.mode}")
         if self.mode == "hang":
             await asyncio.sleep(self.hang_seconds)
+        if self.mode == "hold":
+            await self.released.wait()
         if self.mode == "reset":
             transport = request.transport
             if transport is not None:

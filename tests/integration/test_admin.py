@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import pytest
 
 from tests.conftest import Running, Samples, backends_seen, metric_samples, one_pool, pool_yaml
 from tests.fakes.backends import free_port
+from tests.waiting import eventually
 
 BACKEND_KEYS = {"id", "address", "region", "weight", "source", "state", "active_requests", "websockets",
                 # added for the status page (docs/operations.md, "Status page and /status")
@@ -42,13 +42,6 @@ def backend_doc(doc: dict, pool: str, backend_id: str) -> dict:
     return found
 
 
-async def eventually(predicate, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return await predicate()
 
 
 # -- health and readiness --------------------------------------------------------------------------

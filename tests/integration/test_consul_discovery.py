@@ -27,12 +27,9 @@ from balancer.config import (
 )
 from balancer.discovery.consul import ConsulRegistration, ConsulWatch
 from tests.fakes.consul import CRITICAL, PASSING, WARNING, FakeConsul
+from tests.waiting import HANG_GUARD, until
 
 WAIT = 1.0
-# How long a test waits for an event before failing. Deliveries normally take a few
-# milliseconds; the guard only ends a test that would otherwise hang, so it is generous enough
-# for a machine whose cores are all busy.
-HANG_GUARD = 30.0
 # A blocking wait no test ever sees run out: a change delivered within HANG_GUARD can only
 # have come from the blocked query being woken by it.
 LONG_WAIT = 10 * HANG_GUARD
@@ -91,14 +88,6 @@ async def watch(consul: FakeConsul) -> AsyncIterator[Callable[..., object]]:
     yield start
     for w in started:
         await w.stop()
-
-
-async def until(condition: Callable[[], bool], timeout: float = HANG_GUARD) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def blocked(consul: FakeConsul) -> None:

@@ -9,7 +9,6 @@ during the outage is applied). The faults are the Consul double's (tests/fakes/c
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -18,6 +17,7 @@ import pytest
 from tests.conftest import Running
 from tests.fakes.backends import Backend
 from tests.fakes.consul import FakeConsul
+from tests import waiting
 
 SERVICE = "games"
 # A hang guard for a busy machine, not a performance claim: a query that gets no answer is
@@ -41,11 +41,7 @@ def register(consul: FakeConsul, backend: Backend) -> None:
 
 
 async def until(check, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + PATIENCE
-    while not await check():
-        assert loop.time() < deadline, f"not within {PATIENCE}s: {what}"
-        await asyncio.sleep(0.05)
+    await waiting.until(check, what, PATIENCE, step=0.05)
 
 
 async def backend_of(http: aiohttp.ClientSession, lb: Running) -> str | None:

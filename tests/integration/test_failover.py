@@ -19,13 +19,12 @@ from balancer.health import JITTER
 from balancer.http.exchange import RETRY_BUFFER
 from tests.conftest import Running, Samples, metric_samples, pool_yaml
 from tests.fakes.backends import Backend, free_port
+from tests.waiting import HANG_GUARD
 
 # Scheduling slack for the event loop shared by balancer, backends and test client.
 # Detection bounds: the configured probe schedule plus an honest margin for a busy machine
 # (a detection that never happens, or waits for extra probes, still fails).
 SLACK = 2.0
-# How long a test waits for an event before failing: it only ends a test that would hang.
-HANG_GUARD = 30.0
 ALL_CONDITIONS = "[connect_failure, reset, 502, 503, 504]"
 
 

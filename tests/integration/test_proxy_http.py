@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import Running, one_pool, pool_yaml
 from tests.fakes.backends import Backend, free_port
 from tests.fakes.rawhttp import RawBackend, RawResponse, closed_after, read_head, read_response
+from tests.waiting import eventually
 
 HOST = b"casino.test"
 
@@ -63,13 +64,6 @@ async def raw_backend(response: bytes | None = None) -> RawBackend:
     return await backend.start()
 
 
-async def eventually(predicate, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 # -- 1. keep-alive and pipelining --------------------------------------------------------------
@@ -572,7 +566,7 @@ async def test_idle_pooled_backend_connections_expire(start_balancer, backends):
     backend = lb.app.pools["web"].backends["b1"]
     assert (await exchange(lb, get("/"))).status == 200
     assert backend.open_connections == 1 and len(backend.idle) == 1
-    assert await eventually(lambda: backend.open_connections == 0, timeout=2)
+    assert await eventually(lambda: backend.open_connections == 0)
     assert backend.idle == []
     assert (await exchange(lb, get("/again"))).status == 200  # a fresh connection serves on
 

@@ -16,17 +16,8 @@ import pytest
 
 from tests.conftest import Running, metric_samples, one_pool
 from tests.fakes.rawhttp import read_head
+from tests.waiting import HANG_GUARD, until
 
-# Hang guards for a busy machine, not performance claims.
-PATIENCE = 30.0
-
-
-async def until(check, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + PATIENCE
-    while not check():
-        assert loop.time() < deadline, f"not within {PATIENCE}s: {what}"
-        await asyncio.sleep(0.01)
 
 
 # -- connects that go unanswered -------------------------------------------------------------
@@ -185,7 +176,7 @@ async def test_a_websocket_flood_to_a_player_who_does_not_read_is_held_back(star
     writer.transport.resume_reading()
     received = 0
     while received < FLOOD:
-        chunk = await asyncio.wait_for(reader.read(1 << 20), PATIENCE)
+        chunk = await asyncio.wait_for(reader.read(1 << 20), HANG_GUARD)
         assert chunk
         received += len(chunk)
     assert received >= FLOOD  # frames' own headers come on top

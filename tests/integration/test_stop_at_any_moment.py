@@ -22,8 +22,9 @@ import pytest
 from tests.conftest import pool_yaml
 from tests.fakes.backends import free_port
 from tests.fakes.consul import FakeConsul
-from tests.instance import PATIENCE, Instance, alive
+from tests.instance import INSTALLED_COMMAND, PATIENCE, ROOT, Instance, alive
 
+SLOW_IMPORT = ROOT / "tests" / "fakes" / "slow_import"
 REGISTER = "  register: {service: edge-balancer, check: {http: /healthz, interval: 200ms}}\n"
 
 
@@ -120,6 +121,31 @@ async def test_a_stop_while_the_config_is_read_ends_before_anything_starts(consu
     os.write(fd, config_text(consul, bs).encode())
     os.close(fd)
     await ended_cleanly(instance, consul)
+    assert "listener public" not in instance.log
+    assert not [r for r in consul.requests if r.method == "PUT"]  # never registered
+
+
+@pytest.mark.parametrize("command", ["installed", "python -m"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_while_the_modules_load_ends_before_anything_starts(
+        consul, backends, tmp_path, sig, command):
+    """The installed `balancer` command (what the systemd unit runs) and `python -m balancer`
+    alike: held in the import of PyYAML, before the config is even read."""
+    bs = await backends(1)
+    path = tmp_path / "balancer.yaml"
+    path.write_text(config_text(consul, bs))
+    gate = tmp_path / "import-gate"
+    os.mkfifo(gate)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(SLOW_IMPORT), os.environ.get("PYTHONPATH")])),
+           "BALANCER_TEST_IMPORT_GATE": str(gate)}
+    instance = await Instance.launch(
+        path, env, **({"command": INSTALLED_COMMAND} if command == "installed" else {}))
+    await instance.logged("importing yaml")
+    fd = await asyncio.wait_for(reader_waiting(gate), PATIENCE)  # it waits in the import now
+    instance.signal(sig)
+    os.close(fd)
+    await ended_cleanly(instance, consul)
+    assert "stop asked while loading the config: nothing started" in instance.log
     assert "listener public" not in instance.log
     assert not [r for r in consul.requests if r.method == "PUT"]  # never registered
 

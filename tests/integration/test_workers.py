@@ -12,23 +12,26 @@ import aiohttp
 
 from tests.conftest import pool_yaml
 from tests.fakes.rawhttp import read_response
-from tests.instance import children_of, socket_owner
+from tests.instance import alive, children_of, socket_owner
+from tests.waiting import HANG_GUARD, until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def two_workers_config(tmp_path: Path, bs: list) -> Path:
+def two_workers_config(tmp_path: Path, bs: list | None = None, routes_and_pools: str = "") -> Path:
+    """Two workers serving one catch-all route to pool `web` of `bs`, or `routes_and_pools`."""
     config = tmp_path / "workers.yaml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(textwrap.dedent("""
         listeners:
-          - {{name: public, address: 127.0.0.1:0}}
-        admin: {{address: 127.0.0.1:0}}
+          - {name: public, address: 127.0.0.1:0}
+        admin: {address: 127.0.0.1:0}
         workers: 2
+        """) + textwrap.dedent(routes_and_pools or f"""
         routes:
           - {{name: all, pool: web}}
         pools:
           web:
-            backends: {pool_yaml(bs)}
+            backends: {pool_yaml(bs or [])}
         """))
     return config
 
@@ -42,7 +45,7 @@ async def start_process(config: Path) -> tuple[asyncio.subprocess.Process, int, 
     admin = ""
     assert proc.stderr is not None
     while not (port and admin and any("2 workers" in l for l in lines)):
-        line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+        line = (await asyncio.wait_for(proc.stderr.readline(), HANG_GUARD)).decode()
         assert line, "balancer exited early:\n" + "".join(lines)
         lines.append(line)
         if m := re.search(r"listener public on [\d.]+:(\d+)", line):
@@ -92,18 +95,13 @@ async def test_two_workers_serve_sum_metrics_and_share_admin_actions(backends, t
                 assert resp.status == 200 and (await resp.json()) == {"result": "reloaded"}
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 20)
+        code = await asyncio.wait_for(proc.wait(), HANG_GUARD)
     assert code == 0
 
 
 async def test_two_workers_share_a_split_change_and_sum_mirror_counts(backends, tmp_path):
     v1, v2, shadow = await backends("v1", "v2", "shadow")
-    config = tmp_path / "split.yaml"
-    config.write_text(textwrap.dedent(f"""
-        listeners:
-          - {{name: public, address: 127.0.0.1:0}}
-        admin: {{address: 127.0.0.1:0}}
-        workers: 2
+    config = two_workers_config(tmp_path, routes_and_pools=f"""
         routes:
           - name: games
             split: [{{pool: v1, weight: 50}}, {{pool: v2, weight: 50}}]
@@ -112,7 +110,7 @@ async def test_two_workers_share_a_split_change_and_sum_mirror_counts(backends, 
           v1: {{backends: {pool_yaml([v1])}}}
           v2: {{backends: {pool_yaml([v2])}}}
           shadow: {{backends: {pool_yaml([shadow])}}}
-        """))
+        """)
     proc, port, admin, _ = await start_process(config)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -127,19 +125,21 @@ async def test_two_workers_share_a_split_change_and_sum_mirror_counts(backends, 
                     async with fresh.get(url + "/") as resp:
                         seen.add(resp.headers["X-Backend"])
             assert seen == {"v1"}  # the change reached every worker
-            copies = 0.0
-            for _ in range(500):  # the copies travel after the answers: wait for all 20
+            async def copies() -> float:
                 async with session.get(admin + "/metrics") as resp:
                     text = await resp.text()
-                copies = sum(float(v) for v in re.findall(
+                return sum(float(v) for v in re.findall(
                     r'^balancer_mirror_requests_total\{[^}]*result="sent"[^}]*\} (\S+)$', text, re.M))
-                if copies >= 20:
-                    break
-                await asyncio.sleep(0.02)
-            assert copies == 20 == shadow.count()
+
+            # The copies travel after the answers: wait for all 20.
+            async def all_sent() -> bool:
+                return await copies() >= 20
+
+            await until(all_sent, "20 copies counted as sent", step=0.02)
+            assert await copies() == 20 == shadow.count()
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 20)
+        code = await asyncio.wait_for(proc.wait(), HANG_GUARD)
     assert code == 0
 
 
@@ -152,15 +152,9 @@ async def test_a_dying_worker_takes_the_instance_down_with_exit_1(backends, tmp_
     assert pids is not None
     os.kill(int(pids.group(1)), signal.SIGKILL)
     try:
-        code = await asyncio.wait_for(proc.wait(), 20)
+        code = await asyncio.wait_for(proc.wait(), HANG_GUARD)
     finally:
         if proc.returncode is None:
             proc.kill()
     assert code == 1
-    await asyncio.sleep(0.2)  # the other worker was stopped too
-    try:
-        os.kill(int(pids.group(2)), 0)
-        alive = True
-    except ProcessLookupError:
-        alive = False
-    assert not alive
+    await until(lambda: not alive(int(pids.group(2))), "the other worker stopped too")
