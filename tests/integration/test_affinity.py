@@ -24,6 +24,7 @@ from balancer.config import StickyConfig
 from balancer.sticky import StickyCookies
 from tests.conftest import Running, pool_yaml
 from tests.fakes.backends import Backend
+from tests.waiting import until
 
 SECRET = "affinity-test-secret-0123456789abcdef"
 COOKIE = "LB_LIVE"
@@ -245,15 +246,16 @@ async def test_draining_backend_keeps_its_players_but_takes_no_new_ones(start_ba
     assert drained in {(await get(client, lb)).backend for _ in range(40)}
 
 
-HEALTH = "health_check: {path: /health, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1}"
+# A stopped backend refuses connections at once: the probe timeout is only a hang guard, long
+# enough that a probe waiting for a busy CPU never marks a live backend down.
+HEALTH = "health_check: {path: /health, interval: 100ms, timeout: 2s, healthy_threshold: 1, unhealthy_threshold: 1}"
 
 
 async def wait_for_state(session: aiohttp.ClientSession, lb: Running, backend: str, state: str) -> None:
-    for _ in range(100):
-        if (await backend_states(session, lb)).get(backend) == state:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{backend} never became {state}")
+    async def reached() -> bool:
+        return (await backend_states(session, lb)).get(backend) == state
+
+    await until(reached, f"{backend} became {state}", step=0.05)
 
 
 async def test_rebalance_moves_the_player_and_reissues_the_cookie(start_balancer, backends, client):

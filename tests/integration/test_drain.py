@@ -5,6 +5,7 @@ import asyncio
 import aiohttp
 
 from tests.conftest import backends_seen, pool_yaml
+from tests.waiting import HANG_GUARD, until
 
 
 def config(bs, drain_timeout: str = "1s") -> str:
@@ -38,7 +39,9 @@ async def test_drain_and_undrain_through_admin(start_balancer, backends, http):
 
 async def test_websocket_on_a_draining_backend_lives_until_drain_timeout(start_balancer, backends, http):
     bs = await backends(1)
-    lb = await start_balancer(config(bs, drain_timeout="1500ms"))
+    # Long enough for the round's messages below on a busy machine; the close after it is
+    # waited for, not timed.
+    lb = await start_balancer(config(bs, drain_timeout="5s"))
     ws = await http.ws_connect(lb.url + "/ws/round")
     await ws.send_str("spin")
     assert await ws.receive_str(timeout=2) == "b1:spin"
@@ -47,14 +50,9 @@ async def test_websocket_on_a_draining_backend_lives_until_drain_timeout(start_b
     async with http.get(lb.url + "/new-player") as resp:
         assert resp.status == 503  # nobody new on a draining backend
         assert resp.headers["Retry-After"] == "1"
-    await asyncio.sleep(0.5)
     await ws.send_str("round still running")
-    assert await ws.receive_str(timeout=2) == "b1:round still running"
-    message = await ws.receive(timeout=4)  # the drain runs out: the balancer closes it
+    assert await ws.receive_str(timeout=HANG_GUARD) == "b1:round still running"
+    message = await ws.receive(timeout=HANG_GUARD)  # the drain runs out: the balancer closes it
     assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
     backend = lb.app.pools["live"].backends["b1"]
-    for _ in range(20):
-        if backend.websockets == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert backend.websockets == 0
+    await until(lambda: backend.websockets == 0, "the WebSocket no longer counted")

@@ -5,6 +5,7 @@ import asyncio
 import aiohttp
 
 from tests.conftest import pool_yaml
+from tests.waiting import until
 
 
 def ws_config(bs, extra: str = "") -> str:
@@ -49,11 +50,7 @@ async def test_open_websockets_are_counted_and_balanced(start_balancer, backends
     assert 'balancer_backend_websockets{backend="b1",pool="live"} 2.0' in text
     for ws in sockets:
         await ws.close()
-    for _ in range(50):
-        if all(b.websockets == 0 for b in pool.backends.values()):
-            break
-        await asyncio.sleep(0.05)
-    assert [b.websockets for b in pool.backends.values()] == [0, 0]
+    await until(lambda: all(b.websockets == 0 for b in pool.backends.values()), "no WebSocket counted")
     assert all(b.active_requests == 0 for b in pool.backends.values())
 
 
