@@ -9,6 +9,9 @@ cdef tuple _FOREIGN_PROTOCOLS
 cdef frozenset _SPECIAL_HEADERS, _FRAMING_LOOKALIKES, _LOOKALIKE_LENGTHS
 
 
+cdef bint _names_foreign_protocol(bytes data)
+
+
 cdef class RequestHead:
     cdef public bytes method, target, path, version
     cdef public list headers

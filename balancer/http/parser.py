@@ -102,6 +102,12 @@ _FOREIGN_PROTOCOLS = (b"RTSP/", b"ICE/")
 _TOKEN_SPLIT = 4  # a token cut between two reads has at most this many bytes in the first
 
 
+def _names_foreign_protocol(data: bytes) -> bool:
+    """Is RTSP/ or ICE/ anywhere in `data`? (find, not `in`: `token in data` first tries the
+    token as an integer and builds a TypeError for it, which cost more than the scans.)"""
+    return data.find(_FOREIGN_PROTOCOLS[0]) >= 0 or data.find(_FOREIGN_PROTOCOLS[1]) >= 0
+
+
 def host_of(value: bytes) -> str:
     """split_host, remembered for the values seen most."""
     host = _HOSTS.get(value)
@@ -188,8 +194,7 @@ class RequestReader:
         if self._in_head:
             self._head_bytes += len(data)
         reads = self._head_reads
-        if (_FOREIGN_PROTOCOLS[0] in data or _FOREIGN_PROTOCOLS[1] in data
-                or (reads and self._token_across(reads[-1], data))):
+        if _names_foreign_protocol(data) or (reads and self._token_across(reads[-1], data)):
             upgrade = self._feed_checking_protocol(data)
         else:
             upgrade = self._feed_checked(data)
@@ -223,8 +228,7 @@ class RequestReader:
 
     @staticmethod
     def _token_across(before: bytes, data: bytes) -> bool:
-        joined = before[-_TOKEN_SPLIT:] + data[:_TOKEN_SPLIT]
-        return _FOREIGN_PROTOCOLS[0] in joined or _FOREIGN_PROTOCOLS[1] in joined
+        return _names_foreign_protocol(before[-_TOKEN_SPLIT:] + data[:_TOKEN_SPLIT])
 
     def _feed_checking_protocol(self, data: bytes) -> int | None:
         """The rare read with RTSP/ or ICE/ in it (or cut across its start): fed up to each
