@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import Running, Samples, backends_seen, metric_samples, one_pool, pool_yaml
 from tests.fakes.backends import free_port
-from tests.waiting import eventually
+from tests.waiting import HANG_GUARD, eventually
 
 BACKEND_KEYS = {"id", "address", "region", "weight", "source", "state", "active_requests", "websockets",
                 # added for the status page (docs/operations.md, "Status page and /status")
@@ -269,7 +269,7 @@ async def test_metrics_show_client_connections_and_active_requests(start_balance
     assert await eventually(two_in_flight)
 
     for reader, writer in writers:
-        assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 3)).startswith(b"HTTP/1.1 200")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), HANG_GUARD)).startswith(b"HTTP/1.1 200")
         writer.close()
 
     async def all_done() -> bool:

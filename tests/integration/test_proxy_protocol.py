@@ -17,6 +17,7 @@ from netaddr import IPSet
 
 from balancer.http.proxy_protocol import V2_SIGNATURE
 from tests.conftest import Running, pool_yaml
+from tests.waiting import HANG_GUARD
 
 PROXY_LISTENER = """listeners:
   - name: public
@@ -212,7 +213,7 @@ async def test_proxy_header_before_the_tls_handshake(start_balancer, backends, t
     await writer.drain()
     await writer.start_tls(client, server_hostname="games.example.com")
     writer.write(get())
-    raw = await asyncio.wait_for(reader.read(), 2.0)
+    raw = await asyncio.wait_for(reader.read(), HANG_GUARD)
     writer.close()
     ((status, body),) = answers(raw)
     headers = {k.lower(): v for k, v in body["headers"].items()}

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import balancer_yaml, one_pool, pool_yaml
 from tests.fakes.backends import free_port
 from tests.instance import PATIENCE, Instance
+from tests.waiting import HANG_GUARD
 
 
 def config(bs, route_prefix: str = "/", extra_route: str = "") -> str:
@@ -205,7 +206,7 @@ async def test_listeners_added_and_removed_without_cutting_connections(start_bal
     assert "second" not in lb.app.listeners
     # the keep-alive connection on the removed listener still works...
     writer.write(request)
-    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)).startswith(b"HTTP/1.1 200")
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANG_GUARD)).startswith(b"HTTP/1.1 200")
     writer.close()
     # ...while its port no longer accepts
     try:

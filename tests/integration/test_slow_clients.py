@@ -9,6 +9,7 @@ import socket
 
 from tests.conftest import one_pool
 from tests.httpcheck import parse_responses, read_until_close
+from tests.waiting import HANG_GUARD
 
 
 async def start(start_balancer, backends, limits: str):
@@ -114,15 +115,16 @@ async def _connections_gone(lb, within: float = 3.0) -> bool:
 
 async def test_keep_alive_connection_in_use_outlives_the_idle_timeout(start_balancer, backends):
     """The idle timer runs only between requests: a client that keeps asking stays connected."""
-    lb, backend = await start(start_balancer, backends, "{client_idle_timeout: 300ms, header_timeout: 5s}")
+    # Pauses of 300 ms against a 1 s idle timeout: a loop starved for 0.7 s would still keep it.
+    lb, backend = await start(start_balancer, backends, "{client_idle_timeout: 1s, header_timeout: 5s}")
     reader, writer = await asyncio.open_connection("127.0.0.1", lb.port())
-    for i in range(6):  # 6 x 100 ms: twice the idle timeout in total
+    for i in range(6):  # 6 x 300 ms: nearly twice the idle timeout in total
         writer.write(b"GET /again HTTP/1.1\r\nHost: a.example\r\n\r\n")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANG_GUARD)
         assert head.startswith(b"HTTP/1.1 200")
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         await reader.readexactly(length)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
     writer.close()
     assert backend.count("GET", "/again") == 6
 

@@ -18,6 +18,7 @@ import trustme
 from balancer.config import ConfigError
 from balancer.config_file import load_config
 from tests.conftest import pool_yaml
+from tests.waiting import HANG_GUARD
 
 NAMES = ("casino.example.com", "games.example.com", "eu.live.example.com")
 
@@ -139,7 +140,7 @@ async def first_record(port: int, hello: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(hello)
     try:
-        return await asyncio.wait_for(reader.read(7), 2.0)
+        return await asyncio.wait_for(reader.read(7), HANG_GUARD)
     except ConnectionResetError:
         return b""
     finally:
@@ -202,7 +203,7 @@ async def test_plain_http_on_a_tls_listener_is_closed(start_balancer, backends, 
     reader, writer = await asyncio.open_connection("127.0.0.1", lb.port("public"))
     writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     try:
-        data = await asyncio.wait_for(reader.read(), 2.0)
+        data = await asyncio.wait_for(reader.read(), HANG_GUARD)
     except ConnectionResetError:
         data = b""
     writer.close()
