@@ -94,7 +94,7 @@ class StickyCookies:
     __slots__ = (
         "name", "ttl", "_secret", "_pool_prefix", "_mac_key", "_mac_prefix",
         "_tokens", "_header_prefix", "_header_suffix", "_header_suffix_secure", "fail_closed",
-        "_verified",
+        "_verified", "_issued", "_headers",
     )
 
     def __init__(self, config: StickyConfig, pool_name: str, secret: bytes) -> None:
@@ -110,6 +110,11 @@ class StickyCookies:
         self._mac_prefix = self.name.encode("latin-1") + b"\0"
         self._tokens: dict[str, bytes] = {}
         self._verified: dict[str, tuple[bytes, int]] = {}  # value -> (token, expiry)
+        # New players: the value is the same for every player sent to one backend within one
+        # second (the expiry counts whole seconds), so it is signed once per backend and
+        # second, not once per player: issuing costs what checking a known cookie does.
+        self._issued: dict[str, tuple[int, str]] = {}  # backend id -> (expiry, value)
+        self._headers: dict[tuple[str, bool], bytes] = {}  # (value, secure) -> Set-Cookie value
         self._header_prefix = self.name.encode("latin-1") + b"="
         self._header_suffix = f"; Path=/; Max-Age={self.ttl}; HttpOnly; SameSite=Lax".encode("ascii")
         self._header_suffix_secure = self._header_suffix + b"; Secure"
@@ -133,7 +138,20 @@ class StickyCookies:
 
     def encode(self, backend_id: str, now: float) -> str:
         """A fresh cookie value for `backend_id`, valid for `ttl` seconds from `now` (unix time)."""
-        return self.encode_token(self.token_for(backend_id), now)
+        expiry = int(now + self.ttl)
+        issued = self._issued.get(backend_id)
+        if issued is not None and issued[0] == expiry:
+            return issued[1]
+        token = self.token_for(backend_id)
+        value = self.encode_token(token, now)
+        if len(self._issued) >= _TOKEN_CACHE_MAX:
+            self._issued.clear()
+        self._issued[backend_id] = (expiry, value)
+        verified = self._verified
+        if len(verified) >= _VERIFIED_CACHE_MAX:
+            verified.clear()
+        verified[value] = (token, expiry)  # the player's next request finds it checked
+        return value
 
     def encode_token(self, token: bytes, now: float) -> str:
         """A fresh cookie value carrying any 9-byte `token` (a canary split keeps a player's
@@ -179,8 +197,14 @@ class StickyCookies:
 
     def set_cookie_header(self, value: str, secure: bool) -> bytes:
         """The Set-Cookie header value; `secure` on TLS listeners (docs/configuration.md)."""
-        suffix = self._header_suffix_secure if secure else self._header_suffix
-        return self._header_prefix + value.encode("ascii") + suffix
+        key = (value, secure)
+        header = self._headers.get(key)
+        if header is None:
+            if len(self._headers) >= _TOKEN_CACHE_MAX:
+                self._headers.clear()  # a new value per backend and second: old ones are done
+            suffix = self._header_suffix_secure if secure else self._header_suffix
+            header = self._headers[key] = self._header_prefix + value.encode("ascii") + suffix
+        return header
 
 
 def read_cookie(cookie_header: bytes | str | None, name: str) -> str | None:

@@ -126,6 +126,20 @@ def test_two_instances_with_the_same_secret_agree() -> None:
     assert second.encode(BACKEND_ID, NOW) == value
 
 
+def test_new_players_within_a_second_share_one_signature_and_the_next_second_gets_its_own() -> None:
+    # Issuing is remembered per backend and second; what is remembered must be exactly what a
+    # fresh signature gives, expire as one, and differ per backend and per second.
+    jar = cookies()
+    first = jar.encode(BACKEND_ID, NOW + 0.1)
+    assert jar.encode(BACKEND_ID, NOW + 0.9) == first == cookies().encode(BACKEND_ID, NOW)
+    assert jar.encode("eu-2", NOW + 0.5) != first
+    later = jar.encode(BACKEND_ID, NOW + 1)
+    assert later != first and later == cookies().encode(BACKEND_ID, NOW + 1)
+    assert jar.decode(first, NOW + CONFIG.ttl - 1) == jar.token_for(BACKEND_ID)
+    assert jar.decode(first, NOW + CONFIG.ttl) is None  # the remembered one expires as any
+    assert cookies().decode(later, NOW + 2) == jar.token_for(BACKEND_ID)
+
+
 def test_set_cookie_header_attributes() -> None:
     jar = cookies()
     value = jar.encode(BACKEND_ID, NOW)
