@@ -9,7 +9,6 @@ does not read pauses the player.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING
 
 from .downstream import Downstream
@@ -81,7 +80,9 @@ class ClientConnection(Downstream):
         self.client_cert = None
         self.exchange: Exchange | None = None  # the one being answered
         self.reading: Exchange | None = None  # the one whose request is being read
-        self.queue: deque[Exchange] = deque()
+        # A list, not a deque: rarely more than one waits, and an empty deque takes 760 bytes
+        # on each of 10,000 idle WebSockets (an empty list 56).
+        self.queue: list[Exchange] = []
         self.deadline = Deadline(self.loop, self._on_deadline)
         self._paused = 0
         self.write_paused = False
@@ -323,7 +324,7 @@ class ClientConnection(Downstream):
             self.close()
             return
         if self.queue:
-            nxt = self.queue.popleft()
+            nxt = self.queue.pop(0)
             self.exchange = nxt
             if not self.queue:
                 self._resume(_PIPELINE)

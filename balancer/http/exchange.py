@@ -555,6 +555,7 @@ class Exchange:
         # two are kept for the line written at the close.
         conn.drop_http_state()
         self.head.headers = [h for h in self.head.headers if h[0] in _KEPT_FOR_LOG]
+        self.upstream_head = b""  # no retry for a tunnel; a mirror copied it at the choice
         self.body = []
         conn.deadline.set_in(self.pool.websocket_idle_timeout)
         if self.early_tunnel:

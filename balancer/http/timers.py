@@ -8,7 +8,26 @@ how HAProxy and Envoy keep timeouts cheap on busy connections.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Callable
+
+
+# The context timer callbacks run in. The data plane keeps no context variables; without it the
+# loop would copy the current context for every armed timer (an object per idle connection).
+_CONTEXT = contextvars.Context()
+
+
+_clock_loop: object = None
+_clock: Callable[[], float] | None = None
+
+
+def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """`loop.time`, one bound method per loop rather than one per deadline (two per
+    connection, kept as long as the connection: hours for a WebSocket)."""
+    global _clock_loop, _clock
+    if loop is not _clock_loop or _clock is None:
+        _clock_loop, _clock = loop, loop.time
+    return _clock
 
 
 class Deadline:
@@ -16,7 +35,7 @@ class Deadline:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
-        self._time = loop.time  # bound once: set_in runs several times per request
+        self._time = _clock_of(loop)  # bound once: set_in runs several times per request
         self._callback = callback
         self.when = 0.0  # loop time; 0.0 = not set
         self._handle: asyncio.TimerHandle | None = None
@@ -38,7 +57,7 @@ class Deadline:
 
     def _arm(self, when: float) -> None:
         self._armed_at = when
-        self._handle = self._loop.call_at(when, self._fire)
+        self._handle = self._loop.call_at(when, self._fire, context=_CONTEXT)
 
     def clear(self) -> None:
         self.when = 0.0

@@ -314,7 +314,7 @@ class UpstreamConnection:
         """The connection became a tunnel: release what reading HTTP needed."""
         self.parser = None
         self._feed = None
-        self._names = HeaderNames()
+        self._names = None  # type: ignore[assignment]  # a tunnel never reads a head again
         self._headers = []
 
     def write(self, data: bytes) -> None:

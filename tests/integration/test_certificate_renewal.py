@@ -12,7 +12,7 @@ import ssl
 
 import aiohttp
 
-from tests.conftest import metric_samples, pool_yaml
+from tests.conftest import Running, metric_samples, pool_yaml
 from tests.fakes.backends import Backend
 from tests.pki import Pki
 
@@ -79,8 +79,9 @@ async def admin_reload(lb, http: aiohttp.ClientSession) -> tuple[int, dict]:
         return resp.status, await resp.json()
 
 
-async def test_renewal_by_reload_under_load_fails_nothing_and_closes_nothing(
-        start_balancer, backends, new_ca, http):
+async def renewable_balancer(start_balancer, backends, new_ca) -> tuple[Running, Pki, str, Backend]:
+    """A balancer with one game backend behind a TLS listener whose certificate lives in
+    live.pem / live.key, which `renew` rewrites; also returns the current fingerprint."""
     pki = new_ca()
     old = renew(pki)
     (game,) = await backends(1)
@@ -88,6 +89,12 @@ async def test_renewal_by_reload_under_load_fails_nothing_and_closes_nothing(
         routes: [{{name: all, pool: web}}]
         pools: {{web: {{backends: {pool_yaml([game])}}}}}
         """, listeners=tls_listener(pki.folder / "live.pem", pki.folder / "live.key"))
+    return lb, pki, old, game
+
+
+async def test_renewal_by_reload_under_load_fails_nothing_and_closes_nothing(
+        start_balancer, backends, new_ca, http):
+    lb, pki, old, game = await renewable_balancer(start_balancer, backends, new_ca)
     port = lb.port()
     server = lb.app.listeners["public"]
     stop = asyncio.Event()
@@ -112,13 +119,7 @@ async def test_renewal_by_reload_under_load_fails_nothing_and_closes_nothing(
 
 async def test_a_bad_file_keeps_the_old_certificate_and_the_reload_says_why(
         start_balancer, backends, new_ca, http):
-    pki = new_ca()
-    old = renew(pki)
-    (game,) = await backends(1)
-    lb = await start_balancer(f"""
-        routes: [{{name: all, pool: web}}]
-        pools: {{web: {{backends: {pool_yaml([game])}}}}}
-        """, listeners=tls_listener(pki.folder / "live.pem", pki.folder / "live.key"))
+    lb, pki, old, game = await renewable_balancer(start_balancer, backends, new_ca)
     port = lb.port()
     # A renewal that went wrong: the new certificate with the old key, then a truncated file.
     key = (pki.folder / "live.key").read_bytes()
