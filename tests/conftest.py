@@ -8,9 +8,12 @@ with listeners and admin on port 0; it returns a handle with the ports and the a
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -162,6 +165,48 @@ async def consul() -> AsyncIterator[FakeConsul]:
 def new_ca(tmp_path: Path) -> Callable[[], Pki]:
     """`new_ca()`: a fresh certificate authority writing its files under tmp_path."""
     return lambda: Pki(tmp_path)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# Each browser call's bound (a page load, a script): generous, the machine may be busy.
+BROWSER_WAIT = 30.0
+needs_chromium = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    reason="chromium and chromium-driver are not installed (scripts/system-packages installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def launch_chromium() -> Iterator[Callable[..., object]]:
+    """`launch_chromium(*args, browser_log=False)`: a headless Chromium (selenium) with a
+    throw-away profile and the extra command-line `args`; blocking, so a test in the event
+    loop calls it through a thread. Every browser launched is quit when the module is done."""
+    from selenium import webdriver
+
+    launched: list[tuple[object, str]] = []
+
+    def launch(*args: str, browser_log: bool = False) -> webdriver.Chrome:
+        profile = tempfile.mkdtemp(prefix="chromium-")
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", *args):
+            options.add_argument(arg)
+        if browser_log:
+            options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        chrome = webdriver.Chrome(options=options,
+                                  service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+        launched.append((chrome, profile))
+        chrome.set_page_load_timeout(BROWSER_WAIT)
+        chrome.set_script_timeout(BROWSER_WAIT)
+        return chrome
+
+    yield launch
+    for chrome, profile in launched:
+        chrome.quit()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ cpdef bytes status_line(int status, bytes reason)
 
 
 cdef class ClientConnection(Downstream):
-    cdef public object server, transport, queue
+    cdef public object transport, queue
     cdef public RequestReader reader
     cdef public bint closed
     cdef public Exchange exchange, reading, tunnel
@@ -49,6 +49,5 @@ cdef class ClientConnection(Downstream):
     cpdef pause_request_body(self)
     cpdef resume_request_body(self)
     cpdef start_tunnel(self, Exchange exchange)
-    cpdef count_rejected(self, str reason)
     cpdef close(self)
     cpdef abort(self)

@@ -56,7 +56,7 @@ class ClientConnection(Downstream):
     and the `Downstream` of the exchanges it carries, one after the other."""
 
     __slots__ = (
-        "server", "transport", "reader", "exchange", "reading", "queue", "deadline", "_paused",
+        "transport", "reader", "exchange", "reading", "queue", "deadline", "_paused",
         "closed", "tunnel", "_batch", "_error", "_idle", "_received", "_body_rate",
         "_body_since", "_body_base", "_lingering", "_runtime", "_chunked_out", "_close_after",
     )
@@ -352,9 +352,6 @@ class ClientConnection(Downstream):
         # stay open for hours (10,000 of them per worker).
         self.reader = None  # type: ignore[assignment]
         self._resume(_TUNNEL_WAIT)
-
-    def count_rejected(self, reason: str) -> None:
-        self.server.count_rejected(reason)
 
     # -- errors, timeouts, closing --------------------------------------------------------
 

@@ -2,11 +2,16 @@
 # cpdef: an exchange's call to its downstream is a C call through the method table, whichever
 # class implements it.
 
+cimport cython
+
 from .exchange cimport Exchange
 
 
+cdef frozenset _NOTHING_DROPPED
+
+
 cdef class Downstream:
-    cdef public object loop, listener, tls_version, client_cert
+    cdef public object server, loop, listener, tls_version, client_cert
     cdef public str client_ip
     cdef public bint peer_trusted, write_paused
     cdef public bytes scheme
@@ -16,6 +21,7 @@ cdef class Downstream:
                                list extra, bint framed, bint close)
     cpdef Py_ssize_t send_body(self, bytes data)
     cpdef Py_ssize_t end_response(self)
+    @cython.locals(headers=list, sent=Py_ssize_t)
     cpdef Py_ssize_t send_answer(self, int status, list fields, bytes body, bint close,
                                  bint head_only)
     cpdef begin_batch(self)

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,22 +15,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from balancer.http.http2 import Http2Connection
-from tests.conftest import pool_yaml
+from tests.conftest import needs_chromium, pool_yaml
 
-selenium = pytest.importorskip("selenium")
-from selenium import webdriver  # noqa: E402
+pytest.importorskip("selenium")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-WAIT = 30.0
-
-pytestmark = [
-    pytest.mark.skipif(
-        not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-        reason="chromium and chromium-driver are not installed (scripts/system-packages installs them)",
-    ),
-    pytest.mark.timeout(300),
-]
+pytestmark = [needs_chromium, pytest.mark.timeout(300)]
 
 
 def spki_hash(cert_pem: bytes) -> str:
@@ -43,7 +29,8 @@ def spki_hash(cert_pem: bytes) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-async def test_chromium_loads_a_page_and_opens_a_websocket_over_h2(start_balancer, backends, tmp_path: Path):
+async def test_chromium_loads_a_page_and_opens_a_websocket_over_h2(start_balancer, backends, launch_chromium,
+                                                                  tmp_path: Path):
     ca = trustme.CA()
     cert = ca.issue_cert("casino.example.com")
     chain, key = tmp_path / "cert.pem", tmp_path / "cert.key"
@@ -60,36 +47,22 @@ async def test_chromium_loads_a_page_and_opens_a_websocket_over_h2(start_balance
         """, listeners=f"listeners:\n  - name: tls\n    address: 127.0.0.1:0\n"
                        f"    tls: {{certificate: {chain}, key: {key}}}\n")
     port = lb.port()
-    profile = tempfile.mkdtemp(prefix="h2-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={profile}",
-                "--host-resolver-rules=MAP casino.example.com 127.0.0.1",
-                f"--ignore-certificate-errors-spki-list={spki_hash(leaf)}"):
-        options.add_argument(arg)
-    chrome = await asyncio.to_thread(webdriver.Chrome, options=options,
-                                     service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    try:
-        chrome.set_page_load_timeout(WAIT)
-        chrome.set_script_timeout(WAIT)
-        await asyncio.to_thread(chrome.get, f"https://casino.example.com:{port}/lobby")
-        protocol = await asyncio.to_thread(
-            chrome.execute_script, "return performance.getEntriesByType('navigation')[0].nextHopProtocol;")
-        assert protocol == "h2"
-        assert '"path": "/lobby"' in await asyncio.to_thread(lambda: chrome.page_source)
-        echoed = await asyncio.to_thread(chrome.execute_async_script, f"""
-            const done = arguments[arguments.length - 1];
-            const ws = new WebSocket('wss://casino.example.com:{port}/ws/table-1');
-            ws.onopen = () => ws.send('bet');
-            ws.onmessage = (event) => done(event.data);
-            ws.onerror = () => done('error');
-        """)
-        assert echoed == f"{bs[0].name}:bet"
-        # The WebSocket is a stream of the page's HTTP/2 connection, not a connection of its own.
-        conns = lb.app.listeners["tls"].connections
-        assert [c for c in conns if isinstance(c, Http2Connection) and c.tunnel is not None]
-    finally:
-        await asyncio.to_thread(chrome.quit)
-        shutil.rmtree(profile, ignore_errors=True)
+    chrome = await asyncio.to_thread(
+        launch_chromium, "--host-resolver-rules=MAP casino.example.com 127.0.0.1",
+        f"--ignore-certificate-errors-spki-list={spki_hash(leaf)}")
+    await asyncio.to_thread(chrome.get, f"https://casino.example.com:{port}/lobby")
+    protocol = await asyncio.to_thread(
+        chrome.execute_script, "return performance.getEntriesByType('navigation')[0].nextHopProtocol;")
+    assert protocol == "h2"
+    assert '"path": "/lobby"' in await asyncio.to_thread(lambda: chrome.page_source)
+    echoed = await asyncio.to_thread(chrome.execute_async_script, f"""
+        const done = arguments[arguments.length - 1];
+        const ws = new WebSocket('wss://casino.example.com:{port}/ws/table-1');
+        ws.onopen = () => ws.send('bet');
+        ws.onmessage = (event) => done(event.data);
+        ws.onerror = () => done('error');
+    """)
+    assert echoed == f"{bs[0].name}:bet"
+    # The WebSocket is a stream of the page's HTTP/2 connection, not a connection of its own.
+    conns = lb.app.listeners["tls"].connections
+    assert [c for c in conns if isinstance(c, Http2Connection) and c.tunnel is not None]

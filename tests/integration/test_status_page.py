@@ -8,54 +8,32 @@ A screenshot of each run is saved under tests/artifacts/ (git ignores it).
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import Running, pool_yaml
+from tests.conftest import BROWSER_WAIT, Running, needs_chromium, pool_yaml
 
 selenium = pytest.importorskip("selenium")
-from selenium import webdriver  # noqa: E402
 from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 # Generous: the page refreshes every 2 s, and the machine may be busy.
-WAIT = 30.0
+WAIT = BROWSER_WAIT
 
 pytestmark = [
-    pytest.mark.skipif(
-        not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-        reason="chromium and chromium-driver are not installed (scripts/system-packages installs them)",
-    ),
+    needs_chromium,
     # Starting Chromium and a dozen waits of up to WAIT each, on a busy machine.
     pytest.mark.timeout(300),
 ]
 
 
 @pytest.fixture(scope="module")
-def driver():
-    profile = tempfile.mkdtemp(prefix="status-page-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1400,2000", f"--user-data-dir={profile}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
-    chrome = webdriver.Chrome(options=options, service=service)
-    chrome.set_page_load_timeout(WAIT)
-    yield chrome
-    chrome.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+def driver(launch_chromium):
+    return launch_chromium("--window-size=1400,2000", browser_log=True)
 
 
 class Browser:
