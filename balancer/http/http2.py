@@ -142,11 +142,13 @@ class Http2Stream(Downstream):
     def send_body(self, data: bytes) -> int:
         if self.ended or self.end_pending or not data:
             return 0
-        if self.pending:
+        if self.tunnel is not None or self.pending:
             self.pending += data
             self.conn.push(self)
         else:
-            self.conn.push(self, data)
+            # Held until the backend's read is over (flush) or the answer ends: a small
+            # answer's body and its END_STREAM leave as one DATA frame.
+            self.pending += data
         return len(data)
 
     def end_response(self) -> int:
@@ -159,7 +161,10 @@ class Http2Stream(Downstream):
         return None  # frames already leave together, once per loop iteration (flush_soon)
 
     def flush(self) -> None:
-        self.conn.flush_soon()
+        if self.pending:
+            self.conn.push(self)
+        else:
+            self.conn.flush_soon()
 
     def exchange_finished(self, exchange: Exchange) -> None:
         if self.ended:
@@ -227,7 +232,7 @@ class Http2Connection:
         self.limits = limits
         # Inbound fields are checked (RFC 9113 §8.2); outbound ones are the exchange's answer,
         # already lower-case and without connection-specific fields (Http2Stream.send_head):
-        # checking and normalising them again cost a third of the time per response.
+        # checking and normalising them again would be work per response for nothing.
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_inbound_headers=True,
                                            normalize_inbound_headers=False,
@@ -457,22 +462,15 @@ class Http2Connection:
 
     # -- writing to the player ---------------------------------------------------------------
 
-    def push(self, stream: Http2Stream, data: bytes = b"") -> None:
-        """Send what the stream holds (and `data`, a body part that queued behind nothing),
-        as far as the windows allow; the rest waits in the stream, its backend paused."""
+    def push(self, stream: Http2Stream) -> None:
+        """Send what the stream holds as far as the windows allow (the last part with
+        END_STREAM when the answer is complete); the rest waits, its backend paused."""
         if stream.ended or self.closed:
             return
         h2conn = self.h2
         stream_id = stream.stream_id
         pending = stream.pending
         try:
-            if data:
-                window = h2conn.local_flow_control_window(stream_id)
-                size = len(data)
-                if size <= window and size <= h2conn.max_outbound_frame_size:
-                    h2conn.send_data(stream_id, data)
-                else:
-                    pending += data
             while pending:
                 window = h2conn.local_flow_control_window(stream_id)
                 if window <= 0:
@@ -480,8 +478,11 @@ class Http2Connection:
                 size = min(window, h2conn.max_outbound_frame_size, len(pending))
                 chunk = bytes(pending[:size])
                 del pending[:size]
-                h2conn.send_data(stream_id, chunk)
-            if not pending and stream.end_pending:
+                last = not pending and stream.end_pending
+                h2conn.send_data(stream_id, chunk, end_stream=last)
+                if last:
+                    stream.ended = True
+            if not pending and stream.end_pending and not stream.ended:
                 h2conn.end_stream(stream_id)
                 stream.ended = True
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):

@@ -49,6 +49,13 @@ class Response:
         return None
 
 
+def ws_text(message: str) -> bytes:
+    """A masked WebSocket text frame (RFC 6455 §5.2), as a client sends it."""
+    payload = message.encode()
+    mask = b"\x01\x02\x03\x04"
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 class H2Client:
     """A player's HTTP/2 connection, on h2 (client side)."""
 

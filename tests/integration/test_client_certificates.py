@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import ssl
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import trustme
 from balancer.config import ConfigError
 from balancer.config_file import load_config
 from tests.conftest import pool_yaml
+from tests.fakes.h2client import H2Client
 from tests.pki import Pki
 
 SERVER_NAME = "wallet.casino.example"
@@ -183,3 +185,30 @@ pools: {{p: {{backends: [{{id: a, address: "127.0.0.1:1"}}]}}}}
     assert "match.client_certificate" in errors["routes.0.match.headers.x-client-cert-subject"]
     assert errors["routes.0.match.client_certificate.fingerprint"].startswith("expected a SHA-256")
     assert errors["routes.1.match.client_certificate"] == "give subject, fingerprint or both"
+
+
+async def test_client_certificate_over_http2(start_balancer, backends, pki, providers):
+    """A provider speaking HTTP/2 (ALPN h2) on a listener that asks for certificates: each
+    stream carries the connection's verified identity to the backend, forged headers dropped."""
+    (wallet,) = await backends(1)
+    lb = await start_balancer(f"""
+        routes: [{{name: all, pool: web}}]
+        pools: {{web: {{backends: {pool_yaml([wallet])}}}}}
+        """, listeners=listeners(pki, providers, "required"))
+    cert = provider_cert(providers, "acme-slots")
+    context = pki.client_context(cert)
+    context.set_alpn_protocols(["h2"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port("providers"), ssl=context,
+                                                   server_hostname=SERVER_NAME)
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+    client = H2Client(reader, writer)
+    try:
+        for _ in range(2):  # every stream of the connection, not only the first
+            response = await client.request("GET", "/bet", authority=SERVER_NAME, headers=[
+                ("x-client-cert-subject", "CN=forged"), ("x-client-cert-fingerprint", "00" * 32)])
+            assert response.status == 200
+            seen = {name.lower(): value for name, value in json.loads(response.body)["headers"].items()}
+            assert seen["x-client-cert-subject"] == SUBJECT
+            assert seen["x-client-cert-fingerprint"] == der_sha256(cert)
+    finally:
+        client.close()

@@ -5,6 +5,7 @@ import asyncio
 import aiohttp
 
 from tests.conftest import backends_seen, pool_yaml
+from tests.fakes.h2client import H2Client, ws_text
 from tests.waiting import HANG_GUARD, until
 
 
@@ -56,3 +57,33 @@ async def test_websocket_on_a_draining_backend_lives_until_drain_timeout(start_b
     assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
     backend = lb.app.pools["live"].backends["b1"]
     await until(lambda: backend.websockets == 0, "the WebSocket no longer counted")
+
+
+async def test_websocket_over_http2_on_a_draining_backend_ends_at_drain_timeout(start_balancer, backends, http):
+    """A WebSocket carried by an HTTP/2 stream (RFC 8441) is drained like an HTTP/1.1 one: it
+    lives on while the backend drains, and when drain_timeout passes its stream is ended and
+    the backend's count goes back to zero; the connection keeps serving other streams."""
+    bs = await backends(1)
+    lb = await start_balancer(config(bs, drain_timeout="5s"),  # the round below fits, busy or not
+                              listeners="listeners:\n  - name: h2c\n    address: 127.0.0.1:0\n    http2: true\n")
+    player = await H2Client.open(lb.port("h2c"))
+    try:
+        await player.until(lambda: player.remote_settings.get(0x8) == 1)
+        stream_id = player.start("CONNECT", "/ws/round", [(":protocol", "websocket"),
+                                                         ("sec-websocket-version", "13")], end=False)
+        ws = player.responses[stream_id]
+        player.send_data(stream_id, ws_text("spin"))
+        await player.until(lambda: b"b1:spin" in ws.body)
+        backend = lb.app.pools["live"].backends["b1"]
+        assert backend.websockets == 1
+        async with http.post(lb.admin_url + "/admin/pools/live/backends/b1/drain") as resp:
+            assert resp.status == 200
+        player.send_data(stream_id, ws_text("round still running"))
+        await player.until(lambda: b"b1:round still running" in ws.body)
+        await player.until(lambda: ws.ended or ws.reset is not None)  # the drain ran out
+        assert ws.reset is None  # ended cleanly (END_STREAM), not cut
+        await until(lambda: backend.websockets == 0, "the WebSocket no longer counted")
+        # A new player's stream on the same connection: nobody new on a draining backend.
+        assert (await player.request("GET", "/new-player")).status == 503
+    finally:
+        player.close()

@@ -19,6 +19,7 @@ from balancer.health import JITTER
 from balancer.http.exchange import RETRY_BUFFER
 from tests.conftest import Running, Samples, metric_samples, pool_yaml
 from tests.fakes.backends import Backend, free_port
+from tests.fakes.h2client import H2Client
 from tests.waiting import HANG_GUARD
 
 # Scheduling slack for the event loop shared by balancer, backends and test client.
@@ -650,3 +651,26 @@ async def test_a_full_backend_is_not_eligible_and_a_full_pool_answers_503(start_
 async def _busy(lb: Running, http: aiohttp.ClientSession, n: int) -> bool:
     docs = await states(lb, http)
     return sum(doc["active_requests"] for doc in docs.values()) == n
+
+
+async def test_money_rules_per_http2_stream(start_balancer, backends):
+    """Streams of one HTTP/2 connection follow the same money rules as HTTP/1.1 requests: a bet
+    that reached a backend which then failed is answered 502 and never sent again; a GET that
+    met the same failure is retried on the other backend."""
+    flaky, good = await backends("flaky", "good")
+    flaky.mode = "reset"
+    lb = await start_balancer(pool_config([flaky, good], f"""
+            balance: round_robin
+            retries: {{attempts: 3, on: {ALL_CONDITIONS}}}
+            outlier: {{consecutive_failures: 100}}
+            """), listeners="listeners:\n  - name: h2c\n    address: 127.0.0.1:0\n    http2: true\n")
+    player = await H2Client.open(lb.port("h2c"))
+    try:
+        bets = [(await player.request("POST", "/bet", body=b'{"stake": 5}')).status for _ in range(6)]
+        assert Counter(bets) == Counter({502: 3, 200: 3})
+        assert flaky.count("POST", "/bet") == 3 and good.count("POST", "/bet") == 3
+        lobby = [(await player.request("GET", "/lobby")).status for _ in range(4)]
+        assert lobby == [200] * 4
+        assert good.count("GET", "/lobby") == 4
+    finally:
+        player.close()

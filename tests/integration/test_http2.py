@@ -16,7 +16,7 @@ import trustme
 from tests.conftest import pool_yaml
 from hyperframe.frame import GoAwayFrame, HeadersFrame
 
-from tests.fakes.h2client import H2Client, RawH2
+from tests.fakes.h2client import H2Client, RawH2, ws_text
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
@@ -280,13 +280,6 @@ async def test_h2load_many_streams(start_balancer, backends, pki):
     assert "Application protocol: h2" in text
     assert "400 succeeded, 0 failed, 0 errored" in text, text
     assert "status codes: 400 2xx" in text, text
-
-
-def ws_text(message: str) -> bytes:
-    """A masked WebSocket text frame (RFC 6455 §5.2), as a client sends it."""
-    payload = message.encode()
-    mask = b"\x01\x02\x03\x04"
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 async def test_websocket_over_http2(start_balancer, backends, pki):

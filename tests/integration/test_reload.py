@@ -5,9 +5,11 @@ import signal
 
 import aiohttp
 import pytest
+from hyperframe.frame import GoAwayFrame, HeadersFrame
 
 from tests.conftest import balancer_yaml, one_pool, pool_yaml
 from tests.fakes.backends import free_port
+from tests.fakes.h2client import RawH2
 from tests.instance import PATIENCE, Instance
 from tests.waiting import HANG_GUARD
 
@@ -229,3 +231,30 @@ async def test_a_reload_changes_a_pool_setting_of_a_pool_that_stays(start_balanc
     assert await lb.reload_with(one_pool([slow], "timeouts: {response: 20s}")) == []
     async with http.get(f"{lb.url}/") as resp:
         assert resp.status == 200
+
+
+async def test_a_retired_http2_listener_says_goaway_and_its_open_stream_finishes(start_balancer, backends):
+    """A reload that removes an h2c listener: its HTTP/2 connections get GOAWAY (NO_ERROR, the
+    last stream id) at once, the stream in progress is still answered in full, then the
+    connection closes. (A raw client: h2 as a client stops reading at GOAWAY.)"""
+    (slow,) = await backends(1)
+    slow.mode, slow.hang_seconds = "hang", 1.0
+    two = ("listeners:\n  - {name: public, address: 127.0.0.1:0}\n"
+           "  - {name: second, address: 127.0.0.1:0, http2: true}\n")
+    lb = await start_balancer(config([slow]), listeners=two)
+    raw = await RawH2.open(lb.port("second"))
+    try:
+        raw.send(raw.headers(1, RawH2.get(1, "/round")))
+        while slow.count() == 0:
+            await asyncio.sleep(0.01)
+        assert await lb.reload_with(config([slow])) == []
+        goaway = await raw.wait_for(GoAwayFrame)
+        assert goaway is not None
+        assert (goaway.error_code, goaway.last_stream_id) == (0, 1)
+        head = await raw.wait_for(HeadersFrame, stream_id=1)
+        assert head is not None
+        assert dict(raw.decoder.decode(head.data, raw=True))[b":status"] == b"200"
+        frames = await raw.until_closed()
+        assert any("END_STREAM" in f.flags for f in frames if f.stream_id == 1)
+    finally:
+        raw.close()
