@@ -227,6 +227,18 @@ class RawH2:
                 pass
         return self.frames
 
+    async def graceful_goaway_then_answer(self, stream_id: int) -> bytes:
+        """A graceful GOAWAY (NO_ERROR, `stream_id` the last), then that stream's answer in
+        full and the connection's close: the answer's :status."""
+        goaway = await self.wait_for(GoAwayFrame)
+        assert goaway is not None
+        assert (goaway.error_code, goaway.last_stream_id) == (0, stream_id)
+        head = await self.wait_for(HeadersFrame, stream_id=stream_id)
+        assert head is not None
+        frames = await self.until_closed()
+        assert any("END_STREAM" in f.flags for f in frames if f.stream_id == stream_id)
+        return dict(self.decoder.decode(head.data, raw=True))[b":status"]
+
     async def wait_for(self, kind: type, timeout: float = WAIT, **match) -> Frame | None:
         """The first frame of `kind` (with the attributes given), or None if the connection closed."""
         async with asyncio.timeout(timeout):
