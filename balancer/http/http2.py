@@ -24,9 +24,11 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from h2.connection import StreamClosedBy
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from ..tls import client_certificate
+from .client_side import BODY_RATE_GRACE, BODY_RATE_INTERVAL
 from .downstream import Downstream, Field
 from .errors import RequestError, error_answer
 from .exchange import Exchange
@@ -62,13 +64,65 @@ STREAM_WINDOW = 65535
 CONNECTION_WINDOW = 16 * 1024 * 1024
 
 
+class _ServerConnection(h2.connection.H2Connection):
+    """h2's connection with RFC 9113's stream errors where h2 raises a connection error: a
+    malformed request (§8.1.1: a connection-specific or upper-case field, a bad pseudo-header,
+    content-length disagreeing with DATA) is reset with PROTOCOL_ERROR, a stream past
+    SETTINGS_MAX_CONCURRENT_STREAMS is refused with REFUSED_STREAM (§5.1.2); the connection's
+    other streams go on. `on_stream_error(stream_id, code)` tells the balancer's side."""
+
+    on_stream_error = None
+
+    def _receive_frame(self, frame: Frame) -> list:
+        stream_id = frame.stream_id
+        opening = isinstance(frame, HeadersFrame) and stream_id not in self.streams
+        try:
+            return super()._receive_frame(frame)
+        except h2.exceptions.TooManyStreamsError:
+            if stream_id % 2 == 0 or stream_id <= self.highest_inbound_stream_id:
+                raise  # not a stream the client may open at all: a connection error
+            # The block is decoded all the same: HPACK's table must stay in step (§4.3).
+            self.decoder.decode(frame.data, raw=True)
+            self.highest_inbound_stream_id = stream_id
+            self._closed_streams[stream_id] = StreamClosedBy.SEND_RST_STREAM
+            self._send_reset(stream_id, ErrorCodes.REFUSED_STREAM)
+        except h2.exceptions.InvalidBodyLengthError:
+            self._malformed(stream_id)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 raises a plain ProtocolError for a field list it finds malformed; the state
+            # and framing errors, which stay connection errors, are its subclasses.
+            if type(exc) is not h2.exceptions.ProtocolError or not opening or stream_id not in self.streams:
+                raise
+            self._malformed(stream_id)
+        return []
+
+    def _malformed(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.closed:
+            self._send_reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
+        else:
+            self.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+
+    def _send_reset(self, stream_id: int, code: int) -> None:
+        frame = RstStreamFrame(stream_id)
+        frame.error_code = code
+        self._prepare_for_sending([frame])
+        if self.on_stream_error is not None:
+            self.on_stream_error(stream_id, code)
+
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        super().reset_stream(stream_id, error_code)
+        if error_code == ErrorCodes.PROTOCOL_ERROR and self.on_stream_error is not None:
+            self.on_stream_error(stream_id, error_code)
+
+
 class Http2Stream(Downstream):
     """One request stream, the `Downstream` of its exchange: the exchange's answer (status,
     fields, body, end) leaves as HEADERS and DATA frames on the player's connection."""
 
     __slots__ = ("conn", "stream_id", "exchange", "tunnel", "closed", "head_sent", "head_only",
                  "ended", "pending", "end_pending", "upstream_paused", "unacked",
-                 "reading_paused", "blocked_since")
+                 "reading_paused", "blocked_since", "body_since", "body_base", "body_received")
 
     def __init__(self, conn: Http2Connection, stream_id: int) -> None:
         self.conn = conn
@@ -96,6 +150,11 @@ class Http2Stream(Downstream):
         self.unacked = 0  # request body received while the backend was not taking it
         self.reading_paused = False  # the exchange asked: the backend does not take more
         self.blocked_since = 0.0
+        # limits.min_body_rate: loop time the request body's rate is measured from (0: not
+        # watched), the body bytes received by then, and received in all.
+        self.body_since = 0.0
+        self.body_base = 0
+        self.body_received = 0
 
     # -- the answer (Downstream) ---------------------------------------------------------------
 
@@ -106,7 +165,10 @@ class Http2Stream(Downstream):
         for lname, _name, value in headers:
             if lname not in HOP_BY_HOP:
                 fields.append((lname, value))
-        self.conn.h2.send_headers(self.stream_id, fields)  # 100 Continue, 103 Early Hints
+        try:
+            self.conn.h2.send_headers(self.stream_id, fields)  # 100 Continue, 103 Early Hints
+        except h2.exceptions.ProtocolError:  # the player reset the stream meanwhile
+            return 0
         self.conn.flush_soon()
         return _fields_size(fields)
 
@@ -132,7 +194,11 @@ class Http2Stream(Downstream):
         # RFC 9113 §8.1: a bodiless answer is HEADERS with END_STREAM, one frame.
         end = not tunnel and (self.head_only or status == 204 or status == 304 or length == b"0")
         conn = self.conn
-        conn.h2.send_headers(self.stream_id, fields, end_stream=end)
+        try:
+            conn.h2.send_headers(self.stream_id, fields, end_stream=end)
+        except h2.exceptions.ProtocolError:  # the player reset the stream meanwhile
+            self.ended = True
+            return 0
         conn.flush_soon()
         if end:
             self.ended = True
@@ -238,7 +304,8 @@ class Http2Connection:
                                            normalize_inbound_headers=False,
                                            validate_outbound_headers=False,
                                            normalize_outbound_headers=False)
-        h2conn = h2.connection.H2Connection(config=config)
+        h2conn = _ServerConnection(config=config)
+        h2conn.on_stream_error = self._stream_error
         h2conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
@@ -252,6 +319,7 @@ class Http2Connection:
         self.h2 = h2conn
         self.streams: dict[int, Http2Stream] = {}
         self.blocked: set[Http2Stream] = set()  # streams with answer bytes waiting for a window
+        self.errored: set[int] = set()  # streams reset as malformed or refused in this read
         self.write_paused = False
         self.closed = False
         self.draining = False
@@ -259,6 +327,7 @@ class Http2Connection:
         self.resets = 0
         self.finished_streams = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None  # watches request bodies' rates
         self._flush_soon = False
 
     # -- the shutdown and listener view (as ClientConnection's) -----------------------------
@@ -301,6 +370,7 @@ class Http2Connection:
             return
         self.closed = True
         self._cancel_timer()
+        self._stop_body_watch()
         streams = list(self.streams.values())
         self.streams.clear()
         self.blocked.clear()
@@ -339,10 +409,14 @@ class Http2Connection:
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc)
             return
+        errored = self.errored
         for event in events:
             if self.closed:
                 return
+            if errored and getattr(event, "stream_id", 0) in errored:
+                continue
             self._handle(event)
+        errored.clear()
         self.flush()
 
     # -- events --------------------------------------------------------------------------------
@@ -356,6 +430,7 @@ class Http2Connection:
         elif kind is h2.events.StreamEnded:
             stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
             if stream is not None and stream.exchange is not None and stream.tunnel is None:
+                stream.body_since = 0.0
                 stream.exchange.request_ended()
             elif stream is not None and stream.tunnel is not None:
                 stream.tunnel.close_for_drain()  # the player closed its side of the WebSocket
@@ -413,6 +488,11 @@ class Http2Connection:
         stream.exchange = exchange
         if head.upgrade is not None:
             exchange.request_done = True  # the tunnel carries what follows
+        elif not event.stream_ended and runtime.limits.min_body_rate:
+            stream.body_since = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(BODY_RATE_GRACE + BODY_RATE_INTERVAL,
+                                                        self._check_body_rates)
         try:
             exchange.begin()
         except RequestError as exc:
@@ -430,6 +510,7 @@ class Http2Connection:
                 self.h2.acknowledge_received_data(size, stream_id)
             return
         exchange = stream.exchange
+        stream.body_received += len(event.data)
         if stream.reading_paused:
             # The backend takes no more: the connection's window is given back (other
             # streams need it), this stream's only when the backend catches up.
@@ -446,6 +527,24 @@ class Http2Connection:
             exchange.tunnel_from_client(event.data)  # before the 101: held, not forwarded
         else:
             exchange.request_body(event.data)
+
+    def _stream_error(self, stream_id: int, code: int) -> None:
+        """A stream refused or reset as malformed (_ServerConnection): its exchange, if it has
+        one, is over; and it counts as a reset (a client may not open them for ever). A
+        refused stream was not processed at all (the client may send it again): not counted
+        as a rejected request."""
+        self.errored.add(stream_id)  # its events of this read are void
+        if code == ErrorCodes.PROTOCOL_ERROR:
+            self.server.count_rejected("malformed")
+        self.resets += 1
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            self.blocked.discard(stream)
+            stream.lost()
+        if self.resets > RESET_ALLOWANCE and self.resets > self.finished_streams:
+            self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+        else:
+            self._close_when_done()
 
     def _reset_by_player(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -607,6 +706,7 @@ class Http2Connection:
     def _abort(self) -> None:
         self.flush()
         self.closed = True
+        self._stop_body_watch()
         transport = self.transport
         if transport is not None:
             transport.close()  # the GOAWAY already queued leaves first
@@ -670,6 +770,58 @@ class Http2Connection:
             self._timer = self.loop.call_later(max(0.05, oldest + limit - now), self._on_idle)
         else:
             self._close_when_done()
+
+
+    # -- limits.min_body_rate, per stream ------------------------------------------------------
+
+    def _check_body_rates(self) -> None:
+        """Each request body in progress must keep up limits.min_body_rate (after
+        BODY_RATE_GRACE), as over HTTP/1.1; a stream that does not gets 408 on its own, the
+        connection's other streams go on. Time in which the balancer itself did not take the
+        body (a slow backend), or an Expect: 100-continue client waits, is not held against it."""
+        self._body_timer = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        rate = self.limits.min_body_rate
+        watching = False
+        for stream in list(self.streams.values()):
+            since = stream.body_since
+            if not since:
+                continue
+            exchange = stream.exchange
+            if exchange is None or exchange.request_done or stream.ended:
+                stream.body_since = 0.0
+            elif stream.reading_paused or (stream.body_received == stream.body_base
+                                           and exchange.head.expect_continue):
+                stream.body_since = now
+                stream.body_base = stream.body_received
+                watching = True
+            elif stream.body_received - stream.body_base < rate * (now - since - BODY_RATE_GRACE):
+                stream.body_since = 0.0
+                self._body_too_slow(stream, exchange)
+            else:
+                watching = True
+        if watching:
+            self._body_timer = self.loop.call_later(BODY_RATE_INTERVAL, self._check_body_rates)
+        self.flush_soon()
+
+    def _body_too_slow(self, stream: Http2Stream, exchange: Exchange) -> None:
+        if exchange.response_started:
+            stream.abort()  # the backend answered already: half an exchange, cut
+            return
+        exchange.abort_upstream()  # what reached the backend is void
+        exchange.request_done = True
+        exchange.reply(408, "request body too slow")
+        try:
+            self.h2.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)  # the rest is not wanted
+        except h2.exceptions.ProtocolError:
+            pass
+
+    def _stop_body_watch(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
 
 def _pause_upstream(stream: Http2Stream) -> None:

@@ -150,21 +150,26 @@ async def test_control_frame_floods_are_cut_off(lb, flood):
 
 
 async def test_too_many_concurrent_streams(lb):
-    """Past max_concurrent_streams (10 here) a stream is refused; h2 treats it as a protocol
-    error for the whole connection, as RFC 9113 §5.1.2 allows."""
+    """Past max_concurrent_streams (10 here) a stream is refused on its own, RST_STREAM
+    REFUSED_STREAM (RFC 9113 §5.1.2: the client may send it again); the ten open streams are
+    answered and the connection goes on."""
     lb.backend.mode = "hang"
-    lb.backend.hang_seconds = 5.0
+    lb.backend.hang_seconds = 1.0
     raw = await RawH2.open(lb.port())
     for n in range(12):
         raw.send(raw.headers(1 + 2 * n, RawH2.get(1 + 2 * n, "/slow")))
-    frame = await raw.wait_for(RstStreamFrame, stream_id=23)
-    if frame is None:
-        goaway = raw.goaway()
-        assert goaway is not None and goaway.error_code in (ErrorCodes.PROTOCOL_ERROR, ErrorCodes.REFUSED_STREAM)
-    else:
-        assert frame.error_code in (ErrorCodes.REFUSED_STREAM, ErrorCodes.PROTOCOL_ERROR)
-    raw.close()
+    for refused in (21, 23):
+        frame = await raw.wait_for(RstStreamFrame, stream_id=refused)
+        assert frame is not None and frame.error_code == ErrorCodes.REFUSED_STREAM
+    for answered in range(1, 20, 2):
+        head = await raw.wait_for(HeadersFrame, stream_id=answered)
+        assert head is not None
+    assert raw.goaway() is None
+    assert lb.backend.count() == 10
     lb.backend.mode = "ok"
+    raw.send(raw.headers(25, RawH2.get(25, "/again")))
+    assert await raw.wait_for(HeadersFrame, stream_id=25) is not None
+    raw.close()
     await others_served(lb)
 
 
@@ -180,10 +185,45 @@ async def test_window_never_opened_is_cancelled(lb):
     await others_served(lb)
 
 
+@pytest.mark.parametrize("case", ["connection-header", "content-length-mismatch", "uppercase-name",
+                                  "missing-path", "te-not-trailers"])
+async def test_malformed_request_is_a_stream_error(lb, case):
+    """A malformed request (RFC 9113 §8.1.1) is reset on its own stream, RST_STREAM
+    PROTOCOL_ERROR; nothing reaches a backend, and the connection serves the next stream."""
+    raw = await RawH2.open(lb.port())
+    if case == "connection-header":
+        raw.send(raw.headers(1, RawH2.get(1) + [("connection", "keep-alive")]))
+    elif case == "content-length-mismatch":
+        lb.backend.mode = "hang"  # the request is on its way when its body turns out short
+        raw.send(raw.headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "a.example"),
+                                 (":path", "/"), ("content-length", "10")], end_stream=False))
+        frame = DataFrame(1)
+        frame.data = b"abc"
+        frame.flags.add("END_STREAM")
+        raw.send(frame)
+    elif case == "uppercase-name":
+        raw.send(raw.headers(1, RawH2.get(1) + [("X-Upper", "1")]))
+    elif case == "missing-path":
+        raw.send(raw.headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "a.example")]))
+    elif case == "te-not-trailers":
+        raw.send(raw.headers(1, RawH2.get(1) + [("te", "gzip")]))
+    frame = await raw.wait_for(RstStreamFrame, stream_id=1)
+    assert frame is not None and frame.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert not any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in raw.frames)
+    lb.backend.mode = "ok"
+    raw.send(raw.headers(3, RawH2.get(3, "/next")))
+    head = await raw.wait_for(HeadersFrame, stream_id=3)
+    assert head is not None and dict(raw.decoder.decode(head.data, raw=True))[b":status"] == b"200"
+    assert raw.goaway() is None
+    assert lb.backend.count("GET", "/next") == 1
+    raw.close()
+    await others_served(lb)
+
+
 @pytest.mark.parametrize("case", ["data-on-stream-0", "headers-on-even-stream", "data-on-idle-stream",
-                                  "window-update-zero", "connection-header", "content-length-mismatch",
-                                  "uppercase-name", "missing-path"])
+                                  "window-update-zero"])
 async def test_invalid_frames_and_states(lb, case):
+    """Frames no state allows are connection errors (RFC 9113 §5.4.1): GOAWAY PROTOCOL_ERROR."""
     raw = await RawH2.open(lb.port())
     expect = ErrorCodes.PROTOCOL_ERROR
     if case == "data-on-stream-0":
@@ -198,19 +238,6 @@ async def test_invalid_frames_and_states(lb, case):
         frame = WindowUpdateFrame(0)
         frame.window_increment = 0
         raw.send(frame)
-    elif case == "connection-header":
-        raw.send(raw.headers(1, RawH2.get(1) + [("connection", "keep-alive")]))
-    elif case == "content-length-mismatch":
-        raw.send(raw.headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "a.example"),
-                                 (":path", "/"), ("content-length", "10")], end_stream=False))
-        frame = DataFrame(1)
-        frame.data = b"abc"
-        frame.flags.add("END_STREAM")
-        raw.send(frame)
-    elif case == "uppercase-name":
-        raw.send(raw.headers(1, RawH2.get(1) + [("X-Upper", "1")]))
-    elif case == "missing-path":
-        raw.send(raw.headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "a.example")]))
     frames = await raw.until_closed()
     codes = {f.error_code for f in frames if isinstance(f, (GoAwayFrame, RstStreamFrame))}
     assert expect in codes or ErrorCodes.STREAM_CLOSED in codes, frames

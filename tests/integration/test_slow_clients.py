@@ -8,6 +8,7 @@ import asyncio
 import socket
 
 from tests.conftest import one_pool
+from tests.fakes.h2client import H2Client
 from tests.httpcheck import parse_responses, read_until_close
 from tests.waiting import HANG_GUARD
 
@@ -205,3 +206,34 @@ async def test_client_that_never_reads_is_cut_off_after_the_response_timeout(sta
     raw = await read_until_close(reader, writer, timeout=5.0)
     assert raw.closed
     assert len(raw.data) < 32 * 1024 * 1024  # cut off, not completed
+
+
+async def test_trickled_body_on_an_http2_stream_gets_408_and_other_streams_go_on(start_balancer, backends):
+    """limits.min_body_rate per HTTP/2 stream: a stream whose body trickles gets 408 on its own
+    (and RST_STREAM NO_ERROR: the rest is not wanted); a brisk upload on the same connection
+    is served, and the connection stays open."""
+    (backend,) = await backends(1)
+    lb = await start_balancer(one_pool([backend], top="limits: {min_body_rate: 1000, header_timeout: 5s}"),
+                              listeners="listeners:\n  - name: h2c\n    address: 127.0.0.1:0\n    http2: true\n")
+    player = await H2Client.open(lb.port("h2c"))
+    try:
+        slow = player.start("POST", "/upload", [("content-length", "100000")], end=False)
+        brisk = player.start("POST", "/upload", [("content-length", "4000")], end=False)
+        answer = player.responses[slow]
+        for piece in range(200):  # 10 bytes every 50 ms: 200 bytes/s, far below 1000
+            if answer.ended or answer.reset is not None or player.closed:
+                break
+            player.send_data(slow, b"x" * 10)
+            if piece < 10:  # 400 bytes every 50 ms: 8000 bytes/s
+                player.send_data(brisk, b"y" * 400, end=piece == 9)
+            await asyncio.sleep(0.05)
+        await player.until(lambda: answer.ended or answer.reset is not None)
+        assert answer.status == 408
+        served = player.responses[brisk]
+        await player.until(lambda: served.ended)
+        assert served.status == 200
+        assert backend.bodies == [b"y" * 4000]
+        assert not player.closed and player.goaway is None
+        assert (await player.request("GET", "/after")).status == 200
+    finally:
+        player.close()
