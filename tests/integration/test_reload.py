@@ -10,7 +10,7 @@ from tests.conftest import balancer_yaml, one_pool, pool_yaml
 from tests.fakes.backends import free_port
 from tests.fakes.h2client import RawH2
 from tests.instance import PATIENCE, Instance
-from tests.waiting import HANG_GUARD
+from tests.waiting import HANG_GUARD, until
 
 
 def config(bs, route_prefix: str = "/", extra_route: str = "") -> str:
@@ -237,15 +237,14 @@ async def test_a_retired_http2_listener_says_goaway_and_its_open_stream_finishes
     last stream id) at once, the stream in progress is still answered in full, then the
     connection closes. (A raw client: h2 as a client stops reading at GOAWAY.)"""
     (slow,) = await backends(1)
-    slow.mode, slow.hang_seconds = "hang", 1.0
+    slow.mode, slow.hang_seconds = "hang", 3.0  # still in progress at the reload, busy or not
     two = ("listeners:\n  - {name: public, address: 127.0.0.1:0}\n"
            "  - {name: second, address: 127.0.0.1:0, http2: true}\n")
     lb = await start_balancer(config([slow]), listeners=two)
     raw = await RawH2.open(lb.port("second"))
     try:
         raw.send(raw.headers(1, RawH2.get(1, "/round")))
-        while slow.count() == 0:
-            await asyncio.sleep(0.01)
+        await until(lambda: slow.count() == 1, "the stream's request at the backend")
         assert await lb.reload_with(config([slow])) == []
         assert await raw.graceful_goaway_then_answer(1) == b"200"
     finally:
