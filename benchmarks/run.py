@@ -377,6 +377,10 @@ class Pki:
     pem: Path  # leaf + key in one file (HAProxy's crt)
 
 
+# The name the bench's certificates are issued for (listener and TLS backends).
+SERVER_NAME = "bench.local"
+
+
 def make_pki(work: Path) -> Pki:
     d = work / "pki"
     d.mkdir()
