@@ -92,8 +92,11 @@ async def watch(consul: FakeConsul) -> AsyncIterator[Callable[..., object]]:
 
 async def blocked(consul: FakeConsul) -> None:
     """Until the watcher's latest query carries an index, i.e. is blocked waiting for a change."""
-    await until(lambda: (consul.health_requests(SERVICE) or [None])[-1] is not None
-                and consul.health_requests(SERVICE)[-1].param("index") is not None)
+    def latest_blocks() -> bool:
+        asked = consul.health_requests(SERVICE)
+        return bool(asked) and asked[-1].param("index") is not None
+
+    await until(latest_blocks, "the watcher blocked in a query")
 
 
 async def latency(consul: FakeConsul, deliveries: Deliveries, change: Callable[[], None],
