@@ -8,6 +8,7 @@ import time which of the two runs; docs/decisions.md has the measurements.
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from pathlib import Path
@@ -15,9 +16,21 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# Every module with a .pxd beside it (its types for the compiler); balancer/compiled.py lists
-# the same modules by name (tests/unit/test_compiled.py checks that the two agree).
-COMPILED_MODULES = sorted(str(pxd.with_suffix(".py")) for pxd in Path("balancer").rglob("*.pxd"))
+
+
+def compiled_modules() -> list[str]:
+    """The source files of balancer/compiled.py's COMPILED_MODULES, the one list of them (read,
+    not imported: importing the package needs its dependencies). Each has a .pxd beside it
+    with its types (tests/unit/test_compiled.py checks that every .pxd is listed)."""
+    tree = ast.parse(Path("balancer/compiled.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["COMPILED_MODULES"]:
+            paths = [Path(*name.split(".")) for name in ast.literal_eval(node.value)]
+            return [str(p / "__init__.py" if p.is_dir() else p.with_suffix(".py")) for p in paths]
+    raise RuntimeError("balancer/compiled.py has no COMPILED_MODULES")
+
+
+COMPILED_MODULES = compiled_modules()
 
 CYTHON_OPTIONS = dict(
     compiler_directives={

@@ -1,6 +1,6 @@
 """Which data plane runs: the Cython-compiled hot modules, or the same modules as Python.
 
-setup.py compiles the modules in COMPILED_MODULES in place (typed by the .pxd files beside
+setup.py compiles the modules in COMPILED_MODULES (the one list of them) in place (typed by the .pxd files beside
 them), which halves the Python time of every request (docs/decisions.md).
 A compiled module that is older than its source is stale: it would run code that is no longer
 in the repository. Then, and when BALANCER_PURE_PYTHON is set or a module was not compiled,
@@ -25,6 +25,7 @@ COMPILED_MODULES = (
     "balancer.routing",
     "balancer.pool",
     "balancer.balance",
+    "balancer.retries",
     "balancer.runtime",
     "balancer.http.headers",
     "balancer.http.timers",

@@ -76,7 +76,7 @@ class Mirror:
         if self.in_flight >= self.max_in_flight:
             self.stats.mirror(self.route, self.pool.name, DROPPED)
             return
-        choice = self.pool.choose(exchange)
+        choice = self.pool.choose(exchange.facts)
         backend = choice.backend
         if backend is None:
             self.stats.mirror(self.route, self.pool.name, FAILED)

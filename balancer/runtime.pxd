@@ -5,10 +5,18 @@ from .pool cimport Backend, Pool
 from .routing cimport RouteTable
 
 
+cdef class Facts:
+    cdef public object head, country, region
+    cdef public str client_ip
+    cdef public bint https
+    cdef public double now
+
+
 cdef class Choice:
     cdef public Backend backend
+    cdef public object pool  # PoolRuntime
     cdef public str reason
-    cdef public object retry_after, set_cookie
+    cdef public object retry_after, set_cookie, split_cookie
     cdef public bint no_backend
     cdef public str sticky
 
@@ -25,10 +33,10 @@ cdef class PoolRuntime:
     cdef dict _tokens
     cdef object _tokens_members, _hash_key
 
-    cpdef Choice choose(self, exchange)
-    cpdef Backend _balance(self, candidates, exchange, double now)
-    cdef tuple _region_order(self, exchange, bint pinned)
-    cdef bytes _new_cookie(self, Backend backend, exchange)
+    cpdef Choice choose(self, Facts facts)
+    cpdef Backend _balance(self, candidates, Facts facts, double now)
+    cdef tuple _region_order(self, Facts facts, bint pinned)
+    cdef bytes _new_cookie(self, Backend backend, Facts facts)
 
 
 cdef class RuntimeRef:

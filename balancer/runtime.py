@@ -31,7 +31,7 @@ from .sticky import StickyCookies, read_cookie, secret_from_env
 
 if TYPE_CHECKING:
     from .access_log import AccessLog
-    from .http.exchange import Exchange
+    from .http.parser import RequestHead
     from .tls import BackendTls
 
 
@@ -41,16 +41,39 @@ NONE_IN_REGION = "no backend in your jurisdiction"
 NONE_ELIGIBLE = "no eligible backend"
 
 
-class Choice:
-    __slots__ = ("backend", "reason", "retry_after", "set_cookie", "no_backend", "sticky")
+class Facts:
+    """What choosing a backend may know about a request: plain values, no connection. An
+    HTTP/1.1 exchange and an HTTP/2 stream build the same facts; tests build them by hand."""
 
-    def __init__(self, backend: Backend | None, reason: str = "", retry_after: int | None = None,
-                 set_cookie: bytes | None = None, no_backend: bool = False,
-                 sticky: str = "none") -> None:
+    __slots__ = ("head", "client_ip", "https", "country", "region", "now")
+
+    def __init__(self, head: RequestHead, client_ip: str, https: bool, country: str | None,
+                 region: str | None, now: float) -> None:
+        self.head = head  # the request's method, target and headers (cookie, hash_on keys)
+        self.client_ip = client_ip
+        self.https = https  # a cookie issued over https is marked Secure
+        self.country = country  # from geo; None when unknown or geo is off
+        self.region = region
+        self.now = now  # time.monotonic(), for ejections and slow start
+
+
+class Choice:
+    """What choosing decided: a backend, or the reason there is none (the 503's message) and
+    its Retry-After; the cookies to issue with the answer; the pool (a split's side) that
+    serves."""
+
+    __slots__ = ("backend", "reason", "retry_after", "set_cookie", "no_backend", "sticky", "pool",
+                 "split_cookie")
+
+    def __init__(self, backend: Backend | None, pool: PoolRuntime | None, reason: str = "",
+                 retry_after: int | None = None, set_cookie: bytes | None = None,
+                 no_backend: bool = False, sticky: str = "none") -> None:
         self.backend = backend
+        self.pool = pool
         self.reason = reason
         self.retry_after = retry_after
-        self.set_cookie = set_cookie
+        self.set_cookie = set_cookie  # the sticky cookie that pins the player (None: keep theirs)
+        self.split_cookie: bytes | None = None  # a canary split's cookie, new or renewed
         # No backend because none was eligible (as opposed to a sticky player's backend being
         # unusable under on_failure: fail): a canary split may try its other side.
         self.no_backend = no_backend
@@ -111,93 +134,96 @@ class PoolRuntime:
 
     # -- choosing ---------------------------------------------------------------------------
 
-    def choose(self, exchange: Exchange) -> Choice:
-        now = monotonic()
+    def choose(self, facts: Facts) -> Choice:
+        """Steps 2-4 of choosing a backend (docs/architecture.md). No I/O and no exchange: the
+        answer says what to do (the backend, the cookie to issue, or why there is none)."""
+        now = facts.now
         pool = self.pool
         geo = self.geo
-        pinned = geo is not None and geo.is_pinned(exchange.country)
+        pinned = geo is not None and geo.is_pinned(facts.country)
 
         # 2. Sticky: a valid cookie naming a usable backend wins. A valid cookie whose backend
         # is gone, unusable, or (for a pinned country) abroad fails closed under `fail`.
         sticky = self.sticky
         sticky_result = "none"
         if sticky is not None:
-            token = self._sticky_token(exchange)
+            token = self._sticky_token(facts)
             sticky_result = "new"
             if token is not None:
                 backend = self._backend_of(token)
                 if (backend is not None and pool.is_usable(backend, now)
-                        and (not pinned or self._in_region(backend, exchange))):
-                    return Choice(backend, sticky="hit")
+                        and (not pinned or self._in_region(backend, facts))):
+                    return Choice(backend, self, sticky="hit")
                 if sticky.fail_closed:
-                    return Choice(None, STICKY_GONE, self._retry_after(now), sticky="failed")
+                    return Choice(None, self, STICKY_GONE, self._retry_after(now), sticky="failed")
                 sticky_result = "rebalanced"
 
         # 3. Geo: the client's region, then its fallbacks; a pinned country never leaves.
         candidates = pool.eligible(now, allow_panic=not pinned)
-        order = self._region_order(exchange, pinned)
+        order = self._region_order(facts, pinned)
         if order:
             candidates = Geo.candidates(candidates, order)
         if not candidates:
             reason = NONE_IN_REGION if pinned else NONE_ELIGIBLE
-            return Choice(None, reason, self._retry_after(now, order if pinned else ()),
+            return Choice(None, self, reason, self._retry_after(now, order if pinned else ()),
                           no_backend=True, sticky=sticky_result)
 
         # 4. Balance.
-        backend = self._balance(candidates, exchange, now)
-        return Choice(backend, set_cookie=self._new_cookie(backend, exchange) if sticky is not None else None,
+        backend = self._balance(candidates, facts, now)
+        return Choice(backend, self, set_cookie=self._new_cookie(backend, facts) if sticky is not None else None,
                       sticky=sticky_result)
 
-    def choose_again(self, exchange: Exchange) -> Backend | None:
-        """A different backend for a retry, under the same geo rules; None if there is none."""
+    def choose_again(self, facts: Facts, tried: list[Backend], cookie_issued: bool,
+                     sticky_result: str) -> Choice | None:
+        """A different backend for a retry (none of `tried`), under the same geo rules; None if
+        there is none. `cookie_issued`: the first choice issued a sticky cookie (a balanced pick
+        always does); `sticky_result`: what the sticky cookie did then."""
         sticky = self.sticky
-        if sticky is not None and sticky.fail_closed and exchange.set_cookie is None:
-            # The player's cookie chose the failed backend (a balanced pick always issues a
-            # cookie): moving the game elsewhere is what `on_failure: fail` forbids.
+        if sticky is not None and sticky.fail_closed and not cookie_issued:
+            # The player's cookie chose the failed backend: moving the game elsewhere is what
+            # `on_failure: fail` forbids.
             return None
-        now = monotonic()
+        now = facts.now
         geo = self.geo
-        pinned = geo is not None and geo.is_pinned(exchange.country)
-        tried = exchange.tried
+        pinned = geo is not None and geo.is_pinned(facts.country)
         candidates = [b for b in self.pool.eligible(now, allow_panic=not pinned) if b not in tried]
-        order = self._region_order(exchange, pinned)
+        order = self._region_order(facts, pinned)
         if order:
             candidates = Geo.candidates(candidates, order)
         if not candidates:
             return None
-        backend = self._balance(candidates, exchange, now)
-        if sticky is not None:
-            exchange.set_cookie = self._new_cookie(backend, exchange)
-            if exchange.sticky == "hit":
-                exchange.sticky = "rebalanced"  # the player's game moves to another backend
-        return backend
+        backend = self._balance(candidates, facts, now)
+        if sticky is None:
+            return Choice(backend, self, sticky=sticky_result)
+        if sticky_result == "hit":
+            sticky_result = "rebalanced"  # the player's game moves to another backend
+        return Choice(backend, self, set_cookie=self._new_cookie(backend, facts), sticky=sticky_result)
 
-    def _region_order(self, exchange: Exchange, pinned: bool) -> tuple[str, ...]:
+    def _region_order(self, facts: Facts, pinned: bool) -> tuple[str, ...]:
         """Geo (step 3 of choosing a backend): the regions to choose in, best first; () when geo does not apply
         (the pool has no `geo: true` and the country is not pinned, or no region is known)."""
         geo = self.geo
         if geo is not None and (pinned or self.config.geo):
-            return geo.region_order(exchange.region, exchange.country)
+            return geo.region_order(facts.region, facts.country)
         return ()
 
-    def _new_cookie(self, backend: Backend, exchange: Exchange) -> bytes:
+    def _new_cookie(self, backend: Backend, facts: Facts) -> bytes:
         """The Set-Cookie value that pins the player to the backend just balanced to."""
         sticky = self.sticky
-        return sticky.set_cookie_header(sticky.encode(backend.id, time.time()),
-                                        exchange.client.scheme == b"https")
+        return sticky.set_cookie_header(sticky.encode(backend.id, time.time()), facts.https)
 
-    def _balance(self, candidates: Sequence[Backend], exchange: Exchange, now: float) -> Backend:
+    def _balance(self, candidates: Sequence[Backend], facts: Facts, now: float) -> Backend:
         if self._hash_key is not None:
-            key = self._hash_key(exchange)
+            key = self._hash_key(facts)
             if key is not None:
                 return consistent_hash.pick(candidates, key, self.config.hash_balance_factor)
         return self.strategy.pick(candidates, now)
 
-    def _sticky_token(self, exchange: Exchange) -> bytes | None:
+    def _sticky_token(self, facts: Facts) -> bytes | None:
         """The backend token of the player's valid sticky cookie; None when there is none."""
         sticky = self.sticky
         assert sticky is not None
-        cookie = exchange.head.cookie
+        cookie = facts.head.cookie
         if cookie is None:
             return None
         value = read_cookie(cookie, sticky.name)
@@ -217,8 +243,8 @@ class PoolRuntime:
         return self.pool.backends.get(backend_id) if backend_id is not None else None
 
     @staticmethod
-    def _in_region(backend: Backend, exchange: Exchange) -> bool:
-        return backend.region is not None and backend.region == exchange.region
+    def _in_region(backend: Backend, facts: Facts) -> bool:
+        return backend.region is not None and backend.region == facts.region
 
     def _retry_after(self, now: float, regions: tuple[str, ...] = ()) -> int:
         """Whole seconds until the earliest ejection ends, else 1 (docs/decisions.md). For a
@@ -229,20 +255,20 @@ class PoolRuntime:
         return max(1, math.ceil(min(ends) - now)) if ends else 1
 
 
-def hash_key_reader(hash_on: str) -> Callable[[Exchange], bytes | None]:
+def hash_key_reader(hash_on: str) -> Callable[[Facts], bytes | None]:
     """hash_on -> a function that finds the key of a request (None: no key, balance instead)."""
     kind, _, name = hash_on.partition(":")
     if kind == "header":
         lname = name.lower().encode()
-        return lambda ex: ex.head.header(lname)
+        return lambda facts: facts.head.header(lname)
     if kind == "cookie":
-        def from_cookie(ex: Exchange) -> bytes | None:
-            value = read_cookie(ex.head.cookie, name)
+        def from_cookie(facts: Facts) -> bytes | None:
+            value = read_cookie(facts.head.cookie, name)
             return value.encode() if value is not None else None
         return from_cookie
     if kind == "query":
-        def from_query(ex: Exchange) -> bytes | None:
-            target = ex.head.target
+        def from_query(facts: Facts) -> bytes | None:
+            target = facts.head.target
             q = target.find(b"?")
             if q < 0:
                 return None
@@ -251,7 +277,7 @@ def hash_key_reader(hash_on: str) -> Callable[[Exchange], bytes | None]:
                     return value.encode()
             return None
         return from_query
-    return lambda ex: ex.client.client_ip.encode()
+    return lambda facts: facts.client_ip.encode()
 
 
 class Runtime:

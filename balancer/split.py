@@ -37,8 +37,7 @@ from .config import RouteConfig, StickyConfig
 from .sticky import StickyCookies, read_cookie
 
 if TYPE_CHECKING:
-    from .http.exchange import Exchange
-    from .runtime import Choice, PoolRuntime
+    from .runtime import Choice, Facts, PoolRuntime
 
 _BUCKET_SCALE = 2.0 ** 32  # buckets are kept as 32-bit integers in the cookie
 _TOKEN_PAD = bytes(5)  # the cookie token is 9 bytes: the bucket's 4, then zeros
@@ -53,7 +52,7 @@ class Split:
 
     def __init__(self, config: RouteConfig, pools: dict[str, PoolRuntime],
                  secret: Callable[[str], bytes],
-                 key_reader: Callable[[str], Callable[[Exchange], bytes | None]],
+                 key_reader: Callable[[str], Callable[[Facts], bytes | None]],
                  is_pinned: Callable[[str | None], bool]) -> None:
         self.route = config.name
         self.sides: tuple[PoolRuntime, ...] = tuple(pools[side.pool] for side in config.split)
@@ -63,7 +62,7 @@ class Split:
         self.changed_at_runtime = False
         self.is_pinned = is_pinned
         self._cookie: StickyCookies | None = None
-        self._key: Callable[[Exchange], bytes | None] | None = None
+        self._key: Callable[[Facts], bytes | None] | None = None
         if config.split_on == "cookie":
             c = config.split_cookie
             self._cookie = StickyCookies(StickyConfig(cookie=c.name, ttl=c.ttl, secret_env=c.secret_env),
@@ -105,41 +104,38 @@ class Split:
 
     # -- choosing -------------------------------------------------------------------------------
 
-    def choose(self, exchange: Exchange) -> Choice:
-        """Choose the player's side and a backend in it; sets `exchange.pool` to the side that
-        serves (and `exchange.split_cookie` when the player's cookie is new or renewed)."""
-        bucket = self.bucket(exchange)
+    def choose(self, facts: Facts) -> Choice:
+        """Choose the player's side and a backend in it. The choice names the side that serves
+        (`pool`) and carries the split cookie when the player's is new or renewed."""
+        bucket, cookie = self.bucket(facts)
         index = self.side_of(bucket)
-        pool = self.sides[index]
-        exchange.pool = pool
-        choice = pool.choose(exchange)
-        if choice.backend is not None or not choice.no_backend or self.is_pinned(exchange.country):
-            return choice
-        for other in self._fallback[index]:
-            alternative = other.choose(exchange)
-            if alternative.backend is not None:
-                exchange.pool = other
-                return alternative
-        exchange.pool = pool
+        choice = self.sides[index].choose(facts)
+        if choice.backend is None and choice.no_backend and not self.is_pinned(facts.country):
+            for other in self._fallback[index]:
+                alternative = other.choose(facts)
+                if alternative.backend is not None:
+                    choice = alternative
+                    break
+        choice.split_cookie = cookie
         return choice
 
-    def bucket(self, exchange: Exchange) -> float:
+    def bucket(self, facts: Facts) -> tuple[float, bytes | None]:
+        """The player's bucket, and the split cookie to issue (None: theirs is still good)."""
         cookies = self._cookie
         if cookies is None:
-            key = self._key(exchange)  # type: ignore[misc]
+            key = self._key(facts)  # type: ignore[misc]
             if key is None:
-                key = exchange.client.client_ip.encode()
-            return (key_hash(key) >> 32) / _BUCKET_SCALE
+                key = facts.client_ip.encode()
+            return (key_hash(key) >> 32) / _BUCKET_SCALE, None
         now = time.time()
-        value = read_cookie(exchange.head.cookie, cookies.name)
+        value = read_cookie(facts.head.cookie, cookies.name)
         known = cookies.verified(value, now) if value is not None else None
         if known is not None:
             number = int.from_bytes(known[0][:4], "big")
             if known[1] - now > cookies.ttl / 2:
-                return number / _BUCKET_SCALE
+                return number / _BUCKET_SCALE, None
         else:
             number = int(random.random() * _BUCKET_SCALE)
-        exchange.split_cookie = cookies.set_cookie_header(
-            cookies.encode_token(number.to_bytes(4, "big") + _TOKEN_PAD, now),
-            exchange.client.scheme == b"https")
-        return number / _BUCKET_SCALE
+        cookie = cookies.set_cookie_header(
+            cookies.encode_token(number.to_bytes(4, "big") + _TOKEN_PAD, now), facts.https)
+        return number / _BUCKET_SCALE, cookie

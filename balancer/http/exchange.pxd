@@ -4,14 +4,15 @@ cimport cython
 
 from ..pool cimport Backend
 from ..routing cimport Route
-from ..runtime cimport Choice, PoolRuntime, Runtime
+from ..retries cimport may_retry, safe_to_repeat
+from ..runtime cimport Choice, Facts, PoolRuntime, Runtime
 from .downstream cimport Downstream
 from .headers cimport forwarded_for, hop_by_hop_with, request_id_from
 from .parser cimport RequestHead
 from .upstream cimport UpstreamConnection
 
 
-cdef dict _PLUGIN_REJECT_REASON, _RETRY_CONDITION
+cdef dict _PLUGIN_REJECT_REASON
 cdef dict _FAILURE_OUTCOME, _PLUGIN_OUTCOME, _NO_BACKEND_OUTCOME
 cdef frozenset _KEPT_FOR_LOG
 
@@ -20,6 +21,7 @@ cdef class Exchange:
     cdef public Downstream client
     cdef public RequestHead head
     cdef public Runtime runtime
+    cdef public Facts facts
     cdef public Route route
     cdef public PoolRuntime pool
     cdef public Backend backend
@@ -41,13 +43,14 @@ cdef class Exchange:
     cdef public double connect_time, sent_at, head_at
 
     cpdef begin(self)
-    @cython.locals(pool=PoolRuntime, choice=Choice)
+    @cython.locals(pool=PoolRuntime, choice=Choice, facts=Facts)
     cpdef _choose(self)
     @cython.locals(drop=frozenset, lines=list)
     cpdef bytes _build_upstream_head(self)
     cpdef _attempt(self, Backend backend)
     cpdef _open_connection(self, Backend backend)
-    cpdef bint _safe_to_repeat(self)
+    cpdef int _may_retry(self, str failure)
+    cpdef Backend _retry_target(self)
     cpdef _attach(self, UpstreamConnection conn, double now)
     cpdef request_body(self, bytes data)
     cpdef request_ended(self)

@@ -22,7 +22,8 @@ from ..outcomes import (
     UPSTREAM_RESET, UPSTREAM_TIMEOUT, WEBSOCKET_CLOSED, BAD_REQUEST, OK,
 )
 from ..tasks import spawn
-from ..runtime import NONE_IN_REGION, STICKY_GONE
+from ..retries import RESEND, RETRY, may_retry, safe_to_repeat
+from ..runtime import NONE_IN_REGION, STICKY_GONE, Facts
 from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, answer_parts, report_failure
 from . import upstream
 from .errors import (
@@ -31,7 +32,7 @@ from .errors import (
 from .headers import (
     HOP_BY_HOP, NOT_FORWARDED, forwarded_for, hop_by_hop_with, request_id_from,
 )
-from .parser import IDEMPOTENT_METHODS, RequestHead
+from .parser import RequestHead
 
 if TYPE_CHECKING:
     from ..plugins import PluginChain
@@ -49,9 +50,6 @@ PENDING_LIMIT = 256 * 1024
 # Plugin answers counted in balancer_rejected_requests_total; other statuses (403...) have no
 # reason among the metric's documented labels (docs/monitoring.md).
 _PLUGIN_REJECT_REASON = {429: "rate_limited", 451: "geo_blocked"}
-# An upstream failure kind -> the name retries.on gives it (a 5xx status is its own name).
-_RETRY_CONDITION = {CONNECT: "connect_failure", RESET: "reset", TIMEOUT: "504", PROTOCOL: "reset",
-                    STALE: "reset"}
 # The access log's outcome for an upstream failure kind, for a plugin's answer, and for a
 # pool that had no backend to give (by the reason it gave).
 _FAILURE_OUTCOME = {CONNECT: UPSTREAM_CONNECT_FAILURE, RESET: UPSTREAM_RESET,
@@ -62,7 +60,7 @@ _NO_BACKEND_OUTCOME = {NONE_IN_REGION: PINNED_UNAVAILABLE, STICKY_GONE: STICKY_U
 
 class Exchange:
     __slots__ = (
-        "client", "head", "runtime", "route", "pool", "backend", "upstream", "request_id",
+        "client", "head", "runtime", "facts", "route", "pool", "backend", "upstream", "request_id",
         "started", "tried", "body", "body_size", "replayable", "request_done",
         "response_started", "finished", "status", "close_client",
         "upstream_head", "set_cookie", "split_cookie", "region", "country", "early_tunnel", "tunnel",
@@ -77,6 +75,7 @@ class Exchange:
         self.client = client
         self.head = head
         self.runtime = runtime
+        self.facts: Facts | None = None  # what choosing a backend knew (kept for a retry)
         self.route: Route | None = None
         self.pool: PoolRuntime | None = None
         self.backend: Backend | None = None
@@ -206,13 +205,18 @@ class Exchange:
     def _choose(self) -> None:
         route = self.route
         assert route is not None
+        client = self.client
+        facts = Facts(self.head, client.client_ip, client.scheme == b"https", self.country,
+                      self.region, monotonic())
+        self.facts = facts
         split = route.split
         if split is None:
             pool = self.runtime.pools[route.pool_name]
-            self.pool = pool
-            choice = pool.choose(self)
+            choice = pool.choose(facts)
         else:
-            choice = split.choose(self)  # sets self.pool to the side that serves
+            choice = split.choose(facts)
+            self.split_cookie = choice.split_cookie
+        self.pool = choice.pool  # a split's side that serves
         self.sticky = choice.sticky
         if choice.backend is None:
             self.reply(503, choice.reason, retry_after=choice.retry_after,
@@ -274,7 +278,7 @@ class Exchange:
             self._sent_at = monotonic()
         now = self.client.loop.time()
         conn = upstream.take_idle(backend, now, pool.idle_timeout, pool.config.tls)
-        while conn is not None and not self._safe_to_repeat() and conn.at_risk():
+        while conn is not None and not safe_to_repeat(self.head) and conn.at_risk():
             # A request that must not be lost goes only on a connection the backend has not
             # closed already (the loop may not have read its FIN yet).
             conn.close()
@@ -387,7 +391,8 @@ class Exchange:
             pool.strategy.observe(backend, now - self._sent_at, now)
         if status >= 500:
             self._count_failure(backend, None)
-            retry_to = self._retry_target(str(status)) if status in self.pool.retry_statuses else None
+            retry_to = (self._retry_target() if status in pool.retry_statuses
+                        and self._may_retry(str(status)) == RETRY else None)
             if retry_to is not None:
                 # Give this answer up: free the backend it came from and forget its
                 # connection, or body still streaming in would be written to the dead one.
@@ -467,10 +472,10 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         self.upstream = None
-        if kind == STALE and self._safe_to_repeat() and self.replayable:
-            # A pooled connection the backend had closed: the backend is not at fault and
-            # nothing reached it, or only what may be sent twice. Once more, on a fresh
-            # connection to the same backend (never stale), outside retries.attempts.
+        decision = self._may_retry(kind)
+        if decision == RESEND:
+            # A pooled connection the backend had closed: once more, on a fresh connection to
+            # the same backend (never stale).
             self.pool.pool.stale_retries_total += 1  # type: ignore[union-attr]
             self._open_connection(backend)
             return
@@ -483,7 +488,7 @@ class Exchange:
             self.client.abort()  # half a response cannot be mended; the player must see it
             self._finish(outcome)
             return
-        retry_to = self._retry_target(kind)
+        retry_to = self._retry_target() if decision == RETRY else None
         if retry_to is not None:
             self._retry(retry_to)
             return
@@ -499,35 +504,24 @@ class Exchange:
         assert pool is not None
         outlier.record_failure(pool.pool, backend, time.monotonic())
 
-    def _may_retry(self, kind: str) -> bool:
+    def _may_retry(self, failure: str) -> int:
+        """The money rules' answer (balancer/retries.py) for this request after `failure`."""
+        retries = self.pool.config.retries  # type: ignore[union-attr]
+        return may_retry(failure, safe_to_repeat(self.head), self.replayable, self.response_started,
+                         self.tunnel, len(self.tried), retries.attempts, retries.on)
+
+    def _retry_target(self) -> Backend | None:
+        """Another backend for a retry the rules allow; None when there is none (the failure
+        is the answer: 502/504, or the backend's 5xx)."""
         pool = self.pool
         assert pool is not None
-        retries = pool.config.retries
-        if len(self.tried) >= retries.attempts or self.tunnel:
-            return False
-        condition = _RETRY_CONDITION.get(kind, kind)
-        if condition not in retries.on and not (kind == TIMEOUT and "timeout" in retries.on):
-            return False
-        if kind == CONNECT:
-            return True  # nothing was sent: safe for every method
-        # Anything else may have reached the backend: only what is safe to repeat, and only
-        # if every body byte sent is still here to send again (a bet is never sent twice).
-        return self._safe_to_repeat() and self.replayable
-
-    def _safe_to_repeat(self) -> bool:
-        """May this request reach a backend twice? Idempotent methods, and requests carrying
-        an Idempotency-Key (the backend then recognises the repeat)."""
-        head = self.head
-        return head.method in IDEMPOTENT_METHODS or head.header(b"idempotency-key") is not None
-
-    def _retry_target(self, kind: str) -> Backend | None:
-        """The backend to retry on after failure `kind`: one not tried yet, when a retry is
-        allowed at all; None means the failure is the answer (502/504, or the backend's 5xx)."""
-        if not self._may_retry(kind):
+        choice = pool.choose_again(self.facts, self.tried, self.set_cookie is not None, self.sticky)
+        if choice is None:
             return None
-        pool = self.pool
-        assert pool is not None
-        return pool.choose_again(self)
+        if choice.set_cookie is not None:
+            self.set_cookie = choice.set_cookie
+        self.sticky = choice.sticky
+        return choice.backend
 
     def _retry(self, backend: Backend) -> None:
         pool = self.pool

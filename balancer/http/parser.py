@@ -26,8 +26,6 @@ ALLOWED_METHODS: frozenset[bytes] = frozenset(
 # The method as one shared object per name: its hash is computed once, not per request
 # (method sets, retry rules and the request counters all look it up).
 _METHODS: dict[bytes, bytes] = {method: method for method in ALLOWED_METHODS}
-# RFC 9110 §9.2.2: these may be repeated without changing the outcome, so they may be retried.
-IDEMPOTENT_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 
 # Names a lenient backend might normalise into a framing header ("Transfer_Encoding"). A
 # look-alike is as long as what it imitates: other lengths need no closer look.

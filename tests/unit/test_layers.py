@@ -46,7 +46,7 @@ LAYERS = (
         "balancer.grammar", "balancer.http.downstream",
     }),
     ("state and decisions", {
-        "balancer.pool", "balancer.outlier", "balancer.balance", "balancer.sticky",
+        "balancer.pool", "balancer.outlier", "balancer.balance", "balancer.sticky", "balancer.retries",
         "balancer.routing", "balancer.geo", "balancer.split", "balancer.mirror", "balancer.metrics",
         "balancer.plugins", "balancer.http.parser", "balancer.tls", "balancer.certificates",
     }),

@@ -1,0 +1,7 @@
+# Types for the compiled build of retries.py (see balancer/compiled.py).
+
+cdef dict CONDITION
+
+cpdef bint safe_to_repeat(object head)
+cpdef int may_retry(str failure, bint safe, bint replayable, bint response_started, bint tunnel,
+                    Py_ssize_t tried, Py_ssize_t attempts, object retry_on)
