@@ -15,6 +15,9 @@ from .upstream cimport UpstreamConnection
 cdef dict _PLUGIN_REJECT_REASON
 cdef dict _FAILURE_OUTCOME, _PLUGIN_OUTCOME, _NO_BACKEND_OUTCOME
 cdef frozenset _KEPT_FOR_LOG
+# balancer/phases.py's phases and move table, as C values.
+cdef int ROUTING, FORWARDING, RESPONDING, TUNNEL, DONE
+cdef long MOVES
 
 
 cdef class Exchange:
@@ -30,8 +33,8 @@ cdef class Exchange:
     cdef public double started
     cdef public list tried, body
     cdef public Py_ssize_t body_size
-    cdef public bint replayable, request_done, response_started, finished
-    cdef public int status
+    cdef public bint replayable, request_done
+    cdef public int phase, status
     cdef public bint close_client, tunnel
     cdef public bytes upstream_head, early_tunnel
     cdef public object set_cookie, split_cookie, region, country
@@ -42,6 +45,7 @@ cdef class Exchange:
     cdef public str sticky
     cdef public double connect_time, sent_at, head_at
 
+    cpdef _move(self, int phase)
     cpdef begin(self)
     @cython.locals(pool=PoolRuntime, choice=Choice, facts=Facts)
     cpdef _choose(self)

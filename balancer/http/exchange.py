@@ -22,6 +22,7 @@ from ..outcomes import (
     UPSTREAM_RESET, UPSTREAM_TIMEOUT, WEBSOCKET_CLOSED, BAD_REQUEST, OK,
 )
 from ..tasks import spawn
+from ..phases import DONE, FORWARDING, MOVES, RESPONDING, ROUTING, TUNNEL, IllegalTransition
 from ..retries import RESEND, RETRY, may_retry, safe_to_repeat
 from ..runtime import NONE_IN_REGION, STICKY_GONE, Facts
 from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, answer_parts, report_failure
@@ -62,7 +63,7 @@ class Exchange:
     __slots__ = (
         "client", "head", "runtime", "facts", "route", "pool", "backend", "upstream", "request_id",
         "started", "tried", "body", "body_size", "replayable", "request_done",
-        "response_started", "finished", "status", "close_client",
+        "phase", "status", "close_client",
         "upstream_head", "set_cookie", "split_cookie", "region", "country", "early_tunnel", "tunnel",
         "_connecting", "_head_only", "_response_hooks", "_sent_at",
         # What the access log tells beyond the above (balancer/access_log.py).
@@ -92,8 +93,7 @@ class Exchange:
         self.body_size = 0
         self.replayable = True
         self.request_done = not head.has_body
-        self.response_started = False
-        self.finished = False
+        self.phase = ROUTING  # balancer/phases.py: where this exchange is in its life
         self.status = 0
         self.close_client = not head.keep_alive
         self.upstream_head = b""
@@ -102,6 +102,8 @@ class Exchange:
         self.region: str | None = None
         self.country: str | None = None
         self.early_tunnel: bytes = b""
+        # Facts the phase does not keep: it became a WebSocket (still true once it is DONE: it
+        # was counted at its 101), and a backend connection is being opened for it.
         self.tunnel = False
         self._connecting = False
         self._head_only = head.method == b"HEAD"
@@ -113,6 +115,25 @@ class Exchange:
         self.connect_time = -1.0  # seconds opening the backend connection; 0 when kept alive
         self.sent_at = 0.0  # perf_counter when the request went to the backend
         self.head_at = 0.0  # ... and when the response head came back
+
+    # -- its phase ------------------------------------------------------------------------
+
+    def _move(self, phase: int) -> None:
+        """Go to `phase`; a move balancer/phases.py does not allow is a bug and raises."""
+        old = self.phase
+        if not (MOVES >> (old * 5 + phase)) & 1:
+            raise IllegalTransition(old, phase)
+        self.phase = phase
+
+    @property
+    def finished(self) -> bool:
+        """Over: answered, closed as a tunnel, or the player left."""
+        return self.phase == DONE
+
+    @property
+    def response_started(self) -> bool:
+        """An answer has begun (or the exchange is over): no other answer may start."""
+        return self.phase >= RESPONDING
 
     # -- the way of a request -------------------------------------------------------------
 
@@ -182,11 +203,11 @@ class Exchange:
         try:
             answer = await pending  # type: ignore[misc]
         except Exception as exc:
-            if not self.finished:
+            if self.phase != DONE:
                 self._plugin_failed(name, "on_request", exc)
                 self.client.flush()
             return
-        if self.finished:
+        if self.phase == DONE:
             return  # the player left while the plugin was busy
         try:
             if answer is None:
@@ -269,6 +290,7 @@ class Exchange:
         return b"".join(lines)
 
     def _attempt(self, backend: Backend) -> None:
+        self._move(FORWARDING)
         self.backend = backend
         self.tried.append(backend)
         backend.active_requests += 1
@@ -303,13 +325,13 @@ class Exchange:
         except (OSError, asyncio.TimeoutError):
             self.connect_time = perf_counter() - began
             self._connecting = False
-            if not self.finished:  # else client_lost already released the backend
+            if self.phase != DONE:  # else client_lost already released the backend
                 self.upstream_failed(None, CONNECT)
                 self.client.flush()
             return
         self.connect_time = perf_counter() - began
         self._connecting = False
-        if self.finished:
+        if self.phase == DONE:
             conn.release(loop.time())  # the player left meanwhile; keep it for the next one
             return
         self._attach(conn, loop.time())
@@ -338,7 +360,7 @@ class Exchange:
 
     def request_body(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        if self.finished:
+        if self.phase == DONE:
             return
         if self.head.chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
@@ -346,7 +368,7 @@ class Exchange:
 
     def request_ended(self) -> None:
         self.request_done = True
-        if self.finished:
+        if self.phase == DONE:
             return
         if self.head.chunked:
             self._send_body(b"0\r\n\r\n")
@@ -373,7 +395,7 @@ class Exchange:
     def response_interim(self, status: int, reason: bytes,
                          headers: list[tuple[bytes, bytes, bytes]]) -> None:
         """1xx (100 Continue, 103 Early Hints): relayed as is, the final answer follows."""
-        if self.response_started or self.finished:
+        if self.phase >= RESPONDING:
             return
         self.bytes_out += self.client.send_interim(status, reason, headers)
 
@@ -408,7 +430,7 @@ class Exchange:
         if self._response_hooks:
             headers = self._run_response_hooks(conn, status, headers)
         self.status = status
-        self.response_started = True
+        self._move(RESPONDING)
         if not self.request_done or (self.head.upgrade is not None and status != 101):
             # The rest of the request body is not worth reading; and after a refused upgrade
             # the reader stopped at the head, so this connection cannot carry another request.
@@ -446,12 +468,12 @@ class Exchange:
         return fields
 
     def response_body(self, data: bytes) -> None:
-        if self.finished:
+        if self.phase == DONE:
             return
         self.bytes_out += self.client.send_body(data)
 
     def response_end(self, conn: UpstreamConnection, reusable: bool) -> None:
-        if self.finished:
+        if self.phase == DONE:
             return
         self.bytes_out += self.client.end_response()
         self.upstream = None
@@ -467,7 +489,7 @@ class Exchange:
 
     def upstream_failed(self, conn: UpstreamConnection | None, kind: str) -> None:
         """The backend connection failed (connect, reset, timeout or protocol error)."""
-        if self.finished:
+        if self.phase == DONE:
             return
         backend = self.backend
         assert backend is not None
@@ -484,7 +506,7 @@ class Exchange:
         self._count_failure(backend, kind)
         self._release_backend()
         outcome = _FAILURE_OUTCOME[kind]
-        if self.response_started:
+        if self.phase >= RESPONDING:
             self.client.abort()  # half a response cannot be mended; the player must see it
             self._finish(outcome)
             return
@@ -507,7 +529,7 @@ class Exchange:
     def _may_retry(self, failure: str) -> int:
         """The money rules' answer (balancer/retries.py) for this request after `failure`."""
         retries = self.pool.config.retries  # type: ignore[union-attr]
-        return may_retry(failure, safe_to_repeat(self.head), self.replayable, self.response_started,
+        return may_retry(failure, safe_to_repeat(self.head), self.replayable, self.phase >= RESPONDING,
                          self.tunnel, len(self.tried), retries.attempts, retries.on)
 
     def _retry_target(self) -> Backend | None:
@@ -542,6 +564,7 @@ class Exchange:
         backend.active_requests -= 1
         backend.websockets += 1
         backend.tunnels.add(self)
+        self._move(TUNNEL)
         self.tunnel = True
         self.upstream = conn
         # Bytes only from now on: parser state and request headers are dead weight on a
@@ -560,10 +583,10 @@ class Exchange:
 
     def tunnel_from_client(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        if not self.tunnel:
+        if self.phase != TUNNEL:
             # Before the 101 these bytes are not the backend's to see: if it refuses the
             # upgrade they would be read as a second request (WebSocket smuggling).
-            if not self.response_started:
+            if self.phase < RESPONDING:
                 self.early_tunnel += data
             return
         conn = self.upstream
@@ -583,9 +606,9 @@ class Exchange:
         self.client.close()
 
     def _end_tunnel(self) -> None:
-        if self.finished:
+        if self.phase == DONE:
             return
-        self.finished = True
+        self._move(DONE)
         backend = self.backend
         if backend is not None:
             backend.websockets -= 1
@@ -603,12 +626,12 @@ class Exchange:
         if self.tunnel:
             self._end_tunnel()
             return
-        if self.finished:
+        if self.phase == DONE:
             return
         self.abort_upstream()
-        self.finished = True
-        if self.status == 0:
+        if self.phase < RESPONDING:
             self.status = 499  # as nginx: the client went away before the answer
+        self._move(DONE)
         self._ended(CLIENT_CLOSED)
 
     def abort_upstream(self) -> None:
@@ -630,7 +653,7 @@ class Exchange:
               retry_after: int | None = None, outcome: str | None = None) -> None:
         """Answer with one of the balancer's own JSON errors and end the exchange. `outcome`
         for the access log, when the status alone does not say it (STATUS_OUTCOME)."""
-        if self.finished or self.response_started:
+        if self.phase >= RESPONDING:
             return
         if not self.request_done or self.head.upgrade is not None or status in (400, 408, 413, 414, 431, 501):
             # After an upgrade request the reader stopped at its head (as in response_head):
@@ -638,7 +661,7 @@ class Exchange:
             close = True
         self.close_client = self.close_client or close
         self.status = status
-        self.response_started = True
+        self._move(RESPONDING)
         extra: tuple[tuple[bytes, bytes], ...] = ()
         if retry_after is not None:
             extra = ((b"retry-after", str(retry_after).encode()),)
@@ -654,7 +677,7 @@ class Exchange:
     def reply_plugin(self, answer: object, plugin: str) -> None:
         """A plugin answered the request itself (429, 403, 451...): a complete response, its
         own body or the balancer's JSON error shape, counted as a rejection when it is one."""
-        if self.finished or self.response_started:
+        if self.phase >= RESPONDING:
             return
         if not isinstance(answer, PluginAnswer):
             self._plugin_failed(plugin, "on_request", TypeError(
@@ -668,7 +691,7 @@ class Exchange:
             return
         self.close_client = close
         self.status = status
-        self.response_started = True
+        self._move(RESPONDING)
         self.bytes_out += self.client.send_answer(status, fields, body, close, self._head_only)
         reason = _PLUGIN_REJECT_REASON.get(answer.status)
         if reason is not None:
@@ -676,9 +699,9 @@ class Exchange:
         self._finish(_PLUGIN_OUTCOME.get(answer.status, PLUGIN_ANSWER))
 
     def _finish(self, outcome: str) -> None:
-        if self.finished:
+        if self.phase == DONE:
             return
-        self.finished = True
+        self._move(DONE)
         self._ended(outcome)
         self.client.exchange_finished(self)
 
