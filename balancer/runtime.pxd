@@ -12,6 +12,10 @@ cdef class Facts:
     cdef public double now
 
 
+cpdef Facts facts_of(object head, str client_ip, bint https, object country, object region,
+                     double now)
+
+
 cdef class Choice:
     cdef public Backend backend
     cdef public object pool  # PoolRuntime

@@ -57,6 +57,20 @@ class Facts:
         self.now = now  # time.monotonic(), for ejections and slow start
 
 
+def facts_of(head: RequestHead, client_ip: str, https: bool, country: str | None,
+             region: str | None, now: float) -> Facts:
+    """Facts(...) for the request path: compiled, this skips the constructor's argument
+    parsing, a measurable share of a request's cost."""
+    facts = Facts.__new__(Facts)
+    facts.head = head
+    facts.client_ip = client_ip
+    facts.https = https
+    facts.country = country
+    facts.region = region
+    facts.now = now
+    return facts
+
+
 class Choice:
     """What choosing decided: a backend, or the reason there is none (the 503's message) and
     its Retry-After; the cookies to issue with the answer; the pool (a split's side) that

@@ -5,7 +5,7 @@ cimport cython
 from ..pool cimport Backend
 from ..routing cimport Route
 from ..retries cimport may_retry, safe_to_repeat
-from ..runtime cimport Choice, Facts, PoolRuntime, Runtime
+from ..runtime cimport Choice, Facts, PoolRuntime, Runtime, facts_of
 from .downstream cimport Downstream
 from .headers cimport forwarded_for, hop_by_hop_with, request_id_from
 from .parser cimport RequestHead
@@ -45,6 +45,7 @@ cdef class Exchange:
     cdef public str sticky
     cdef public double connect_time, sent_at, head_at
 
+    @cython.locals(old=int)
     cpdef _move(self, int phase)
     cpdef begin(self)
     @cython.locals(pool=PoolRuntime, choice=Choice, facts=Facts)

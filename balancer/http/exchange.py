@@ -24,7 +24,7 @@ from ..outcomes import (
 from ..tasks import spawn
 from ..phases import DONE, FORWARDING, MOVES, RESPONDING, ROUTING, TUNNEL, IllegalTransition
 from ..retries import RESEND, RETRY, may_retry, safe_to_repeat
-from ..runtime import NONE_IN_REGION, STICKY_GONE, Facts
+from ..runtime import NONE_IN_REGION, STICKY_GONE, facts_of
 from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, answer_parts, report_failure
 from . import upstream
 from .errors import (
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..plugins import PluginChain
     from ..pool import Backend
     from ..routing import Route
-    from ..runtime import PoolRuntime, Runtime
+    from ..runtime import Facts, PoolRuntime, Runtime
     from .downstream import Downstream
     from .upstream import UpstreamConnection
 
@@ -227,8 +227,8 @@ class Exchange:
         route = self.route
         assert route is not None
         client = self.client
-        facts = Facts(self.head, client.client_ip, client.scheme == b"https", self.country,
-                      self.region, monotonic())
+        facts = facts_of(self.head, client.client_ip, client.scheme == b"https", self.country,
+                         self.region, monotonic())
         self.facts = facts
         split = route.split
         if split is None:
