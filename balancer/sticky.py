@@ -163,6 +163,10 @@ class StickyCookies:
     def decode(self, value: str, now: float) -> bytes | None:
         """The backend token of a valid, unexpired cookie; None for anything else. Never raises:
         a forged or damaged cookie is treated as absent (docs/architecture.md)."""
+        if type(value) is str:  # a returning player: one dict lookup, no second call
+            known = self._verified.get(value)
+            if known is not None:
+                return known[0] if known[1] > now else None
         known = self.verified(value, now)
         return known[0] if known is not None else None
 
@@ -217,7 +221,28 @@ def read_cookie(cookie_header: bytes | str | None, name: str) -> str | None:
     """
     if not cookie_header:
         return None
+    if type(cookie_header) is bytes and len(cookie_header) <= _READ_CACHE_HEADER_MAX:
+        # A player sends the same Cookie header on every request: its answer is remembered.
+        key = (cookie_header, name)
+        value = _read_cache.get(key, _NOT_READ)
+        if value is _NOT_READ:
+            value = _read_cookie(cookie_header.decode("latin-1"), name)
+            if len(_read_cache) >= _READ_CACHE_MAX:
+                _read_cache.clear()
+            _read_cache[key] = value
+        return value  # type: ignore[return-value]
     header = cookie_header.decode("latin-1") if isinstance(cookie_header, bytes) else cookie_header
+    return _read_cookie(header, name)
+
+
+# read_cookie's answers for short headers (a few thousand players' headers, bounded in size).
+_READ_CACHE_HEADER_MAX = 512
+_READ_CACHE_MAX = 4096
+_read_cache: dict[tuple[bytes, str], str | None] = {}
+_NOT_READ = object()
+
+
+def _read_cookie(header: str, name: str) -> str | None:
     target = name + "="
     start = 0
     while True:

@@ -160,6 +160,17 @@ def test_read_cookie_finds_the_named_one_among_several() -> None:
     assert read_cookie(header, "LB_LIVE_OLD") == "zzz"
 
 
+def test_read_cookie_of_a_header_read_before_gives_each_name_its_own_value() -> None:
+    # A header seen again is answered from memory: per name, and long headers still read.
+    header = b"theme=dark; LB_LIVE=abc123; session=xyz"
+    for _ in range(2):
+        assert read_cookie(header, "LB_LIVE") == "abc123"
+        assert read_cookie(header, "session") == "xyz"
+        assert read_cookie(header, "missing") is None
+    long_header = b"pad=" + b"x" * 600 + b"; LB_LIVE=late"
+    assert read_cookie(long_header, "LB_LIVE") == "late"
+
+
 def test_read_cookie_ignores_the_name_inside_other_names_and_values() -> None:
     assert read_cookie("XLB_LIVE=1; a=LB_LIVE=2", "LB_LIVE") is None
     assert read_cookie("XLB_LIVE=1; a=LB_LIVE=2; LB_LIVE=3", "LB_LIVE") == "3"
