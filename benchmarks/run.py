@@ -379,6 +379,12 @@ class Pki:
 
 # The name the bench's certificates are issued for (listener and TLS backends).
 SERVER_NAME = "bench.local"
+NGINX_TLS = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:bench:1m;
+"""
 
 
 def make_pki(work: Path) -> Pki:
