@@ -135,8 +135,12 @@ class WorkerHandle:
     async def _read(self) -> None:
         assert self.reader is not None
         while True:
-            line = await self.reader.readline()
-            if not line:
+            try:
+                line = await self.reader.readline()
+            except OSError:  # ConnectionResetError among them
+                # A worker killed mid-stop resets its end: the same news as an end of file.
+                line = b""
+            if not line.endswith(b"\n"):  # the end, possibly after half a line: not a reply
                 self.alive = False
                 for future in self.pending.values():
                     if not future.done():
