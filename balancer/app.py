@@ -100,6 +100,10 @@ class App:
         # Every TLS context of the config in force, read from its files (again at each reload).
         self.certificates = load_certificates(config)
         self._runtime_ref = RuntimeRef(self._compile(config, self.certificates))
+        # The pools exist from here on, not from `start`: in a worker, the control process's
+        # first Consul sets and health states may arrive before `start` runs, and a message
+        # for a pool not yet known would be dropped for good.
+        self.pools = {name: runtime.pool for name, runtime in self.runtime.pools.items()}
         # Listener sockets handed over by a parent process (workers); name -> socket.
         self._inherited_sockets = dict(listener_sockets or {})
         # Control process: where its workers' listeners were bound at start,
@@ -139,7 +143,6 @@ class App:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._adopt_pools(self.config)
         if self.listens:
             access_log = self.config.access_log
             self.access_log.configure(access_log, self.access_log.open_writer(access_log))
