@@ -26,6 +26,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Union
 
 from .config import PluginConfig
@@ -154,6 +155,27 @@ def check_field(name: str, value: str | None = None) -> tuple[bytes, bytes]:
     return raw_name, b"" if value is None else _checked_value(name, value)
 
 
+# A header field checked once, ahead of the requests that use it: (lower-case name, name as
+# sent, value), the data plane's own shape. See `prepare_field`.
+PreparedField = tuple[bytes, bytes, bytes]
+
+
+def prepare_field(name: str, value: str = "") -> PreparedField:
+    """A field to give `Headers.set_prepared` / `add_prepared` / `remove_prepared` on every
+    request: checked here, once (ValueError as `check_field`), so that the per-request edit
+    is a list operation. Make it when the plugin is built, not in a hook."""
+    raw_name, lname = _checked_name(name)
+    return lname, raw_name, _checked_value(name, value)
+
+
+_field_name = itemgetter(0)
+
+
+def _refuse(name: str) -> None:
+    raise ValueError(f"header {name} cannot be edited by a plugin (framing and hop-by-hop "
+                     "headers, Host, and the headers the balancer sets itself are protected)")
+
+
 class Headers:
     """Header fields as a plugin sees them: names case-insensitive, `str` in and out.
 
@@ -188,19 +210,7 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every `name` field with one `name: value` (where the first one was)."""
         raw_name, lname = self._editable(name)
-        field = (lname, raw_name, _checked_value(name, value))
-        fields = self._fields
-        first = -1
-        for i in range(len(fields) - 1, -1, -1):  # from the end, so deleting keeps indexes
-            if fields[i][0] == lname:
-                if first >= 0:
-                    del fields[first]
-                first = i
-        if first < 0:
-            fields.append(field)
-        else:
-            fields[first] = field
-        self._changed(lname)
+        self._set((lname, raw_name, _checked_value(name, value)))
 
     def add(self, name: str, value: str) -> None:
         """Add a `name: value` field after the existing ones."""
@@ -210,16 +220,53 @@ class Headers:
 
     def remove(self, name: str) -> None:
         """Remove every `name` field (nothing happens when there is none)."""
-        _, lname = self._editable(name)
-        self._fields[:] = [field for field in self._fields if field[0] != lname]
+        self._remove(self._editable(name)[1])
+
+    # The same edits with a field from `prepare_field`: no name or value to check again.
+    def set_prepared(self, field: PreparedField) -> None:
+        self._check_editable(field)
+        self._set(field)
+
+    def add_prepared(self, field: PreparedField) -> None:
+        self._check_editable(field)
+        self._fields.append(field)
+        self._changed(field[0])
+
+    def remove_prepared(self, field: PreparedField) -> None:
+        self._check_editable(field)
+        self._remove(field[0])
+
+    def _set(self, field: PreparedField) -> None:
+        lname = field[0]
+        fields = self._fields
+        # The usual case, a name not there yet, is decided by one scan in C.
+        if lname not in map(_field_name, fields):
+            fields.append(field)
+        else:
+            first = -1
+            for i in range(len(fields) - 1, -1, -1):  # from the end, so deleting keeps indexes
+                if fields[i][0] == lname:
+                    if first >= 0:
+                        del fields[first]
+                    first = i
+            fields[first] = field
+        self._changed(lname)
+
+    def _remove(self, lname: bytes) -> None:
+        fields = self._fields
+        if lname in map(_field_name, fields):
+            fields[:] = [field for field in fields if field[0] != lname]
         self._changed(lname)
 
     def _editable(self, name: str) -> tuple[bytes, bytes]:
         checked = _checked_name(name)
         if checked[1] in self._protected:
-            raise ValueError(f"header {name} cannot be edited by a plugin (framing and hop-by-hop "
-                             "headers, Host, and the headers the balancer sets itself are protected)")
+            _refuse(name)
         return checked
+
+    def _check_editable(self, field: PreparedField) -> None:
+        if field[0] in self._protected:
+            _refuse(field[1].decode("latin-1"))
 
     def _changed(self, lname: bytes) -> None:
         """Hook for views that keep derived state in step with the fields."""
@@ -242,11 +289,19 @@ class _RequestHeaders(Headers):
 class PluginRequest:
     """The request as a plugin sees it. Header edits change what is sent to the backend."""
 
-    __slots__ = ("_exchange", "headers")
+    __slots__ = ("_exchange", "_headers")
 
     def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
-        self.headers: Headers = _RequestHeaders(exchange.head)
+        self._headers: Headers | None = None
+
+    @property
+    def headers(self) -> Headers:
+        """The request's header fields (made on first use: most hooks never look)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = _RequestHeaders(self._exchange.head)
+        return headers
 
     @property
     def client_ip(self) -> str:

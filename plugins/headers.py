@@ -22,6 +22,8 @@ from balancer.plugins import (
     Plugin,
     PluginRequest,
     PluginResponse,
+    PreparedField,
+    prepare_field,
 )
 from plugins._settings import Errors, header_name, header_value, section, show, string_list
 
@@ -32,16 +34,31 @@ class Edits:
     set: tuple[tuple[str, str], ...] = ()
     add: tuple[tuple[str, str], ...] = ()
 
-    def apply(self, headers: Headers) -> None:
-        for name in self.remove:
-            headers.remove(name)
-        for name, value in self.set:
-            headers.set(name, value)
-        for name, value in self.add:
-            headers.add(name, value)
+    def prepared(self) -> PreparedEdits:
+        """The same edits as fields checked and encoded now, once per config, not per request."""
+        return PreparedEdits(
+            remove=tuple(prepare_field(name) for name in self.remove),
+            set=tuple(prepare_field(name, value) for name, value in self.set),
+            add=tuple(prepare_field(name, value) for name, value in self.add),
+        )
 
     def __bool__(self) -> bool:
         return bool(self.remove or self.set or self.add)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEdits:
+    remove: tuple[PreparedField, ...]
+    set: tuple[PreparedField, ...]
+    add: tuple[PreparedField, ...]
+
+    def apply(self, headers: Headers) -> None:
+        for field in self.remove:
+            headers.remove_prepared(field)
+        for field in self.set:
+            headers.set_prepared(field)
+        for field in self.add:
+            headers.add_prepared(field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +70,8 @@ class HeadersSettings:
 class HeaderEdits(Plugin):
     def __init__(self, settings: HeadersSettings) -> None:
         super().__init__(settings)
-        self.request_edits = settings.request
-        self.response_edits = settings.response
+        self.request_edits = settings.request.prepared()
+        self.response_edits = settings.response.prepared()
         # A direction with nothing to do has no hook at all, so the data plane skips it.
         if not settings.request:
             self.on_request = None  # type: ignore[assignment]

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 from balancer.http.headers import new_request_id
-from balancer.plugins import _REQUEST_ID, PROTECTED_REQUEST_HEADERS, Plugin, PluginRequest, PluginResponse
+from balancer.plugins import (
+    _REQUEST_ID,
+    PROTECTED_REQUEST_HEADERS,
+    Plugin,
+    PluginRequest,
+    PluginResponse,
+    prepare_field,
+)
 from plugins._settings import Errors, header_name, section, show
 
 # Ids must be unique, not secret: the balancer's own generator (no system call per request).
@@ -40,6 +47,7 @@ class RequestId(Plugin):
         super().__init__(settings)
         self.header = settings.header
         self.new_id = FORMATS[settings.format]
+        self.prepared_name = prepare_field(settings.header)
         # X-Request-Id itself is the balancer's: it goes upstream as `request.request_id`.
         self.extra_header = settings.header.lower() != "x-request-id"
         if not self.extra_header and settings.format == "uuid4":
@@ -56,7 +64,9 @@ class RequestId(Plugin):
             request.headers.set(self.header, request_id)
 
     def on_response(self, request: PluginRequest, response: PluginResponse) -> None:
-        response.headers.set(self.header, request.request_id)
+        # The id is already checked (1-128 of A-Za-z0-9._-): only the name needs preparing.
+        lname, name, _ = self.prepared_name
+        response.headers.set_prepared((lname, name, request.request_id.encode("ascii")))
 
     @classmethod
     def parse_settings(cls, raw: object, path: str, errors: Errors) -> RequestIdSettings | None:

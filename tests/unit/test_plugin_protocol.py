@@ -16,6 +16,7 @@ from balancer.plugins import (
     Response,
     build_plugins,
     parse_plugin,
+    prepare_field,
     render_answer,
 )
 from plugins.headers import HeaderEdits
@@ -103,6 +104,35 @@ def test_protected_request_headers_cannot_be_edited(name):
 def test_header_injection_is_refused(name, value):
     with pytest.raises(ValueError, match="invalid"):
         request_for().headers.set(name, value)
+
+
+def test_prepared_fields_edit_like_names_and_values():
+    request = request_for([("X-A", "1"), ("X-B", "2"), ("x-a", "3"), ("Cookie", "LB=abc")])
+    fields = request._exchange.head.headers
+    request.headers.set_prepared(prepare_field("X-A", "new"))
+    assert [(n, v) for _, n, v in fields][:2] == [(b"X-A", b"new"), (b"X-B", b"2")]
+    request.headers.set_prepared(prepare_field("X-C", " padded "))  # absent: appended, trimmed
+    request.headers.add_prepared(prepare_field("X-A", "more"))
+    assert request.headers.get_all("x-a") == ["new", "more"] and request.headers.get("x-c") == "padded"
+    request.headers.remove_prepared(prepare_field("x-a"))
+    request.headers.remove_prepared(prepare_field("Cookie"))  # derived state follows, as with remove()
+    assert request.headers.items() == [("X-B", "2"), ("X-C", "padded")]
+    assert request.cookie("LB") is None
+
+
+def test_prepared_fields_are_checked_once_and_protected_ones_still_refused():
+    for name, value in (("X-A", "a\r\nX-Admin: 1"), ("Bad Name", "v"), ("X-A", "nul\x00")):
+        with pytest.raises(ValueError, match="invalid"):
+            prepare_field(name, value)
+    request = request_for([("Host", "a")])
+    host = prepare_field("Host", "evil")
+    for edit in (request.headers.set_prepared, request.headers.add_prepared, request.headers.remove_prepared):
+        with pytest.raises(ValueError, match="Host cannot be edited by a plugin"):
+            edit(host)
+    assert request.headers.items() == [("Host", "a")]
+    # Content-Length may not be edited on a response either.
+    with pytest.raises(ValueError, match="cannot be edited"):
+        PluginResponse(200, []).headers.set_prepared(prepare_field("Content-Length", "9"))
 
 
 def test_request_id_must_be_well_formed():
@@ -239,7 +269,7 @@ def test_buckets_that_are_full_again_are_forgotten():
     assert len(plugin.buckets) == 100
     clock.now += 5.01
     plugin.on_request(request_for(client_ip="10.9.9.9"))
-    assert list(plugin.buckets) == ["ip:10.9.9.9"]
+    assert list(plugin.buckets) == ["10.9.9.9"]
 
 
 def test_bucket_count_is_capped_least_recently_used_first():
@@ -249,7 +279,7 @@ def test_bucket_count_is_capped_least_recently_used_first():
         clock.now += 1
     plugin.on_request(request_for(client_ip="10.0.0.1"))  # 10.0.0.1 is now the most recent
     plugin.on_request(request_for(client_ip="10.0.0.4"))
-    assert list(plugin.buckets) == ["ip:10.0.0.3", "ip:10.0.0.1", "ip:10.0.0.4"]
+    assert list(plugin.buckets) == ["10.0.0.3", "10.0.0.1", "10.0.0.4"]
     # A remembered client stays limited.
     assert plugin.on_request(request_for(client_ip="10.0.0.1")).status == 429
 
