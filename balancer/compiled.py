@@ -34,6 +34,8 @@ COMPILED_MODULES = (
     "balancer.http.upstream",
     "balancer.http.exchange",
     "balancer.http.client_side",
+    "balancer.geo",
+    "balancer.plugins",
 )
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 

@@ -23,6 +23,13 @@ _UNKNOWN_COUNTRIES = frozenset({"XX", "T1"})
 # Bounded caches: cleared when full rather than LRU-evicted, which costs nothing per hit.
 _CACHE_MAX = 65536
 _MISS = object()
+# Country header values remembered: only trusted proxies' values get here, a few hundred at most.
+_HEADER_CACHE_MAX = 1024
+
+
+def _in_any(address: Any, networks: tuple[IPNetwork, ...]) -> bool:
+    """Is `address` (None when unreadable) in one of `networks`?"""
+    return address is not None and any(address in network for network in networks)
 
 
 class HasRegion(Protocol):
@@ -49,7 +56,7 @@ class Geo:
     __slots__ = (
         "header_name", "default_region",
         "_trusted", "_reader", "_country_region", "_pinned", "_blocked",
-        "_orders", "_pinned_orders", "_trusted_cache", "_db_cache",
+        "_orders", "_pinned_orders", "_trusted_cache", "_db_cache", "_header_codes",
     )
 
     def __init__(self, config: GeoConfig, trusted_proxies: tuple[IPNetwork, ...]) -> None:
@@ -73,6 +80,7 @@ class Geo:
             self._pinned_orders[country] = (region,)
         self._trusted_cache: dict[str, bool] = {}
         self._db_cache: dict[str, str | None] = {}
+        self._header_codes: dict[str | bytes, str | None] = {}  # country header value -> code
         # MODE_AUTO memory-maps the file and uses the C reader: a lookup is memory reads, no I/O
         # syscalls, and the cache above makes repeated players free.
         self._reader: Any = maxminddb.open_database(config.database) if config.database else None
@@ -101,8 +109,7 @@ class Geo:
         """Is the direct peer one of `trusted_proxies` (whose geo header we believe)?"""
         trusted = self._trusted_cache.get(peer_ip)
         if trusted is None:
-            address = parse_ip(peer_ip)
-            trusted = address is not None and any(address in network for network in self._trusted)
+            trusted = _in_any(parse_ip(peer_ip), self._trusted)
             if len(self._trusted_cache) >= _CACHE_MAX:
                 self._trusted_cache.clear()
             self._trusted_cache[peer_ip] = trusted
@@ -121,9 +128,15 @@ class Geo:
         Without `client_ip`, a trusted peer's `forwarded_for` (X-Forwarded-For) names it.
         """
         if header_value is not None and self._trusted and self.is_trusted(peer_ip):
-            code = normalize_country(header_value)
+            # Few distinct values arrive (one per country): each is read once.
+            code = self._header_codes.get(header_value, _MISS)
+            if code is _MISS:
+                code = normalize_country(header_value)
+                if len(self._header_codes) >= _HEADER_CACHE_MAX:
+                    self._header_codes.clear()
+                self._header_codes[header_value] = code
             if code is not None:
-                return code
+                return code  # type: ignore[return-value]
         if self._reader is None:
             return None
         if client_ip is None:

@@ -26,7 +26,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Union
 
 from .config import PluginConfig
@@ -168,7 +167,13 @@ def prepare_field(name: str, value: str = "") -> PreparedField:
     return lname, raw_name, _checked_value(name, value)
 
 
-_field_name = itemgetter(0)
+def _index_of(fields: list[PreparedField], lname: bytes, start: int = 0) -> int:
+    """Where the first field named `lname` is, from `start` on; -1 when there is none."""
+    for i in range(start, len(fields)):
+        field = fields[i]
+        if field[0] == lname:
+            return i
+    return -1
 
 
 def _refuse(name: str) -> None:
@@ -239,22 +244,18 @@ class Headers:
     def _set(self, field: PreparedField) -> None:
         lname = field[0]
         fields = self._fields
-        # The usual case, a name not there yet, is decided by one scan in C.
-        if lname not in map(_field_name, fields):
+        first = _index_of(fields, lname)
+        if first < 0:  # the usual case: a name not there yet
             fields.append(field)
         else:
-            first = -1
-            for i in range(len(fields) - 1, -1, -1):  # from the end, so deleting keeps indexes
-                if fields[i][0] == lname:
-                    if first >= 0:
-                        del fields[first]
-                    first = i
             fields[first] = field
+            if _index_of(fields, lname, first + 1) >= 0:
+                fields[first + 1:] = [f for f in fields[first + 1:] if f[0] != lname]
         self._changed(lname)
 
     def _remove(self, lname: bytes) -> None:
         fields = self._fields
-        if lname in map(_field_name, fields):
+        if _index_of(fields, lname) >= 0:
             fields[:] = [field for field in fields if field[0] != lname]
         self._changed(lname)
 

@@ -347,7 +347,8 @@ class Exchange:
                 self.replayable = False
                 body.clear()
         conn.deadline.set_at(now + self.pool.response_timeout)  # type: ignore[union-attr]
-        self.sent_at = perf_counter()
+        if self.runtime.access_log is not None:  # only the access log reads it
+            self.sent_at = perf_counter()
         conn.start(self, data, self._head_only)
         if self.client.write_paused:
             # The player stopped reading during an earlier response (or while this backend
@@ -404,7 +405,8 @@ class Exchange:
                       bodiless: bool, connection: bytes | None) -> None:
         """The backend's final response head. `headers` are (lower-case name, name, value);
         `connection` is the backend's Connection header, whose tokens are hop-by-hop too."""
-        self.head_at = perf_counter()
+        if self.runtime.access_log is not None:
+            self.head_at = perf_counter()
         backend = self.backend
         assert backend is not None
         pool = self.pool
