@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The data-plane modules setup.py compiles: a change to one rebuilds them
 # (balancer/compiled.py would otherwise fall back to pure Python, with a warning).
-PXD := $(shell find balancer -name '*.pxd')
+PXD := $(shell find balancer plugins -name '*.pxd')
 COMPILED := $(PXD) $(PXD:.pxd=.py)
 
 .PHONY: run test bench check clean system-packages test-stress

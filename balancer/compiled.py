@@ -36,12 +36,18 @@ COMPILED_MODULES = (
     "balancer.http.client_side",
     "balancer.geo",
     "balancer.plugins",
+    # The built-in plugins' per-request hooks (the top-level `plugins` package).
+    "plugins.headers",
+    "plugins.ip_filter",
+    "plugins.rate_limit",
+    "plugins.request_id",
 )
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _source_of(module: str, package_dir: str = _PACKAGE_DIR) -> str:
-    path = os.path.join(package_dir, *module.split(".")[1:])
+    # From the folder that holds `balancer`: the built-in `plugins` package sits beside it.
+    path = os.path.join(os.path.dirname(package_dir), *module.split("."))
     return os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
 
 

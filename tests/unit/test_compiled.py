@@ -60,9 +60,9 @@ def test_the_environment_can_ask_for_pure_python(package: Path) -> None:
 def test_every_module_with_types_is_one_the_loader_knows() -> None:
     """setup.py compiles each module that has a .pxd; compiled.py must guard the same ones,
     or a stale build of a module it does not know would run."""
-    root = Path(compiled.__file__).parent
-    typed = {".".join(("balancer", *pxd.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
-             for pxd in root.rglob("*.pxd")}
+    root = Path(compiled.__file__).parent.parent
+    typed = {".".join(pxd.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+             for package in ("balancer", "plugins") for pxd in (root / package).rglob("*.pxd")}
     assert typed == set(compiled.COMPILED_MODULES)
 
 
