@@ -36,6 +36,7 @@ COMPILED_MODULES = (
     "balancer.http.client_side",
     "balancer.geo",
     "balancer.plugins",
+    "balancer.sticky",
     # The built-in plugins' per-request hooks (the top-level `plugins` package).
     "plugins.headers",
     "plugins.ip_filter",
