@@ -28,8 +28,8 @@ FINGERPRINT_HEADER = b"x-client-cert-fingerprint"
 class DirectSSLObject(ssl.SSLObject):
     """An SSLObject whose `read`, `write` and `pending` are the TLS connection's own (C)
     methods. ssl.SSLObject's are Python methods that only forward to them, and the event loop's
-    TLS layer calls them several times per request: a Python frame each, about 5% of what TLS
-    adds per request (docs/decisions.md, "Where TLS's cost goes")."""
+    TLS layer calls them on every request, a Python frame each (docs/decisions.md, "TLS per
+    request against HAProxy's, counted")."""
 
     @classmethod
     def _create(cls, *args: object, **kwargs: object) -> "DirectSSLObject":  # type: ignore[override]
