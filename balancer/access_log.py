@@ -24,6 +24,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from .addresses import parse_ip
+from .compiled import fields
 from .config import AccessLogConfig
 from .log_sink import LogWriter
 from .outcomes import BAD_REQUEST, OK, STATUS_OUTCOME, WEBSOCKET_CLOSED
@@ -58,12 +59,7 @@ class AccessRecord:
     refused before it became one (`refused_record`); formatted by `json_line` or
     `combined_line`. Times are seconds; a negative one is unknown (null)."""
 
-    __slots__ = (
-        "time", "request_id", "client_ip", "country", "region", "listener", "tls", "method",
-        "host", "target", "protocol", "status", "bytes_in", "bytes_out", "duration",
-        "upstream_connect", "upstream_wait", "route", "pool", "backend", "tries", "sticky",
-        "outcome", "user_agent", "referer",
-    )
+    __slots__ = fields(__name__, "AccessRecord")  # its .pxd declares them
 
     def __init__(self) -> None:
         self.time = 0.0  # Unix time the request head arrived
@@ -324,7 +320,7 @@ def truncate_ip(ip: str) -> str:
 class _Clock:
     """RFC 3339 and combined-log times, the date part formatted once per second."""
 
-    __slots__ = ("_second", "_rfc3339", "_clf")
+    __slots__ = fields(__name__, "_Clock")  # its .pxd declares them
 
     def __init__(self) -> None:
         self._second = -1

@@ -100,6 +100,46 @@ if not COMPILED:
     sys.meta_path.insert(0, _SourceFinder())
 
 
+def fields(module: str, cls: str) -> tuple[str, ...]:
+    """The `__slots__` of `cls`, a class of the compiled module `module` (its `__name__`): the
+    attributes its .pxd declares, the one list of a hot class's fields. The compiled build
+    takes its fields from the .pxd itself (a compiled class ignores `__slots__`: () there), so
+    only the pure build reads the file, once per module."""
+    if COMPILED:
+        return ()
+    pxd = _source_of(module)[:-3] + ".pxd"
+    classes = _DECLARED.get(pxd)
+    if classes is None:
+        with open(pxd, encoding="utf-8") as file:
+            classes = _DECLARED[pxd] = declared_fields(file.read())
+    return classes[cls]
+
+
+_DECLARED: dict[str, dict[str, tuple[str, ...]]] = {}
+
+
+def declared_fields(pxd: str) -> dict[str, tuple[str, ...]]:
+    """The text of a .pxd -> each `cdef class` in it -> its attribute names, in order (methods,
+    which have parentheses, left out; a subclass lists only its own)."""
+    classes: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in pxd.splitlines():
+        if line.startswith("cdef class "):
+            name = line[len("cdef class "):].split("(")[0].split(":")[0].strip()
+            current = classes.setdefault(name, [])
+            continue
+        if line and not line[0].isspace():
+            current = None  # the class's block ended
+        code = line.split("#")[0].strip()
+        if current is None or "(" in code or not code.startswith("cdef "):
+            continue
+        # "cdef public unsigned long a, b" -> a, b: the first name ends the type's words
+        first, *rest = code[len("cdef "):].split(",")
+        current.append(first.split()[-1])
+        current.extend(name.strip() for name in rest)
+    return {name: tuple(names) for name, names in classes.items()}
+
+
 def describe() -> str:
     """For the start-up log."""
     return "compiled (Cython)" if COMPILED else f"pure Python: {REASON}"

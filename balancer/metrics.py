@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .compiled import fields
 from .pool import BackendState, Pool
 
 BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -35,7 +36,7 @@ class RequestLine:
     class, and its backend's duration histogram (the status page's p99 per backend). Found
     with one dict lookup per request."""
 
-    __slots__ = ("count", "hist", "backend_hist")
+    __slots__ = fields(__name__, "RequestLine")  # its .pxd declares them
 
     def __init__(self, hist: list[float], backend_hist: list[float]) -> None:
         self.count = 0
@@ -57,8 +58,7 @@ class LogCounts:
 class Stats:
     """Per-process request counters, bumped on the request path."""
 
-    __slots__ = ("_lines", "durations", "backend_durations", "rejected", "connections",
-                 "reloads", "connection_limit_reached", "mirrored", "access_log")
+    __slots__ = fields(__name__, "Stats")  # its .pxd declares them
 
     def __init__(self) -> None:
         # (route, pool, backend, method bytes, code) -> its counters

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .compiled import fields
 from .config import BackendConfig, PoolConfig
 
 if TYPE_CHECKING:
@@ -43,15 +44,7 @@ def too_many_ejected(ejected: int, usable: int, max_ejected_percent: float) -> b
 class Backend:
     """One backend of one pool. Per-request fields are plain ints for speed."""
 
-    __slots__ = (
-        "pool_name", "config", "id", "address", "host", "port", "region", "weight", "source",
-        "healthy", "ejected_until", "ejections", "consecutive_failures",
-        "draining", "drain_deadline", "removed", "ramp_start",
-        "active_requests", "websockets", "idle", "open_connections",
-        "upstream_errors", "health_checks", "ejections_total", "tunnels", "last_failure",
-        "latency", "latency_at",
-        "keepalive_announced", "keepalive_seen", "reuse_within",
-    )
+    __slots__ = fields(__name__, "Backend")  # its .pxd declares them
 
     def __init__(self, pool_name: str, config: BackendConfig) -> None:
         self.pool_name = pool_name
@@ -152,9 +145,7 @@ class Pool:
     ones from Consul; a backend that leaves either drains instead of being cut
     (docs/architecture.md, "Reload, discovery and faults")."""
 
-    __slots__ = ("name", "config", "backends", "members", "panics_total", "retries_total",
-                 "stale_retries_total",
-                 "_static", "_discovered", "created")
+    __slots__ = fields(__name__, "Pool")  # its .pxd declares them
 
     def __init__(self, config: PoolConfig) -> None:
         self.name = config.name

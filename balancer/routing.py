@@ -8,14 +8,14 @@ does not match that route.
 
 from __future__ import annotations
 
+from .compiled import fields
 from .config import RouteConfig
 
 
 class Route:
     """A compiled route: its matcher plus what the data plane needs after a match."""
 
-    __slots__ = ("name", "pool_name", "config", "plugins", "split", "mirror", "_host", "_suffix",
-                 "_prefix", "_methods", "_headers", "_cert")
+    __slots__ = fields(__name__, "Route")  # its .pxd declares them
 
     def __init__(self, config: RouteConfig) -> None:
         self.name = config.name
@@ -72,7 +72,7 @@ class Route:
 
 
 class RouteTable:
-    __slots__ = ("routes", "_hosts", "_wildcards")
+    __slots__ = fields(__name__, "RouteTable")  # its .pxd declares them
 
     def __init__(self, routes: list[Route]) -> None:
         self.routes = routes

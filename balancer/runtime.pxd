@@ -11,9 +11,7 @@ cdef class Facts:
     cdef public bint https
     cdef public double now
 
-
-cpdef Facts facts_of(object head, str client_ip, bint https, object country, object region,
-                     double now)
+    cpdef Facts for_request(self, object head, object country, object region, double now)
 
 
 cdef class Choice:

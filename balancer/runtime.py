@@ -20,6 +20,7 @@ from . import outlier
 from .addresses import parse_ip
 from .balance import LeastConn, PeakEwma, Random, RoundRobin, static_weight
 from .balance import consistent_hash
+from .compiled import fields
 from .config import Config, PoolConfig
 from .geo import Geo
 from .metrics import Stats
@@ -43,11 +44,15 @@ NONE_ELIGIBLE = "no eligible backend"
 
 class Facts:
     """What choosing a backend may know about a request: plain values, no connection. An
-    HTTP/1.1 exchange and an HTTP/2 stream build the same facts; tests build them by hand."""
+    HTTP/1.1 exchange and an HTTP/2 stream build the same facts; tests build them by hand.
 
-    __slots__ = ("head", "client_ip", "https", "country", "region", "now")
+    On the request path one Facts serves the requests of one player's connection (or HTTP/2
+    stream) in turn, `for_request` filling in each request's own: the player's side keeps it
+    (`Downstream.facts`), so no object is made per request (docs/decisions.md)."""
 
-    def __init__(self, head: RequestHead, client_ip: str, https: bool, country: str | None,
+    __slots__ = fields(__name__, "Facts")  # its .pxd declares them
+
+    def __init__(self, head: RequestHead | None, client_ip: str, https: bool, country: str | None,
                  region: str | None, now: float) -> None:
         self.head = head  # the request's method, target and headers (cookie, hash_on keys)
         self.client_ip = client_ip
@@ -56,19 +61,15 @@ class Facts:
         self.region = region
         self.now = now  # time.monotonic(), for ejections and slow start
 
-
-def facts_of(head: RequestHead, client_ip: str, https: bool, country: str | None,
-             region: str | None, now: float) -> Facts:
-    """Facts(...) for the request path: compiled, this skips the constructor's argument
-    parsing, a measurable share of a request's cost."""
-    facts = Facts.__new__(Facts)
-    facts.head = head
-    facts.client_ip = client_ip
-    facts.https = https
-    facts.country = country
-    facts.region = region
-    facts.now = now
-    return facts
+    def for_request(self, head: RequestHead, country: str | None, region: str | None,
+                    now: float) -> Facts:
+        """These facts, refilled for the next request of the same player's side: its head,
+        country and region, and the time (the address and scheme stay)."""
+        self.head = head
+        self.country = country
+        self.region = region
+        self.now = now
+        return self
 
 
 class Choice:
@@ -76,8 +77,7 @@ class Choice:
     its Retry-After; the cookies to issue with the answer; the pool (a split's side) that
     serves."""
 
-    __slots__ = ("backend", "reason", "retry_after", "set_cookie", "no_backend", "sticky", "pool",
-                 "split_cookie")
+    __slots__ = fields(__name__, "Choice")  # its .pxd declares them
 
     def __init__(self, backend: Backend | None, pool: PoolRuntime | None, reason: str = "",
                  retry_after: int | None = None, set_cookie: bytes | None = None,
@@ -99,10 +99,7 @@ class Choice:
 class PoolRuntime:
     """The policy side of one pool for one config generation."""
 
-    __slots__ = ("name", "pool", "config", "geo", "strategy", "latency_aware", "sticky", "_tokens",
-                 "_tokens_members", "retry_statuses", "_hash_key",
-                 "connect_timeout", "response_timeout", "idle_timeout", "websocket_idle_timeout",
-                 "tls")
+    __slots__ = fields(__name__, "PoolRuntime")  # its .pxd declares them
 
     def __init__(self, pool: Pool, geo: Geo | None, sticky_secret: Callable[[str], bytes],
                  tls: BackendTls | None = None, config: PoolConfig | None = None) -> None:
@@ -297,8 +294,7 @@ def hash_key_reader(hash_on: str) -> Callable[[Facts], bytes | None]:
 class Runtime:
     """One config generation, compiled."""
 
-    __slots__ = ("config", "routes", "pools", "geo", "limits", "stats", "access_log",
-                 "_trusted", "_trusted_cache")
+    __slots__ = fields(__name__, "Runtime")  # its .pxd declares them
 
     def __init__(self, config: Config, pools: dict[str, Pool], stats: Stats,
                  sticky_secret: Callable[[str], bytes] = secret_from_env,
@@ -357,7 +353,7 @@ class RuntimeRef:
     this one object and read `current` per request: compiled, that is a field read, where
     asking the app for it was a call into interpreted code on every request."""
 
-    __slots__ = ("current",)
+    __slots__ = fields(__name__, "RuntimeRef")  # its .pxd declares them
 
     def __init__(self, runtime: Runtime) -> None:
         self.current = runtime

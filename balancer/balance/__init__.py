@@ -12,6 +12,7 @@ from math import exp
 from random import random as uniform  # [0, 1): read per tie, without a module attribute lookup
 from typing import Callable, Sequence
 
+from ..compiled import fields
 from ..pool import Backend
 
 WeightFn = Callable[[Backend, float], float]
@@ -24,7 +25,7 @@ def static_weight(backend: Backend, now: float) -> float:
 class _Weighted:
     """What every strategy is built with: how to read a backend's effective weight."""
 
-    __slots__ = ("weight_of",)
+    __slots__ = fields(__name__, "_Weighted")  # its .pxd declares them
 
     def __init__(self, weight_of: WeightFn = static_weight) -> None:
         self.weight_of = weight_of
@@ -34,7 +35,7 @@ class LeastConn(_Weighted):
     """Fewest (active requests + open WebSockets) per unit of weight; ties broken at random,
     so that several balancer instances do not all pile onto the same first backend."""
 
-    __slots__ = ()
+    __slots__ = fields(__name__, "LeastConn")  # its .pxd declares them
 
     def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
         if len(candidates) == 1:
@@ -63,7 +64,7 @@ class RoundRobin(_Weighted):
     """Smooth weighted round robin (as nginx): each pick adds every weight to its backend's
     running total and takes the largest, which interleaves heavy backends instead of bursting."""
 
-    __slots__ = ("_current",)
+    __slots__ = fields(__name__, "RoundRobin")  # its .pxd declares them
 
     def __init__(self, weight_of: WeightFn = static_weight) -> None:
         super().__init__(weight_of)
@@ -94,7 +95,7 @@ class RoundRobin(_Weighted):
 class Random(_Weighted):
     """Weighted random choice."""
 
-    __slots__ = ()
+    __slots__ = fields(__name__, "Random")  # its .pxd declares them
 
     def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
         if len(candidates) == 1:
@@ -120,7 +121,7 @@ class PeakEwma(_Weighted):
     A backend never measured starts at the median of the candidates that were, not at zero
     (which would send it every request until its first answers came back)."""
 
-    __slots__ = ("decay",)
+    __slots__ = fields(__name__, "PeakEwma")  # its .pxd declares them
 
     def __init__(self, weight_of: WeightFn = static_weight, decay: float = 10.0) -> None:
         super().__init__(weight_of)

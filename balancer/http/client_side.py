@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from ..compiled import fields
 from .downstream import Downstream
 from .errors import RequestError, answer_bytes, error_response, head_of, reason_phrase
 from .exchange import Exchange
@@ -55,11 +56,7 @@ class ClientConnection(Downstream):
     compiled, and a compiled class cannot derive from a Python one; see balancer/compiled.py),
     and the `Downstream` of the exchanges it carries, one after the other."""
 
-    __slots__ = (
-        "transport", "reader", "exchange", "reading", "queue", "deadline", "_paused",
-        "closed", "tunnel", "_batch", "_error", "_idle", "_received", "_body_rate",
-        "_body_since", "_body_base", "_lingering", "_runtime", "_chunked_out", "_close_after",
-    )
+    __slots__ = fields(__name__, "ClientConnection")  # its .pxd declares them
 
     def __init__(self, server: "ListenerServer", proxied_ip: str | None = None) -> None:
         self.server = server
@@ -78,6 +75,7 @@ class ClientConnection(Downstream):
         self.tls_version: str | None = None  # "TLSv1.3" on a TLS listener (the access log's)
         # The player's verified certificate (tls.ClientCertificate) on a listener that asks.
         self.client_cert = None
+        self.facts = None  # runtime.Facts for its requests in turn (the exchange's)
         self.exchange: Exchange | None = None  # the one being answered
         self.reading: Exchange | None = None  # the one whose request is being read
         # A list, not a deque: rarely more than one waits, and an empty deque takes 760 bytes

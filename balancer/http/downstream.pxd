@@ -15,6 +15,7 @@ cdef class Downstream:
     cdef public str client_ip
     cdef public bint peer_trusted, write_paused
     cdef public bytes scheme
+    cdef public object facts  # runtime.Facts (typed where the exchange reads it)
 
     cpdef Py_ssize_t send_interim(self, int status, bytes reason, list headers)
     cpdef Py_ssize_t send_head(self, int status, bytes reason, list headers, frozenset drop,

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..compiled import fields
+
 if TYPE_CHECKING:
     from .exchange import Exchange
 
@@ -45,10 +47,10 @@ class Downstream:
     `tls_version` ("TLSv1.3", or None: the access log's), `client_cert` (the player's verified
     TLS client certificate, a tls.ClientCertificate, or None: routes may match on it),
     `write_paused` (the player takes no more bytes for now: an exchange attaching a backend
-    connection starts it paused)."""
+    connection starts it paused). And one the exchange keeps here: `facts` (runtime.Facts, None
+    until its first request chooses a backend), refilled for each request in turn."""
 
-    __slots__ = ("server", "loop", "listener", "client_ip", "peer_trusted", "scheme",
-                 "tls_version", "client_cert", "write_paused")
+    __slots__ = fields(__name__, "Downstream")  # its .pxd declares them
 
     # -- the response: each call returns the bytes it put on the wire (the access log's) ----
 

@@ -5,7 +5,7 @@ cimport cython
 from ..pool cimport Backend
 from ..routing cimport Route
 from ..retries cimport may_retry, safe_to_repeat
-from ..runtime cimport Choice, Facts, PoolRuntime, Runtime, facts_of
+from ..runtime cimport Choice, Facts, PoolRuntime, Runtime
 from .downstream cimport Downstream
 from .headers cimport forwarded_for, hop_by_hop_with, request_id_from
 from .parser cimport RequestHead
@@ -41,6 +41,7 @@ cdef class Exchange:
     cdef bint _connecting, _head_only
     cdef double _sent_at
     cdef tuple _response_hooks
+    # What the access log tells beyond the above (balancer/access_log.py).
     cdef public Py_ssize_t bytes_in, bytes_out
     cdef public str sticky
     cdef public double connect_time, sent_at, head_at

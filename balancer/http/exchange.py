@@ -16,6 +16,7 @@ from time import monotonic, perf_counter
 from typing import TYPE_CHECKING
 
 from .. import outlier
+from ..compiled import fields
 from ..outcomes import (
     CLIENT_CLOSED, GEO_BLOCKED, NO_BACKEND, PINNED_UNAVAILABLE, PLUGIN_ANSWER, RATE_LIMITED,
     STATUS_OUTCOME, STICKY_UNAVAILABLE, UPSTREAM_CONNECT_FAILURE, UPSTREAM_PROTOCOL_ERROR,
@@ -24,7 +25,7 @@ from ..outcomes import (
 from ..tasks import spawn
 from ..phases import DONE, FORWARDING, MOVES, RESPONDING, ROUTING, TUNNEL, IllegalTransition
 from ..retries import RESEND, RETRY, may_retry, safe_to_repeat
-from ..runtime import NONE_IN_REGION, STICKY_GONE, facts_of
+from ..runtime import NONE_IN_REGION, STICKY_GONE, Facts
 from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, answer_parts, report_failure
 from . import upstream
 from .errors import (
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from ..plugins import PluginChain
     from ..pool import Backend
     from ..routing import Route
-    from ..runtime import Facts, PoolRuntime, Runtime
+    from ..runtime import PoolRuntime, Runtime
     from .downstream import Downstream
     from .upstream import UpstreamConnection
 
@@ -60,15 +61,7 @@ _NO_BACKEND_OUTCOME = {NONE_IN_REGION: PINNED_UNAVAILABLE, STICKY_GONE: STICKY_U
 
 
 class Exchange:
-    __slots__ = (
-        "client", "head", "runtime", "facts", "route", "pool", "backend", "upstream", "request_id",
-        "started", "tried", "body", "body_size", "replayable", "request_done",
-        "phase", "status", "close_client",
-        "upstream_head", "set_cookie", "split_cookie", "region", "country", "early_tunnel", "tunnel",
-        "_connecting", "_head_only", "_response_hooks", "_sent_at",
-        # What the access log tells beyond the above (balancer/access_log.py).
-        "bytes_in", "bytes_out", "sticky", "connect_time", "sent_at", "head_at",
-    )
+    __slots__ = fields(__name__, "Exchange")  # its .pxd declares them
 
     def __init__(self, client: Downstream, head: RequestHead, runtime: Runtime) -> None:
         # The player's side: an HTTP/1.1 connection or, later, an HTTP/2 stream. The exchange
@@ -76,7 +69,7 @@ class Exchange:
         self.client = client
         self.head = head
         self.runtime = runtime
-        self.facts: Facts | None = None  # what choosing a backend knew (kept for a retry)
+        self.facts: Facts | None = None  # what choosing a backend knew (its side's; for a retry)
         self.route: Route | None = None
         self.pool: PoolRuntime | None = None
         self.backend: Backend | None = None
@@ -227,9 +220,14 @@ class Exchange:
         route = self.route
         assert route is not None
         client = self.client
-        facts = facts_of(self.head, client.client_ip, client.scheme == b"https", self.country,
-                         self.region, monotonic())
-        self.facts = facts
+        # The player's side keeps one Facts for its requests (runtime.Facts). This exchange is
+        # its side's only one in progress until it is DONE (a pipelined request begins after),
+        # so its facts stay its own as long as it may choose again.
+        facts = client.facts
+        if facts is None:
+            facts = Facts(None, client.client_ip, client.scheme == b"https", None, None, 0.0)
+            client.facts = facts
+        self.facts = facts.for_request(self.head, self.country, self.region, monotonic())
         split = route.split
         if split is None:
             pool = self.runtime.pools[route.pool_name]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 
+from ..compiled import fields
+
 # Always hop-by-hop (RFC 9110 §7.6.1 plus the de-facto Proxy-Connection and Keep-Alive, and
 # HTTP2-Settings, which RFC 7540 §3.2.1 makes connection-specific: an h2c upgrade attempt must
 # not reach a backend that might honour it).
@@ -63,7 +65,7 @@ class HeaderNames:
     n-th name is compared with the n-th of the previous message, which is cheaper than hashing
     it for the shared cache. Call `restart` at each message's first header."""
 
-    __slots__ = ("_sent", "_lower", "_at")
+    __slots__ = fields(__name__, "HeaderNames")  # its .pxd declares them
 
     def __init__(self) -> None:
         self._sent: list[bytes] = []  # names as sent, by position

@@ -135,6 +135,7 @@ class Http2Stream(Downstream):
         self.scheme = conn.scheme
         self.tls_version = conn.tls_version
         self.client_cert = conn.client_cert
+        self.facts = None  # runtime.Facts for its request (the exchange's)
         # The player takes no more: its connection's socket is full, or this stream's window
         # is shut (an exchange attaching a backend starts it paused).
         self.write_paused = conn.write_paused

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import httptools
 
+from ..compiled import fields
 from ..config import Limits
 from .errors import RequestError
 from .headers import HeaderNames
@@ -42,11 +43,7 @@ _SPECIAL_HEADERS = frozenset({
 class RequestHead:
     """What the balancer knows about a request once its head is read."""
 
-    __slots__ = (
-        "method", "target", "path", "version", "headers", "host", "host_header",
-        "keep_alive", "chunked", "content_length", "upgrade", "expect_continue",
-        "connection", "forwarded_for", "request_id", "cookie", "absolute", "size",
-    )
+    __slots__ = fields(__name__, "RequestHead")  # its .pxd declares them
 
     def __init__(self) -> None:
         self.method = b""
@@ -139,12 +136,7 @@ def split_host(value: bytes) -> str:
 class RequestReader:
     """Feeds client bytes to llhttp and turns its callbacks into checked request events."""
 
-    __slots__ = (
-        "_events", "_parser", "_head", "_url_bytes", "_head_size", "_head_bytes",
-        "_body_bytes", "_in_head", "_hosts", "head_started",
-        "_max_url", "_max_header_bytes", "_max_header_count", "_max_body", "_names",
-        "_keep_alive_asked", "_feed", "_last_host_header", "_last_host", "_head_reads",
-    )
+    __slots__ = fields(__name__, "RequestReader")  # its .pxd declares them
 
     def __init__(self, events: RequestEvents, limits: Limits) -> None:
         self._events = events

@@ -11,6 +11,8 @@ import asyncio
 import contextvars
 from typing import Callable
 
+from ..compiled import fields
+
 
 # The context timer callbacks run in. The data plane keeps no context variables; without it the
 # loop would copy the current context for every armed timer (an object per idle connection).
@@ -31,7 +33,7 @@ def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
 
 
 class Deadline:
-    __slots__ = ("_loop", "_time", "_callback", "when", "_handle", "_armed_at")
+    __slots__ = fields(__name__, "Deadline")  # its .pxd declares them
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .. import outlier
+from ..compiled import fields
 from ..failures import connect_failed
 from .errors import PROTOCOL, RESET, STALE, TIMEOUT
 from .headers import HeaderNames
@@ -53,13 +54,7 @@ class _NotSwitching(Exception):
 class UpstreamConnection:
     """An asyncio.Protocol by its methods (compiled: see balancer/compiled.py)."""
 
-    __slots__ = (
-        "backend", "loop", "transport", "parser", "exchange", "last_used", "closed",
-        "deadline", "_status_reason", "_headers", "_head_sent", "_until_close",
-        "_tunnel", "_reading_paused", "expect_head_only",
-        "idle_timeout", "_framing", "_connection", "_names", "_feed", "tls_config",
-        "pool", "max_head", "_head_bytes", "_head_size", "_answered", "_reused", "_ours", "_in_feed", "_parked",
-    )
+    __slots__ = fields(__name__, "UpstreamConnection")  # its .pxd declares them
 
     def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
         self.backend = backend

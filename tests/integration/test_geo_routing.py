@@ -21,6 +21,7 @@ from netaddr import IPSet
 
 from tests.conftest import Running, pool_yaml
 from tests.fakes.backends import Backend
+from tests.fakes.rawhttp import read_response
 
 GEO = """
 geo:
@@ -147,6 +148,23 @@ async def test_trusted_country_header_chooses_the_region(start_balancer, world, 
     assert await served_by(client, lb, "JP") == EU_WEST  # no region: default_region
     assert await served_by(client, lb, "XX") == EU_WEST  # Cloudflare's "unknown"
     assert await served_by(client, lb, None) == EU_WEST
+
+
+async def test_each_request_on_one_connection_is_served_for_its_own_country(start_balancer, world):
+    """A connection's requests, pipelined in one write, each from another country: each is
+    chosen with its own facts, none with the one before's."""
+    lb = await start_balancer(config(world))
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port())
+    countries = ["US", "MT", "DE", "US", "IT", "CA"]
+    writer.write(b"".join(b"GET /%d HTTP/1.1\r\nHost: casino.test\r\nCF-IPCountry: %s\r\n\r\n"
+                          % (i, country.encode()) for i, country in enumerate(countries)))
+    served_from = {"US": {"na-1"}, "CA": {"na-1"}, "MT": {"es-1"}, "IT": {"es-1"}, "DE": EU_WEST}
+    for i, country in enumerate(countries):
+        answer = await read_response(reader, timeout=30)  # a hang guard
+        assert answer.status == 200
+        assert answer.json()["path"] == f"/{i}"
+        assert answer.header("x-backend") in served_from[country], country
+    writer.close()
 
 
 async def test_client_region_is_forwarded_and_cannot_be_forged(start_balancer, world, client):

@@ -136,3 +136,16 @@ def test_a_split_names_the_side_that_serves_and_the_cookie_to_issue() -> None:
         choice = split.choose(facts())
         assert choice.backend is not None and choice.pool is runtime.pools["games"]
         assert choice.split_cookie is not None and choice.split_cookie.startswith(b"LB_SPLIT=")
+
+
+def test_one_connections_facts_answer_for_each_request_in_turn() -> None:
+    """A player's side keeps one Facts and refills it per request: a returning player's cookie
+    on one request does not stick to the next, which carries none."""
+    pool = runtime_of(STICKY).pools["games"]
+    kept = facts(https=True)
+    first = pool.choose(kept)
+    returning = facts(cookie_of(first.set_cookie)).head
+    assert kept.for_request(returning, "DE", "eu-west", monotonic()) is kept
+    assert (kept.head, kept.country, kept.region, kept.https) == (returning, "DE", "eu-west", True)
+    assert pool.choose(kept).sticky == "hit"
+    assert pool.choose(kept.for_request(facts().head, None, None, monotonic())).sticky == "new"

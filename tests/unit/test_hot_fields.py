@@ -1,71 +1,84 @@
-"""A compiled class's fields are declared twice: `__slots__` in the module (the pure build)
-and `cdef` attributes in the .pxd beside it (the compiled build). Cython needs both
-(docs/decisions.md, "One source for hot fields"); this keeps them one list, read from the
-sources with ast and a line reader, nothing imported."""
+"""A compiled class's fields are declared once, as `cdef` attributes in the .pxd beside its
+module; the pure build's `__slots__` are read from there (`balancer.compiled.fields`,
+docs/decisions.md "One source for hot fields")."""
 
 from __future__ import annotations
 
 import ast
-import re
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from balancer.compiled import COMPILED_MODULES, _source_of, declared_fields
+
 PACKAGE = Path(__file__).resolve().parents[2] / "balancer"
-_CLASS = re.compile(r"^cdef class (\w+)")
-_FIELD = re.compile(r"^\s+cdef (?:public |readonly )?(?!class)[\w.\[\], ]*?\b(\w+(?:\s*,\s*\w+)*)\s*(?:#.*)?$")
 
 
-def pxd_fields(pxd: Path) -> dict[str, set[str]]:
-    """cdef class name -> its attribute names (methods left out)."""
-    classes: dict[str, set[str]] = {}
-    current: set[str] | None = None
-    for line in pxd.read_text().splitlines():
-        found = _CLASS.match(line)
-        if found:
-            current = classes.setdefault(found.group(1), set())
-            continue
-        if line and not line[0].isspace():
-            current = None
-        code = line.split("#")[0]
-        if current is None or "(" in code or not code.strip().startswith("cdef "):
-            continue
-        # "cdef public unsigned long a, b" -> a, b: the first name ends the type's words
-        first, *rest = code.strip()[len("cdef "):].split(",")
-        current.add(first.split()[-1])
-        current.update(name.strip() for name in rest)
-    return classes
+def test_the_reader_sees_fields_and_not_methods() -> None:
+    classes = declared_fields((PACKAGE / "http" / "exchange.pxd").read_text())
+    assert {"client", "phase", "status", "_head_only", "bytes_in", "head_at"} <= set(classes["Exchange"])
+    assert not {"begin", "_move", "response_head"} & set(classes["Exchange"])
 
 
-def py_slots(source: Path) -> dict[str, set[str]]:
-    slots: dict[str, set[str]] = {}
+def test_a_subclass_declares_only_its_own_fields() -> None:
+    pxd = """
+cdef class Base:
+    cdef public object a, b  # two
+    cdef bint _c
+    cpdef go(self, int n)
+
+cdef class Child(Base):
+    @cython.locals(x=int)
+    cpdef int run(self)
+    cdef public unsigned long d
+"""
+    assert declared_fields(pxd) == {"Base": ("a", "b", "_c"), "Child": ("d",)}
+
+
+@pytest.mark.parametrize("module", COMPILED_MODULES)
+def test_every_slotted_class_takes_its_slots_from_its_own_pxd_entry(module: str) -> None:
+    """`__slots__ = fields(__name__, "Name")` naming the class it is in: a copied line naming
+    another class would give the pure build that class's fields."""
+    source = Path(_source_of(module, str(PACKAGE)))
+    declared = declared_fields(source.with_suffix(".pxd").read_text())
     for node in ast.parse(source.read_text()).body:
-        if not isinstance(node, ast.ClassDef):
+        if not isinstance(node, ast.ClassDef) or node.name not in declared:
             continue
         for item in node.body:
-            if (isinstance(item, ast.Assign) and len(item.targets) == 1
-                    and isinstance(item.targets[0], ast.Name) and item.targets[0].id == "__slots__"):
-                slots[node.name] = set(ast.literal_eval(item.value))
-    return slots
+            if (isinstance(item, ast.Assign) and isinstance(item.targets[0], ast.Name)
+                    and item.targets[0].id == "__slots__"):
+                assert ast.unparse(item.value) == f"fields(__name__, '{node.name}')", node.name
 
 
-PXDS = sorted(PACKAGE.rglob("*.pxd"))
-
-
-@pytest.mark.parametrize("pxd", PXDS, ids=[str(p.relative_to(PACKAGE)) for p in PXDS])
-def test_slots_and_pxd_declare_the_same_fields(pxd: Path) -> None:
-    source = pxd.with_suffix(".py")
-    declared = pxd_fields(pxd)
-    slots = py_slots(source)
+def test_the_pure_build_has_exactly_the_declared_fields() -> None:
+    """Imported as Python (whichever build this run tests): each class's slots are its .pxd's
+    fields, and its instances have no __dict__ to hide a misspelt attribute in."""
+    script = """
+import importlib, json, sys
+from balancer import compiled
+from balancer.compiled import COMPILED_MODULES, _source_of, declared_fields
+assert not compiled.COMPILED
+found = {}
+for module in COMPILED_MODULES:
+    with open(_source_of(module)[:-3] + ".pxd") as file:
+        declared = declared_fields(file.read())
+    loaded = importlib.import_module(module)
     for name, fields in declared.items():
-        if name not in slots:
-            continue  # no __slots__: the pure class keeps a __dict__, nothing to disagree with
-        assert slots[name] == fields, (
-            f"{name}: only in __slots__: {sorted(slots[name] - fields)}; "
-            f"only in {pxd.name}: {sorted(fields - slots[name])}")
-
-
-def test_the_reader_sees_fields() -> None:
-    """The check above must be able to fail: the exchange's fields are found."""
-    fields = pxd_fields(PACKAGE / "http" / "exchange.pxd")["Exchange"]
-    assert {"client", "phase", "status", "_head_only", "bytes_in", "head_at"} <= fields
+        cls = getattr(loaded, name)
+        if "__slots__" in vars(cls):
+            found[module + "." + name] = [list(fields), list(cls.__slots__), cls.__dictoffset__]
+print(json.dumps(found))
+"""
+    env = {**os.environ, "BALANCER_PURE_PYTHON": "1"}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         cwd=PACKAGE.parent, timeout=60)
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout)
+    assert "balancer.http.exchange.Exchange" in found
+    for name, (declared, slots, dict_offset) in found.items():
+        assert slots == declared, name
+        assert dict_offset == 0, f"{name} instances have a __dict__"

@@ -45,6 +45,7 @@ class Player(Downstream):
         self.scheme = b"http"
         self.client_cert = None
         self.write_paused = False
+        self.facts = None
         self.answers: list[tuple[int, bytes]] = []
         self.ended: list[Exchange] = []
 
