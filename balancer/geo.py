@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import maxminddb
 
 from .addresses import parse_ip
+from .compiled import fields
 from .config import GeoConfig, IPNetwork
 
 # Cloudflare: "XX" = no country known, "T1" = Tor exit node. Neither is a jurisdiction.
@@ -53,11 +54,7 @@ def normalize_country(value: str | bytes | None) -> str | None:
 class Geo:
     """Geo policy of one config: built once per (re)load, then read-only except its caches."""
 
-    __slots__ = (
-        "header_name", "default_region",
-        "_trusted", "_reader", "_country_region", "_pinned", "_blocked",
-        "_orders", "_pinned_orders", "_trusted_cache", "_db_cache", "_header_codes",
-    )
+    __slots__ = fields(__name__, "Geo")  # its .pxd declares them
 
     def __init__(self, config: GeoConfig, trusted_proxies: tuple[IPNetwork, ...]) -> None:
         # Lower-case bytes, as the parser hands header names over.

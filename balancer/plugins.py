@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
+from .compiled import fields
 from .config import PluginConfig
 from .grammar import FIELD_VALUE, TOKEN
 from .http.errors import answer_bytes, error_answer, reason_phrase
@@ -187,7 +188,7 @@ class Headers:
     Wraps the data plane's own list of `(lower-case name, name, value)` byte triples, so an
     edit here is what goes on the wire. Fields in `protected` may be read, not edited."""
 
-    __slots__ = ("_fields", "_protected")
+    __slots__ = fields(__name__, "Headers")  # its .pxd declares them
 
     def __init__(self, fields: list[tuple[bytes, bytes, bytes]], protected: frozenset[str]) -> None:
         self._fields = fields
@@ -274,7 +275,7 @@ class Headers:
 
 
 class _RequestHeaders(Headers):
-    __slots__ = ("_head",)
+    __slots__ = fields(__name__, "_RequestHeaders")  # its .pxd declares them
 
     def __init__(self, head: RequestHead) -> None:
         super().__init__(head.headers, PROTECTED_REQUEST_HEADERS)
@@ -290,7 +291,7 @@ class _RequestHeaders(Headers):
 class PluginRequest:
     """The request as a plugin sees it. Header edits change what is sent to the backend."""
 
-    __slots__ = ("_exchange", "_headers")
+    __slots__ = fields(__name__, "PluginRequest")  # its .pxd declares them
 
     def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
@@ -374,7 +375,7 @@ class PluginResponse:
     """The backend's response head as a plugin sees it, before it is written to the client.
     The status is read-only; the headers may be edited (framing ones excepted)."""
 
-    __slots__ = ("_status", "headers")
+    __slots__ = fields(__name__, "PluginResponse")  # its .pxd declares them
 
     def __init__(self, status: int, fields: list[tuple[bytes, bytes, bytes]]) -> None:
         self._status = status
