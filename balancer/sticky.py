@@ -31,6 +31,7 @@ import os
 import secrets
 from collections.abc import Iterable
 
+from .compiled import fields
 from .config import StickyConfig
 
 log = logging.getLogger("balancer.sticky")
@@ -91,11 +92,7 @@ def secret_from_env(env_name: str) -> bytes:
 class StickyCookies:
     """Encodes and verifies the sticky cookie of one pool."""
 
-    __slots__ = (
-        "name", "ttl", "_secret", "_pool_prefix", "_mac_key", "_mac_prefix",
-        "_tokens", "_header_prefix", "_header_suffix", "_header_suffix_secure", "fail_closed",
-        "_verified", "_issued", "_headers",
-    )
+    __slots__ = fields(__name__, "StickyCookies")  # its .pxd declares them
 
     def __init__(self, config: StickyConfig, pool_name: str, secret: bytes) -> None:
         if not secret:
