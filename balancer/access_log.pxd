@@ -7,8 +7,8 @@ from .http.exchange cimport Exchange
 
 cdef frozenset _SAMPLED
 cdef dict _QUOTED
-cdef Py_ssize_t _QUOTED_MAX, MAX_PENDING, BATCH_BYTES, LINE_MAX
-cdef tuple LONG, SHORT, _MILLIS, _MILLIS_Z
+cdef Py_ssize_t _NUMBERS_MAX, _QUOTED_MAX, MAX_PENDING, BATCH_BYTES, LINE_MAX
+cdef tuple LONG, SHORT, _MILLIS, _MILLIS_Z, _NUMBERS
 cdef str _COMBINED_LINE
 cdef object _json_string, _UNSAFE
 
@@ -22,7 +22,7 @@ cdef class AccessRecord:
     cdef public Py_ssize_t bytes_in, bytes_out
 
 
-cpdef AccessRecord record_of(Exchange ex, str outcome, double duration)
+cpdef AccessRecord record_of(Exchange ex, str outcome, double duration, bint referer)
 cpdef AccessRecord refused_record(object client, int status, str request_id, Py_ssize_t bytes_out)
 
 
@@ -46,8 +46,8 @@ cdef class AccessLog:
 
 
 cdef class _Clock:
-    cdef long long _second
-    cdef str _rfc3339, _clf
+    cdef long long _second, _millis
+    cdef str _rfc3339, _stamp, _clf
 
     cdef _at(self, long long second)
     @cython.locals(millis=cython.longlong, second=cython.longlong)
@@ -55,10 +55,18 @@ cdef class _Clock:
     cpdef str clf(self, double t)
 
 
+@cython.locals(q=Py_ssize_t, path=str, query=str, user_agent=bytes, duration=cython.longlong,
+               connect=cython.longlong, wait=cython.longlong)
 cpdef bytes json_line(AccessRecord r, _Clock clock, tuple limits)
 cdef str _quoted(object value)
-cdef str _bytes(bytes value, Py_ssize_t limit)
-@cython.locals(micros=cython.longlong)
-cdef str _ms(double seconds)
+@cython.locals(i=Py_ssize_t)
+cdef Py_ssize_t _query_at(bytes target)
+@cython.locals(c=cython.uchar)
+cdef bint _plain(bytes value)
+cdef str _json_bytes(bytes value, Py_ssize_t limit)
+cdef str _number(Py_ssize_t n)
+cdef long long _micros(double seconds)
+cdef str _whole_ms(long long micros)
+cdef str _ms_fraction(long long micros)
 cpdef bytes combined_line(AccessRecord r, _Clock clock, tuple limits)
 cdef str _text(object value, Py_ssize_t limit)

@@ -89,8 +89,9 @@ class AccessRecord:
         self.referer: bytes | None = None
 
 
-def record_of(ex: Exchange, outcome: str, duration: float) -> AccessRecord:
-    """The record of an exchange that ended with `outcome` after `duration` seconds."""
+def record_of(ex: Exchange, outcome: str, duration: float, referer: bool) -> AccessRecord:
+    """The record of an exchange that ended with `outcome` after `duration` seconds (with its
+    Referer header if `referer`: only the combined format writes it)."""
     record = AccessRecord()
     client = ex.client
     head = ex.head
@@ -128,7 +129,8 @@ def record_of(ex: Exchange, outcome: str, duration: float) -> AccessRecord:
     record.sticky = ex.sticky
     record.outcome = outcome
     record.user_agent = head.header(b"user-agent")
-    record.referer = head.header(b"referer")
+    if referer:
+        record.referer = head.header(b"referer")
     return record
 
 
@@ -220,7 +222,7 @@ class AccessLog:
         if outcome in _SAMPLED and ex.status < 500:
             if duration < self._min_duration or (self._sample < 1.0 and random() >= self._sample):
                 return
-        self.write(record_of(ex, outcome, duration))
+        self.write(record_of(ex, outcome, duration, self._combined))
 
     def refused(self, client: ClientConnection, status: int, request_id: str, bytes_out: int) -> None:
         self.write(refused_record(client, status, request_id, bytes_out))
@@ -318,13 +320,16 @@ def truncate_ip(ip: str) -> str:
 
 
 class _Clock:
-    """RFC 3339 and combined-log times, the date part formatted once per second."""
+    """RFC 3339 and combined-log times: the date part formatted once per second, the RFC 3339
+    stamp once per millisecond (lines written in the same millisecond share it)."""
 
     __slots__ = fields(__name__, "_Clock")  # its .pxd declares them
 
     def __init__(self) -> None:
         self._second = -1
+        self._millis = -1
         self._rfc3339 = ""
+        self._stamp = ""
         self._clf = ""
 
     def _at(self, second: int) -> None:
@@ -335,10 +340,14 @@ class _Clock:
 
     def rfc3339(self, t: float) -> str:
         millis = int(t * 1000)
+        if millis == self._millis:
+            return self._stamp
         second = millis // 1000
         if second != self._second:
             self._at(second)
-        return self._rfc3339 + _MILLIS_Z[millis - second * 1000]
+        self._millis = millis
+        self._stamp = self._rfc3339 + _MILLIS_Z[millis - second * 1000]
+        return self._stamp
 
     def clf(self, t: float) -> str:
         second = int(t)
@@ -349,56 +358,51 @@ class _Clock:
 
 # -- formats ------------------------------------------------------------------------------------
 
-# ".000Z" ... ".999Z" and ".000" ... ".999": milliseconds without formatting a float (which
-# took a third of the time of building a line).
+# ".000Z" ... ".999Z" and ".000" ... ".999": milliseconds without formatting a float.
 _MILLIS_Z = tuple(".%03dZ" % i for i in range(1000))
 _MILLIS = tuple(".%03d" % i for i in range(1000))
-# Values that repeat (names from the config, countries, hosts, methods) as JSON strings,
-# escaped once. Bounded: a value a client chose could otherwise fill it.
+# 0 ... 9999 as text, made once: statuses, tries, most byte counts and durations in
+# milliseconds are below it, so most numbers of a line are looked up rather than formatted.
+_NUMBERS = tuple(str(i) for i in range(10000))
+_NUMBERS_MAX = 10000
+# Values that repeat (names from the config, countries, hosts, methods, client addresses) as
+# JSON strings, escaped once. Bounded: a value a client chose could otherwise fill it.
 _QUOTED: dict[object, str] = {None: "null"}
 _QUOTED_MAX = 4096
 
 
 def json_line(r: AccessRecord, clock: _Clock, limits: tuple[int, int, int, int]) -> bytes:
     target = r.target
-    q = target.find(b"?")
+    q = _query_at(target)
     if q < 0:
-        path = _bytes(target, limits[0]) if target else "null"
+        path = _json_bytes(target, limits[0]) if target else "null"
         query = "null"
     else:
-        path = _bytes(target[:q], limits[0])
-        query = _bytes(target[q + 1:], limits[1])
-    # One join of known pieces: no format string to parse (the fields in docs/configuration.md order).
-    return "".join([
-        '{"time":"', clock.rfc3339(r.time),
-        # The request id and the host hold no character JSON would escape (the request reader
-        # checks them: headers.request_id_from, parser.split_host), so they need no escaping.
-        '","request_id":"', r.request_id,
-        '","client_ip":', _json_string(r.client_ip),
-        ',"country":', _quoted(r.country),
-        ',"region":', _quoted(r.region),
-        ',"listener":', _quoted(r.listener),
-        ',"tls":', _quoted(r.tls),
-        ',"method":', _quoted(r.method or None),
-        ',"host":', '"' + r.host + '"' if r.host else "null",
-        ',"path":', path,
-        ',"query":', query,
-        ',"protocol":"', r.protocol,
-        '","status":', str(r.status),
-        ',"bytes_in":', str(r.bytes_in),
-        ',"bytes_out":', str(r.bytes_out),
-        ',"duration_ms":', _ms(r.duration),
-        ',"upstream_connect_ms":', _ms(r.upstream_connect),
-        ',"upstream_wait_ms":', _ms(r.upstream_wait),
-        ',"route":', _quoted(r.route),
-        ',"pool":', _quoted(r.pool),
-        ',"backend":', _quoted(r.backend),
-        ',"tries":', str(r.tries),
-        ',"sticky":"', r.sticky,
-        '","outcome":"', r.outcome,
-        '","user_agent":', _bytes(r.user_agent, limits[2]) if r.user_agent is not None else "null",
-        "}\n",
-    ]).encode()
+        path = _json_bytes(target[:q], limits[0])
+        query = _json_bytes(target[q + 1:], limits[1])
+    user_agent = r.user_agent
+    duration = _micros(r.duration)
+    connect = _micros(r.upstream_connect)
+    wait = _micros(r.upstream_wait)
+    # One f-string, the fields in docs/configuration.md order: compiled, it is one join whose
+    # pieces are counted beforehand (no list, no format string to parse).
+    # The request id and the host hold no character JSON would escape (the request reader
+    # checks them: headers.request_id_from, parser.split_host), nor do the protocol, sticky and
+    # outcome names (constants of the exchange and balancer/outcomes.py).
+    return (
+        f'{{"time":"{clock.rfc3339(r.time)}","request_id":"{r.request_id}",'
+        f'"client_ip":{_quoted(r.client_ip)},"country":{_quoted(r.country)},'
+        f'"region":{_quoted(r.region)},"listener":{_quoted(r.listener)},"tls":{_quoted(r.tls)},'
+        f'"method":{_quoted(r.method or None)},"host":{_quoted(r.host or None)},'
+        f'"path":{path},"query":{query},"protocol":"{r.protocol}","status":{_number(r.status)},'
+        f'"bytes_in":{_number(r.bytes_in)},"bytes_out":{_number(r.bytes_out)},'
+        f'"duration_ms":{_whole_ms(duration)}{_ms_fraction(duration)},'
+        f'"upstream_connect_ms":{_whole_ms(connect)}{_ms_fraction(connect)},'
+        f'"upstream_wait_ms":{_whole_ms(wait)}{_ms_fraction(wait)},"route":{_quoted(r.route)},'
+        f'"pool":{_quoted(r.pool)},"backend":{_quoted(r.backend)},"tries":{_number(r.tries)},'
+        f'"sticky":"{r.sticky}","outcome":"{r.outcome}",'
+        f'"user_agent":{_json_bytes(user_agent, limits[2]) if user_agent is not None else "null"}}}\n'
+    ).encode()
 
 
 def _quoted(value: object) -> str:
@@ -411,21 +415,53 @@ def _quoted(value: object) -> str:
     return quoted
 
 
-def _bytes(value: bytes, limit: int) -> str:
+def _query_at(target: bytes) -> int:
+    """Where the query's "?" is in a request target, or -1 (compiled: a C loop)."""
+    for i in range(len(target)):
+        if target[i] == 63:  # "?"
+            return i
+    return -1
+
+
+def _plain(value: bytes) -> bool:
+    """Whether every byte may stand in a JSON string as it is: printable ASCII but `"` and
+    `\\`. Nearly every path and user agent is; only the others are decoded and escaped."""
+    for c in value:
+        if c < 0x20 or c > 0x7E or c == 0x22 or c == 0x5C:
+            return False
+    return True
+
+
+def _json_bytes(value: bytes, limit: int) -> str:
     """Bytes from the request as a JSON string (non-UTF-8 bytes as \\xHH escapes), cut to
     `limit` characters."""
+    if _plain(value):
+        if len(value) > limit:
+            return f'"{value[:limit].decode("ascii")}..."'
+        return f'"{value.decode("ascii")}"'
     text = value.decode("utf-8", "backslashreplace")
     if len(text) > limit:
         text = text[:limit] + "..."
     return _json_string(text)
 
 
-def _ms(seconds: float) -> str:
-    """Seconds as milliseconds with three decimals ("null" when unknown: negative)."""
-    if seconds < 0:
-        return "null"
-    micros = int(seconds * 1000000)
-    return str(micros // 1000) + _MILLIS[micros % 1000]
+def _number(n: int) -> str:
+    return _NUMBERS[n] if 0 <= n < _NUMBERS_MAX else str(n)
+
+
+def _micros(seconds: float) -> int:
+    """Seconds as whole microseconds, -1 when unknown (negative)."""
+    return int(seconds * 1000000) if seconds >= 0 else -1
+
+
+# A duration in milliseconds with three decimals, as two looked-up pieces ("null" and "" when
+# unknown): no float is formatted, no string concatenated.
+def _whole_ms(micros: int) -> str:
+    return _number(micros // 1000) if micros >= 0 else "null"
+
+
+def _ms_fraction(micros: int) -> str:
+    return _MILLIS[micros % 1000] if micros >= 0 else ""
 
 
 # Apache/nginx "combined", then the request id and the backend:

@@ -1,0 +1,116 @@
+"""The access log's line formats (balancer/access_log.py): what a value from the request becomes
+in a JSON line and in a combined line, byte for byte where it matters to the tools that read
+them: escaping, cutting, numbers, unknown values."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from balancer.access_log import AccessRecord, _Clock, combined_line, json_line
+
+LONG = (1024, 1024, 256, 256)
+SHORT = (128, 128, 64, 64)
+
+
+def record(**fields: object) -> AccessRecord:
+    r = AccessRecord()
+    r.time = 1764796447.123456  # 2025-12-03T21:14:07.123Z
+    r.request_id = "bet-1"
+    r.client_ip = "203.0.113.9"
+    r.listener = "public"
+    r.method = b"POST"
+    r.host = "casino.example"
+    r.target = b"/bet?amount=5"
+    r.status = 200
+    r.bytes_in = 120
+    r.bytes_out = 512
+    r.duration = 0.0123456
+    r.upstream_connect = 0.0
+    r.upstream_wait = 0.010
+    r.route = "bets"
+    r.pool = "games"
+    r.backend = "game-eu-1"
+    r.tries = 1
+    r.user_agent = b"slot-client/2"
+    for name, value in fields.items():
+        setattr(r, name, value)
+    return r
+
+
+def line_of(r: AccessRecord, limits: tuple[int, int, int, int] = LONG) -> dict:
+    raw = json_line(r, _Clock(), limits)
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 1
+    raw.decode("ascii")  # every byte beyond ASCII is escaped: a line is valid in any encoding
+    return json.loads(raw)
+
+
+def test_a_plain_line_has_every_field_in_order_and_exact_numbers() -> None:
+    line = line_of(record())
+    assert line == {
+        "time": "2025-12-03T21:14:07.123Z", "request_id": "bet-1", "client_ip": "203.0.113.9",
+        "country": None, "region": None, "listener": "public", "tls": None, "method": "POST",
+        "host": "casino.example", "path": "/bet", "query": "amount=5", "protocol": "HTTP/1.1",
+        "status": 200, "bytes_in": 120, "bytes_out": 512, "duration_ms": 12.345,
+        "upstream_connect_ms": 0.0, "upstream_wait_ms": 10.0, "route": "bets", "pool": "games",
+        "backend": "game-eu-1", "tries": 1, "sticky": "none", "outcome": "ok",
+        "user_agent": "slot-client/2",
+    }
+    raw = json_line(record(), _Clock(), LONG)
+    assert b'"duration_ms":12.345,"upstream_connect_ms":0.000,"upstream_wait_ms":10.000,' in raw
+
+
+def test_large_numbers_and_unknown_timings() -> None:
+    line = line_of(record(bytes_in=10000, bytes_out=123456789, duration=86400.5, tries=12,
+                          upstream_connect=-1.0, upstream_wait=-1.0))
+    assert (line["bytes_in"], line["bytes_out"], line["duration_ms"], line["tries"]) == (
+        10000, 123456789, 86400500.0, 12)
+    assert line["upstream_connect_ms"] is None and line["upstream_wait_ms"] is None
+
+
+def test_quotes_backslashes_and_control_characters_are_escaped() -> None:
+    ua = b'say "hi" \\ to\x00the\x1f\ttable\x7f'
+    line = line_of(record(user_agent=ua, target=b'/a"b\\c?q="x"\n'))
+    assert line["user_agent"] == 'say "hi" \\ to\x00the\x1f\ttable\x7f'
+    assert line["path"] == '/a"b\\c'
+    assert line["query"] == 'q="x"\n'
+
+
+def test_bytes_that_are_not_utf8_become_backslash_x_escapes() -> None:
+    line = line_of(record(user_agent=b"bot\xff\xfe", target=b"/caf\xc3\xa9/\xe9?n=\x80"))
+    assert line["user_agent"] == "bot\\xff\\xfe"
+    assert line["path"] == "/café/\\xe9"  # valid UTF-8 stays a character
+    assert line["query"] == "n=\\x80"
+
+
+def test_long_values_are_cut_and_marked() -> None:
+    line = line_of(record(target=b"/" + b"p" * 2000 + b"?" + b"q" * 2000, user_agent=b"u" * 500))
+    assert line["path"] == "/" + "p" * 1023 + "..."
+    assert line["query"] == "q" * 1024 + "..."
+    assert line["user_agent"] == "u" * 256 + "..."
+    short = line_of(record(user_agent="é".encode() * 100), SHORT)
+    assert short["user_agent"] == "é" * 64 + "..."  # characters, not bytes
+
+
+def test_a_request_refused_before_its_head_was_read_has_nulls() -> None:
+    line = line_of(record(method=b"", host="", target=b"", user_agent=None, route=None,
+                          pool=None, backend=None, tries=0, status=400, outcome="bad_request"))
+    assert [line[k] for k in ("method", "host", "path", "query", "user_agent", "route",
+                              "pool", "backend")] == [None] * 8
+
+
+def test_lines_in_the_same_millisecond_share_the_time_and_the_next_one_moves_on() -> None:
+    clock = _Clock()
+    first = json.loads(json_line(record(time=1764796447.1231), clock, LONG))
+    second = json.loads(json_line(record(time=1764796447.1239), clock, LONG))
+    third = json.loads(json_line(record(time=1764796448.0001), clock, LONG))
+    assert first["time"] == second["time"] == "2025-12-03T21:14:07.123Z"
+    assert third["time"] == "2025-12-03T21:14:08.000Z"
+
+
+def test_combined_escapes_as_nginx_does() -> None:
+    r = record(user_agent=b'say "hi"\x01\xff', referer=b"https://casino.example/")
+    text = combined_line(r, _Clock(), LONG).decode("ascii")
+    assert re.fullmatch(
+        r'203\.0\.113\.9 - - \[03/Dec/2025:21:14:07 \+0000\] "POST /bet\?amount=5 HTTP/1\.1" 200 512 '
+        r'"https://casino\.example/" "say \\x22hi\\x22\\x01\\xFF" bet-1 game-eu-1\n', text), text
