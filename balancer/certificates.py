@@ -12,7 +12,6 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 
-from cryptography import x509
 
 from .config import Config, TlsConfig, UpstreamTlsConfig
 from .tls import BackendTls, server_context
@@ -93,6 +92,9 @@ def _pool_expiries(pool: str, tls: UpstreamTlsConfig) -> list[Expiry]:
 
 def not_after(path: str) -> float:
     """When the first certificate in the PEM file at `path` to expire does."""
+    # Imported here: cryptography costs ~8 MiB of memory, needed only where TLS is configured.
+    from cryptography import x509
+
     with open(path, "rb") as file:
         certificates = x509.load_pem_x509_certificates(file.read())
     return min(c.not_valid_after_utc.timestamp() for c in certificates)

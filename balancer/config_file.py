@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union, get_args
 from urllib.parse import urlsplit
 
-import maxminddb
 import yaml
 
 from .config import (
@@ -646,6 +645,8 @@ def _readable_file(raw: object, path: str, ctx: _Context) -> str:
 
 def _maxmind_file(raw: object, path: str, ctx: _Context) -> str:
     name = _readable_file(raw, path, ctx)
+    import maxminddb  # only for configs with a geo database
+
     try:
         maxminddb.open_database(name).close()
     except Exception as exc:  # the reader raises several kinds for a damaged file

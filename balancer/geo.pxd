@@ -6,6 +6,7 @@ cdef class Geo:
     cdef public object default_region
     cdef tuple _trusted
     cdef object _reader
+    cdef tuple _reader_errors
     cdef dict _country_region
     cdef frozenset _pinned, _blocked
     cdef dict _orders, _pinned_orders, _trusted_cache, _db_cache, _header_codes

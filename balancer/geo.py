@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
 
-import maxminddb
 
 from .addresses import parse_ip
 from .compiled import fields
@@ -80,7 +79,13 @@ class Geo:
         self._header_codes: dict[str | bytes, str | None] = {}  # country header value -> code
         # MODE_AUTO memory-maps the file and uses the C reader: a lookup is memory reads, no I/O
         # syscalls, and the cache above makes repeated players free.
-        self._reader: Any = maxminddb.open_database(config.database) if config.database else None
+        self._reader: Any = None
+        self._reader_errors: tuple[type[Exception], ...] = (ValueError,)
+        if config.database:
+            import maxminddb  # here: its memory is paid only where a database is configured
+
+            self._reader = maxminddb.open_database(config.database)
+            self._reader_errors = (ValueError, maxminddb.InvalidDatabaseError)
 
     @staticmethod
     def _fallback_orders(config: GeoConfig) -> dict[str, tuple[str, ...]]:
@@ -172,7 +177,7 @@ class Geo:
             return None
         try:
             record = self._reader.get(address)
-        except (ValueError, maxminddb.InvalidDatabaseError):
+        except self._reader_errors:
             # ValueError: an IPv6 address asked of an IPv4-only database.
             return None
         if not isinstance(record, dict):

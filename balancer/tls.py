@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import ssl
 
-from cryptography import x509
 
 from .config import TlsConfig, UpstreamTlsConfig
 
@@ -106,6 +105,8 @@ class ClientCertificate:
     __slots__ = ("subject", "fingerprint", "headers")
 
     def __init__(self, der: bytes) -> None:
+        from cryptography import x509  # here: ~8 MiB, only for listeners verifying players
+
         self.fingerprint = hashlib.sha256(der).hexdigest()
         self.subject = _printable(x509.load_der_x509_certificate(der).subject.rfc4514_string())
         # Ready to join into the request head sent upstream (exchange._build_upstream_head).
