@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
 
-
 from .addresses import parse_ip
 from .compiled import fields
 from .config import GeoConfig, IPNetwork

@@ -122,7 +122,8 @@ class ClientConnection(Downstream):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.deadline.cancel()
+        if self.deadline is not None:  # none in a tunnel (start_tunnel)
+            self.deadline.cancel()
         self.server.connection_closed(self)
         exchange = self.exchange
         self.exchange = None
@@ -345,7 +346,10 @@ class ClientConnection(Downstream):
 
     def start_tunnel(self, exchange: Exchange) -> None:
         self.tunnel = exchange
+        # The exchange's idle sweep watches a tunnel: no timer of its own (with its bound
+        # callback) on each of thousands of idle WebSockets.
         self.deadline.cancel()
+        self.deadline = None  # type: ignore[assignment]
         # Bytes only from now on: the HTTP parser's state is dead weight on a socket that may
         # stay open for hours (10,000 of them per worker).
         self.reader = None  # type: ignore[assignment]

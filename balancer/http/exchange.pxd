@@ -9,6 +9,7 @@ from ..runtime cimport Choice, Facts, PoolRuntime, Runtime
 from .downstream cimport Downstream
 from .headers cimport forwarded_for, hop_by_hop_with, request_id_from
 from .parser cimport RequestHead
+from .timers cimport idle_sweep
 from .upstream cimport UpstreamConnection
 
 
@@ -45,6 +46,8 @@ cdef class Exchange:
     cdef public Py_ssize_t bytes_in, bytes_out
     cdef public str sticky
     cdef public double connect_time, sent_at, head_at
+    cdef public bint idle_active
+    cdef public double idle_since
 
     @cython.locals(old=int)
     cpdef _move(self, int phase)
@@ -70,6 +73,8 @@ cdef class Exchange:
     cpdef upstream_failed(self, UpstreamConnection conn, str kind)
     cpdef tunnel_from_backend(self, bytes data)
     cpdef tunnel_closed(self)
+    cpdef double idle_limit(self)
+    cpdef idle_expired(self)
     cpdef _release_backend(self)
     cpdef _finish(self, str outcome)
     cpdef _ended(self, str outcome)

@@ -35,6 +35,7 @@ from .headers import (
     HOP_BY_HOP, NOT_FORWARDED, forwarded_for, hop_by_hop_with, request_id_from,
 )
 from .parser import RequestHead
+from .timers import idle_sweep
 
 if TYPE_CHECKING:
     from ..plugins import PluginChain
@@ -108,6 +109,8 @@ class Exchange:
         self.connect_time = -1.0  # seconds opening the backend connection; 0 when kept alive
         self.sent_at = 0.0  # perf_counter when the request went to the backend
         self.head_at = 0.0  # ... and when the response head came back
+        self.idle_active = False
+        self.idle_since = 0.0
 
     # -- its phase ------------------------------------------------------------------------
 
@@ -573,8 +576,10 @@ class Exchange:
         conn.drop_http_state()
         self.head.headers = [h for h in self.head.headers if h[0] in _KEPT_FOR_LOG]
         self.upstream_head = b""  # no retry for a tunnel; a mirror copied it at the choice
-        self.body = []
-        conn.deadline.set_in(self.pool.websocket_idle_timeout)
+        self.body = None  # type: ignore[assignment]
+        self.facts = None  # a retry's, and no tunnel is retried
+        # One shared timer watches the idle limit of every tunnel, not one per tunnel.
+        idle_sweep(self.client.loop).add(self, self.pool.websocket_idle_timeout)
         if self.early_tunnel:
             conn.write(self.early_tunnel)
             self.early_tunnel = b""
@@ -592,13 +597,18 @@ class Exchange:
         conn = self.upstream
         if conn is not None:
             conn.write(data)
-            conn.deadline.set_in(self.pool.websocket_idle_timeout)  # type: ignore[union-attr]
+            self.idle_active = True
 
     def tunnel_from_backend(self, data: bytes) -> None:
         self.bytes_out += self.client.send_body(data)
-        conn = self.upstream
-        if conn is not None:
-            conn.deadline.set_in(self.pool.websocket_idle_timeout)  # type: ignore[union-attr]
+        self.idle_active = True
+
+    def idle_limit(self) -> float:
+        return self.pool.websocket_idle_timeout  # type: ignore[union-attr]
+
+    def idle_expired(self) -> None:
+        """No byte either way for websocket_idle: closed as when its backend closes it."""
+        self.tunnel_closed()
 
     def tunnel_closed(self) -> None:
         """The backend side of a tunnel ended: end the player's side too."""
@@ -613,6 +623,7 @@ class Exchange:
         if backend is not None:
             backend.websockets -= 1
             backend.tunnels.discard(self)
+        idle_sweep(self.client.loop).discard(self)
         conn = self.upstream
         self.upstream = None
         if conn is not None:

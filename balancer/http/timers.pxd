@@ -13,3 +13,21 @@ cdef class Deadline:
     cpdef clear(self)
     cpdef cancel(self)
     cdef _arm(self, double when)
+
+
+cdef double SWEEP_INTERVAL, SWEEP_INTERVAL_MIN
+
+
+cdef class IdleSweep:
+    cdef object _loop, _handle
+    cdef set _tunnels
+    cdef double _interval
+
+    cpdef add(self, object tunnel, double limit)
+    cpdef discard(self, object tunnel)
+
+
+cdef object _sweep_loop
+cdef IdleSweep _loop_sweep
+
+cpdef IdleSweep idle_sweep(object loop)

@@ -80,3 +80,80 @@ class Deadline:
             return
         self.when = 0.0
         self._callback()
+
+
+# How often the idle sweep looks at its tunnels: at most this long (a WebSocket idle limit is
+# minutes or hours), at least the shortest limit's quarter, so that a short one (tests, a
+# strict operator) is kept to within a quarter of it.
+SWEEP_INTERVAL = 1.0
+SWEEP_INTERVAL_MIN = 0.01
+
+
+class IdleSweep:
+    """The idle limit of every WebSocket tunnel of one event loop, under one timer.
+
+    A tunnel lives for hours and its traffic comes in small frames: an armed timer handle per
+    tunnel (with libuv's timer behind it) costs more memory than the rest of an idle tunnel's
+    state. Instead, traffic only raises the tunnel's `idle_active` flag (no clock read, no
+    timer), and one sweep per SWEEP_INTERVAL lowers the flags it finds raised and closes the
+    tunnels that stayed quiet for their `idle_limit()`: closed between the limit and the limit
+    plus one sweep interval after their last byte.
+
+    A tunnel offers `idle_active`, `idle_since` (loop time), `idle_limit()` and
+    `idle_expired()`.
+    """
+
+    __slots__ = fields(__name__, "IdleSweep")  # its .pxd declares them
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._tunnels: set = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._interval = SWEEP_INTERVAL
+
+    def __len__(self) -> int:
+        return len(self._tunnels)
+
+    def add(self, tunnel: object, limit: float) -> None:
+        tunnel.idle_active = False  # type: ignore[attr-defined]
+        tunnel.idle_since = self._loop.time()  # type: ignore[attr-defined]
+        self._tunnels.add(tunnel)
+        interval = max(SWEEP_INTERVAL_MIN, min(SWEEP_INTERVAL, limit / 4))
+        if self._handle is None or interval < self._interval:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._interval = interval
+            self._handle = self._loop.call_later(interval, self._sweep, context=_CONTEXT)
+
+    def discard(self, tunnel: object) -> None:
+        self._tunnels.discard(tunnel)
+
+    def _sweep(self) -> None:
+        now = self._loop.time()
+        expired = []
+        for tunnel in self._tunnels:
+            if tunnel.idle_active:
+                tunnel.idle_active = False
+                tunnel.idle_since = now
+            elif now - tunnel.idle_since >= tunnel.idle_limit():
+                expired.append(tunnel)
+        for tunnel in expired:
+            self._tunnels.discard(tunnel)
+            tunnel.idle_expired()
+        if self._tunnels:
+            self._handle = self._loop.call_later(self._interval, self._sweep, context=_CONTEXT)
+        else:
+            self._handle = None
+            self._interval = SWEEP_INTERVAL
+
+
+_sweep_loop: object = None
+_loop_sweep: IdleSweep | None = None
+
+
+def idle_sweep(loop: asyncio.AbstractEventLoop) -> IdleSweep:
+    """The loop's one IdleSweep."""
+    global _sweep_loop, _loop_sweep
+    if loop is not _sweep_loop or _loop_sweep is None:
+        _sweep_loop, _loop_sweep = loop, IdleSweep(loop)
+    return _loop_sweep

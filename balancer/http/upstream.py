@@ -101,7 +101,8 @@ class UpstreamConnection:
             return
         self.closed = True
         self.backend.open_connections -= 1
-        self.deadline.cancel()
+        if self.deadline is not None:  # none in a tunnel (drop_http_state)
+            self.deadline.cancel()
         exchange = self.exchange
         if exchange is None:
             if not self._ours and self.last_used and self in self.backend.idle:
@@ -310,7 +311,12 @@ class UpstreamConnection:
         self.parser = None
         self._feed = None
         self._names = None  # type: ignore[assignment]  # a tunnel never reads a head again
-        self._headers = []
+        self._headers = None  # type: ignore[assignment]
+        self._connection = None
+        self._status_reason = b""
+        # The exchange's idle sweep watches a tunnel: no timer handle of its own.
+        self.deadline.cancel()
+        self.deadline = None  # type: ignore[assignment]
 
     def write(self, data: bytes) -> None:
         if not self.closed:

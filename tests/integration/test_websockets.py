@@ -60,6 +60,23 @@ async def test_idle_websocket_is_closed_after_websocket_idle(start_balancer, bac
     async with http.ws_connect(lb.url + "/ws/idle") as ws:
         message = await ws.receive(timeout=3)
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    backend = lb.app.pools["live"].backends["b1"]
+    await until(lambda: backend.websockets == 0 and not backend.tunnels, "the idle WebSocket uncounted")
+
+
+async def test_traffic_keeps_a_websocket_open_past_websocket_idle(start_balancer, backends, http):
+    # Frames every 100 ms for three times the 1 s idle limit: each resets it, in either
+    # direction (the echo comes back from the backend).
+    bs = await backends(1)
+    lb = await start_balancer(ws_config(bs).replace("websocket_idle: 2s", "websocket_idle: 1s"))
+    async with http.ws_connect(lb.url + "/ws/busy") as ws:
+        for n in range(30):
+            await ws.send_str(f"bet {n}")
+            assert (await ws.receive_str(timeout=2)) == f"b1:bet {n}"
+            await asyncio.sleep(0.1)
+        # ... and once quiet, it is closed after all.
+        message = await ws.receive(timeout=5)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
 
 
 async def test_backend_refusing_the_upgrade_answers_normally(start_balancer, backends):
