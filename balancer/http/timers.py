@@ -82,9 +82,9 @@ class Deadline:
         self._callback()
 
 
-# How often the idle sweep looks at its tunnels: at most this long (a WebSocket idle limit is
-# minutes or hours), at least the shortest limit's quarter, so that a short one (tests, a
-# strict operator) is kept to within a quarter of it.
+# How often the idle sweep looks at its tunnels: each SWEEP_INTERVAL (a WebSocket idle limit
+# is minutes or hours), or each quarter of the shortest limit when that is shorter, so that a
+# short one (tests, a strict operator) is kept to within a quarter of it.
 SWEEP_INTERVAL = 1.0
 SWEEP_INTERVAL_MIN = 0.01
 
