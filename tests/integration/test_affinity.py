@@ -461,11 +461,17 @@ async def test_removing_a_backend_by_reload_moves_only_its_keys(start_balancer, 
 
 async def concurrent_same_key(session: aiohttp.ClientSession, lb: Running, bs: list[Backend],
                               count: int) -> Counter[str]:
+    # Every request is held at its backend until all of them have arrived: they are truly
+    # concurrent however slowly a busy machine sends them (a timed hang was not).
     for b in bs:
-        b.mode = "hang"  # every answer takes hang_seconds: the requests overlap
-        b.hang_seconds = 0.3
-    answers = await asyncio.gather(*[get(session, lb, headers={"X-Player-Id": "whale"})
-                                     for _ in range(count)])
+        b.mode = "hold"
+        b.released.clear()
+    sending = asyncio.gather(*[get(session, lb, headers={"X-Player-Id": "whale"})
+                               for _ in range(count)])
+    await until(lambda: sum(b.count() for b in bs) == count, "every request held at a backend")
+    for b in bs:
+        b.released.set()
+    answers = await sending
     assert all(a.status == 200 for a in answers)
     return Counter(a.backend for a in answers)
 
