@@ -26,8 +26,9 @@ from typing import Callable
 
 log = logging.getLogger("balancer.access_log")
 
-# A file gets batches up to this size in one write; a pipe at most PIPE_BUF (atomic).
-FILE_CHUNK = 64 * 1024
+# A file gets a whole batch (balancer/access_log.py BATCH_BYTES) in one write: each write
+# costs the writer thread the GIL twice. A pipe gets at most PIPE_BUF bytes a write (atomic).
+FILE_CHUNK = 1024 * 1024
 PIPE_CHUNK = select.PIPE_BUF
 # Syslog: facility local0, severity info (RFC 5424 §6.2.1), in the BSD form every daemon reads.
 SYSLOG_PRI = 16 * 8 + 6
@@ -37,7 +38,7 @@ _STOP = "stop"
 
 
 class Target:
-    """An opened sink: `write(lines)` writes whole lines, raising OSError on failure."""
+    """An opened sink: `write(pieces(lines))` writes whole lines, raising OSError on failure."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -78,32 +79,47 @@ class Target:
         mode = os.fstat(self.fd).st_mode
         self.chunk = FILE_CHUNK if stat.S_ISREG(mode) else PIPE_CHUNK
 
-    def write(self, lines: list[bytes]) -> int:
-        """Write whole lines. A syslog socket takes each line as a datagram of its own: one it
-        refuses (no daemon at the path yet, a full buffer) is lost alone and counted in the
-        returned number, the next ones are still tried. A stream sink raises OSError."""
+    def pieces(self, lines: list[bytes]) -> list:
+        """`lines` as this sink takes them, cut in the loop thread: one datagram per line for
+        syslog; else their bytes joined and cut at line ends into writes of at most `chunk`
+        bytes. The writer thread then has only writes to make: it never loops over lines while
+        holding the GIL, which the event loop would wait for (measured: that per-line loop in
+        the writer made the event loop thread lose the CPU about once per request)."""
+        if self.sock is not None:
+            return lines
+        data = b"".join(lines)
+        chunk = self.chunk
+        if len(data) <= chunk:
+            return [data]
+        view = memoryview(data)
+        pieces = []
+        start, size = 0, len(data)
+        while size - start > chunk:
+            end = data.rfind(b"\n", start, start + chunk) + 1
+            if end <= start:  # a line longer than a chunk (not made by access_log.py) goes whole
+                end = data.find(b"\n", start + chunk) + 1 or size
+            pieces.append(view[start:end])
+            start = end
+        if start < size:
+            pieces.append(view[start:])
+        return pieces
+
+    def write(self, pieces: list) -> int:
+        """Write what `pieces` made. A syslog socket takes each line as a datagram of its own:
+        one it refuses (no daemon at the path yet, a full buffer) is lost alone and counted in
+        the returned number, the next ones are still tried. A stream sink raises OSError."""
         if self.sock is not None:
             prefix, sock, address = self.prefix, self.sock, self.address
             refused = 0
-            for line in lines:
+            for line in pieces:
                 try:
                     sock.sendto(prefix + line.rstrip(b"\n"), address)
                 except OSError as exc:
                     refused += 1
                     self.error = exc
             return refused
-        fd, chunk = self.fd, self.chunk
-        piece: list[bytes] = []
-        size = 0
-        for line in lines:
-            if size and size + len(line) > chunk:
-                _write_all(fd, b"".join(piece))
-                piece.clear()
-                size = 0
-            piece.append(line)
-            size += len(line)
-        if piece:
-            _write_all(fd, b"".join(piece))
+        for piece in pieces:
+            _write_all(self.fd, piece)
         return 0
 
     def close(self) -> None:
@@ -123,7 +139,7 @@ class Target:
             os.close(old)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -143,7 +159,8 @@ class LogWriter:
         self._thread.start()
 
     def put(self, lines: list[bytes], size: int) -> None:
-        self._queue.put((lines, size))
+        """Queue whole lines (`size` bytes) for writing; called in the event loop's thread."""
+        self._queue.put((self.target.pieces(lines), size, len(lines)))
 
     def reopen(self) -> None:
         self._queue.put(_REOPEN)
@@ -169,17 +186,17 @@ class LogWriter:
             elif callable(item):
                 item()
             else:
-                lines, size = item
+                pieces, size, count = item
                 try:
-                    refused = target.write(lines)
+                    refused = target.write(pieces)
                 except OSError as exc:
-                    refused = len(lines)
+                    refused = count
                     target.error = exc
                 if refused:
                     self._warn(target.error)
                 else:
                     self._warned = False
-                self._on_done(size, len(lines) - refused, refused)
+                self._on_done(size, count - refused, refused)
 
     def _reopen(self) -> None:
         try:
