@@ -6,11 +6,11 @@ cimport cython
 from .http.exchange cimport Exchange
 
 cdef frozenset _SAMPLED
-cdef dict _QUOTED
-cdef Py_ssize_t _NUMBERS_MAX, _QUOTED_MAX, MAX_PENDING, BATCH_BYTES, LINE_MAX
+cdef dict _QUOTED, _SEGMENTS, _PLAIN_JSON
+cdef Py_ssize_t _NUMBERS_MAX, _QUOTED_MAX, _SEGMENTS_MAX, _SEGMENT_CHARS, _PLAIN_BYTES, MAX_PENDING, BATCH_BYTES, LINE_MAX
 cdef tuple LONG, SHORT, _MILLIS, _MILLIS_Z, _NUMBERS
 cdef str _COMBINED_LINE
-cdef object _json_string, _UNSAFE
+cdef object _json_string, _UNSAFE, wall_clock, gmtime, perf_counter
 
 
 cdef class AccessRecord:
@@ -40,6 +40,7 @@ cdef class AccessLog:
     cpdef exchange_ended(self, Exchange ex, str outcome)
     cpdef refused(self, object client, int status, str request_id, Py_ssize_t bytes_out)
     cpdef write(self, AccessRecord record)
+    @cython.locals(size=Py_ssize_t)
     cdef _add(self, bytes line)
     cpdef _flush(self)
     cdef str _truncated(self, str ip)
@@ -56,13 +57,16 @@ cdef class _Clock:
 
 
 @cython.locals(q=Py_ssize_t, path=str, query=str, user_agent=bytes, duration=cython.longlong,
+               request_key=tuple, backend_key=tuple, request_part=str, backend_part=str,
                connect=cython.longlong, wait=cython.longlong)
 cpdef bytes json_line(AccessRecord r, _Clock clock, tuple limits)
 cdef str _quoted(object value)
+cdef str _remember(tuple key, str part)
 @cython.locals(i=Py_ssize_t)
 cdef Py_ssize_t _query_at(bytes target)
 @cython.locals(c=cython.uchar)
 cdef bint _plain(bytes value)
+@cython.locals(known=str, text=str)
 cdef str _json_bytes(bytes value, Py_ssize_t limit)
 cdef str _number(Py_ssize_t n)
 cdef long long _micros(double seconds)

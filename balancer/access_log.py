@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from json.encoder import encode_basestring_ascii as _json_string
 from random import random
-from time import perf_counter
+from time import gmtime, perf_counter
+from time import time as wall_clock
 from typing import TYPE_CHECKING
 
 from .addresses import parse_ip
@@ -48,7 +48,7 @@ FLUSH_DELAY = 0.25
 # more to the short ones if a line would still exceed LINE_MAX: a line then always fits one
 # atomic pipe write (PIPE_BUF, 4096 on Linux), so workers never interleave on stdout.
 LONG = (1024, 1024, 256, 256)  # path, query, user agent, referer
-SHORT = (128, 128, 64, 64)
+SHORT = (128, 128, 64, 64)  # none below _PLAIN_BYTES (_json_bytes)
 LINE_MAX = 4000
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -95,7 +95,7 @@ def record_of(ex: Exchange, outcome: str, duration: float, referer: bool) -> Acc
     record = AccessRecord()
     client = ex.client
     head = ex.head
-    record.time = time.time() - duration
+    record.time = wall_clock() - duration
     record.request_id = ex.request_id
     record.client_ip = client.client_ip
     record.country = ex.country
@@ -138,7 +138,7 @@ def refused_record(client: ClientConnection, status: int, request_id: str,
                    bytes_out: int) -> AccessRecord:
     """A request refused while its head was read (no method or target to tell)."""
     record = AccessRecord()
-    record.time = time.time()
+    record.time = wall_clock()
     record.request_id = request_id
     record.client_ip = client.client_ip
     record.listener = client.listener.name
@@ -333,7 +333,7 @@ class _Clock:
         self._clf = ""
 
     def _at(self, second: int) -> None:
-        t = time.gmtime(second)
+        t = gmtime(second)
         self._second = second
         self._rfc3339 = "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6]
         self._clf = "%02d/%s/%04d:%02d:%02d:%02d +0000" % (t[2], _MONTHS[t[1] - 1], t[0], t[3], t[4], t[5])
@@ -369,6 +369,13 @@ _NUMBERS_MAX = 10000
 # JSON strings, escaped once. Bounded: a value a client chose could otherwise fill it.
 _QUOTED: dict[object, str] = {None: "null"}
 _QUOTED_MAX = 4096
+# Runs of fields that repeat together, keyed by their values (json_line).
+_SEGMENTS: dict[tuple, str] = {}
+_SEGMENTS_MAX = 4096
+_SEGMENT_CHARS = 512
+# Plain paths and user agents up to this many bytes, as JSON strings (_json_bytes).
+_PLAIN_JSON: dict[bytes, str] = {}
+_PLAIN_BYTES = 64
 
 
 def json_line(r: AccessRecord, clock: _Clock, limits: tuple[int, int, int, int]) -> bytes:
@@ -384,6 +391,20 @@ def json_line(r: AccessRecord, clock: _Clock, limits: tuple[int, int, int, int])
     duration = _micros(r.duration)
     connect = _micros(r.upstream_connect)
     wait = _micros(r.upstream_wait)
+    # Fields that repeat together (from the config, the connection and the request's head)
+    # as one remembered piece each: one dict look-up instead of a _quoted() per field.
+    request_key = (r.country, r.region, r.listener, r.tls, r.method, r.host)
+    request_part = _SEGMENTS.get(request_key)
+    if request_part is None:
+        request_part = _remember(request_key, (
+            f'"country":{_quoted(r.country)},"region":{_quoted(r.region)},'
+            f'"listener":{_quoted(r.listener)},"tls":{_quoted(r.tls)},'
+            f'"method":{_quoted(r.method or None)},"host":{_quoted(r.host or None)},'))
+    backend_key = (r.route, r.pool, r.backend)
+    backend_part = _SEGMENTS.get(backend_key)
+    if backend_part is None:
+        backend_part = _remember(backend_key, (
+            f'"route":{_quoted(r.route)},"pool":{_quoted(r.pool)},"backend":{_quoted(r.backend)},'))
     # One f-string, the fields in docs/configuration.md order: compiled, it is one join whose
     # pieces are counted beforehand (no list, no format string to parse).
     # The request id and the host hold no character JSON would escape (the request reader
@@ -391,18 +412,25 @@ def json_line(r: AccessRecord, clock: _Clock, limits: tuple[int, int, int, int])
     # outcome names (constants of the exchange and balancer/outcomes.py).
     return (
         f'{{"time":"{clock.rfc3339(r.time)}","request_id":"{r.request_id}",'
-        f'"client_ip":{_quoted(r.client_ip)},"country":{_quoted(r.country)},'
-        f'"region":{_quoted(r.region)},"listener":{_quoted(r.listener)},"tls":{_quoted(r.tls)},'
-        f'"method":{_quoted(r.method or None)},"host":{_quoted(r.host or None)},'
+        f'"client_ip":{_quoted(r.client_ip)},{request_part}'
         f'"path":{path},"query":{query},"protocol":"{r.protocol}","status":{_number(r.status)},'
         f'"bytes_in":{_number(r.bytes_in)},"bytes_out":{_number(r.bytes_out)},'
         f'"duration_ms":{_whole_ms(duration)}{_ms_fraction(duration)},'
         f'"upstream_connect_ms":{_whole_ms(connect)}{_ms_fraction(connect)},'
-        f'"upstream_wait_ms":{_whole_ms(wait)}{_ms_fraction(wait)},"route":{_quoted(r.route)},'
-        f'"pool":{_quoted(r.pool)},"backend":{_quoted(r.backend)},"tries":{_number(r.tries)},'
-        f'"sticky":"{r.sticky}","outcome":"{r.outcome}",'
+        f'"upstream_wait_ms":{_whole_ms(wait)}{_ms_fraction(wait)},{backend_part}'
+        f'"tries":{_number(r.tries)},"sticky":"{r.sticky}","outcome":"{r.outcome}",'
         f'"user_agent":{_json_bytes(user_agent, limits[2]) if user_agent is not None else "null"}}}\n'
     ).encode()
+
+
+def _remember(key: tuple, part: str) -> str:
+    """Keep `part` for the next line with the same values. Bounded in count and size: a host
+    comes from the player, who could send a new long one every time."""
+    if len(part) <= _SEGMENT_CHARS:
+        if len(_SEGMENTS) >= _SEGMENTS_MAX:
+            _SEGMENTS.clear()
+        _SEGMENTS[key] = part
+    return part
 
 
 def _quoted(value: object) -> str:
@@ -434,11 +462,20 @@ def _plain(value: bytes) -> bool:
 
 def _json_bytes(value: bytes, limit: int) -> str:
     """Bytes from the request as a JSON string (non-UTF-8 bytes as \\xHH escapes), cut to
-    `limit` characters."""
+    `limit` characters. Short plain values (most paths and user agents repeat) are remembered:
+    no limit is below _PLAIN_BYTES, so none of them is ever cut."""
+    known = _PLAIN_JSON.get(value)
+    if known is not None:
+        return known
     if _plain(value):
         if len(value) > limit:
             return f'"{value[:limit].decode("ascii")}..."'
-        return f'"{value.decode("ascii")}"'
+        text = f'"{value.decode("ascii")}"'
+        if len(value) <= _PLAIN_BYTES:
+            if len(_PLAIN_JSON) >= _QUOTED_MAX:
+                _PLAIN_JSON.clear()
+            _PLAIN_JSON[value] = text
+        return text
     text = value.decode("utf-8", "backslashreplace")
     if len(text) > limit:
         text = text[:limit] + "..."

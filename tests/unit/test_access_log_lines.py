@@ -114,3 +114,27 @@ def test_combined_escapes_as_nginx_does() -> None:
     assert re.fullmatch(
         r'203\.0\.113\.9 - - \[03/Dec/2025:21:14:07 \+0000\] "POST /bet\?amount=5 HTTP/1\.1" 200 512 '
         r'"https://casino\.example/" "say \\x22hi\\x22\\x01\\xFF" bet-1 game-eu-1\n', text), text
+
+
+def test_remembered_pieces_follow_the_values_of_each_line() -> None:
+    """Runs of fields are remembered by their values: a line never gets another line's."""
+    first = line_of(record(country="DE", region="eu-west", backend="game-eu-1", method=b"POST"))
+    second = line_of(record(country="FR", region="eu-west", backend="game-eu-2", method=b"GET"))
+    third = line_of(record(country="DE", region="eu-west", backend="game-eu-1", method=b"POST",
+                           host="other.example", tls="TLSv1.3"))
+    assert (first["country"], first["backend"], first["method"], first["host"]) == (
+        "DE", "game-eu-1", "POST", "casino.example")
+    assert (second["country"], second["backend"], second["method"]) == ("FR", "game-eu-2", "GET")
+    assert (third["host"], third["tls"], third["backend"]) == ("other.example", "TLSv1.3", "game-eu-1")
+    for n in range(50):  # many hosts, some too long to be remembered, each line still its own
+        host = f"h{n}." + "x" * (600 if n % 2 else 5) + ".example"
+        assert line_of(record(host=host))["host"] == host
+
+
+def test_a_remembered_path_is_the_same_under_either_limit() -> None:
+    path = b"/" + b"p" * 63  # as long as a remembered value gets
+    assert line_of(record(target=path), SHORT)["path"] == path.decode()
+    assert line_of(record(target=path), LONG)["path"] == path.decode()
+    longer = b"/" + b"p" * 200
+    assert line_of(record(target=longer), SHORT)["path"] == longer[:128].decode() + "..."
+    assert line_of(record(target=longer), LONG)["path"] == longer.decode()
