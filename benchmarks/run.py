@@ -473,7 +473,7 @@ def run_h2(args: argparse.Namespace, tools: dict[str, str], work: Path, backends
     d = work / "h2"
     d.mkdir()
     pki = make_pki(d)
-    hport, _ = start_haproxy(tools, d, backends, name="haproxy-h2", listener_pem=pki.pem, alpn="h2,http/1.1")
+    hport, hproc = start_haproxy(tools, d, backends, name="haproxy-h2", listener_pem=pki.pem, alpn="h2,http/1.1")
     lport, admin = free_port(), free_port()
     bcfg = _base_config(Ports(lport, admin, backends))
     bcfg["listeners"][0]["tls"] = {"certificate": str(pki.cert), "key": str(pki.key)}
@@ -484,6 +484,7 @@ def run_h2(args: argparse.Namespace, tools: dict[str, str], work: Path, backends
     if not wait_for_port(lport, balancer, args.startup_timeout):
         return {"status": f"failed: balancer did not start: {tail(d / 'balancer.log')}"}
     targets = {"haproxy": hport, "balancer": lport}
+    pids = {"haproxy": (hproc.pid,), "balancer": (balancer.pid,)}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
     argv = [h2load, "-c", "16", "-m", "10", "-t", "1", "-D", f"{args.duration:g}",
             "--warm-up-time", "1"]
@@ -491,15 +492,21 @@ def run_h2(args: argparse.Namespace, tools: dict[str, str], work: Path, backends
         order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
         for name in order:
             log(f"h2 round {rnd + 1}/{args.rounds}: {name} {args.duration:g}s")
+            before = tree_cpu(proc_table(), pids[name])
             out = subprocess.run(argv + [f"https://127.0.0.1:{targets[name]}/"], capture_output=True,
                                  text=True, timeout=args.duration + 60)
+            used = tree_cpu(proc_table(), pids[name]) - before
             (d / f"round{rnd + 1}-{name}.txt").write_text(out.stdout + out.stderr)
             try:
                 res = parse_h2load(out.stdout)
             except ValueError as exc:
                 return {"status": f"failed: {exc}"}
+            # The proxy's CPU over the warm-up second and the measured run, per request at the
+            # measured rate over both (h2load reports no count for its warm-up).
+            res["proxy_cpu_us_per_request"] = used / (res["rps"] * (args.duration + 1)) * 1e6 if res["rps"] else None
             runs[name].append(res)
-            log(f"  {fmt_rps(res['rps'])} req/s, errors {res['errors']}, h2: {res['protocol_h2']}")
+            log(f"  {fmt_rps(res['rps'])} req/s, errors {res['errors']}, h2: {res['protocol_h2']}, "
+                f"proxy CPU {res['proxy_cpu_us_per_request'] or 0:.1f} us/request")
     ratios = [b["rps"] / h["rps"] for b, h in zip(runs["balancer"], runs["haproxy"]) if h["rps"]]
     ratio = statistics.median(ratios) if ratios else None
     result = {"status": "ok", "load": " ".join(argv[1:]), "runs": runs,
@@ -508,7 +515,9 @@ def run_h2(args: argparse.Namespace, tools: dict[str, str], work: Path, backends
               "met": ratio is not None and ratio >= H2_TARGET}
     print(f"\nh2: h2load {' '.join(argv[1:])} over TLS, {args.rounds} round(s), medians")
     for name, rps in result["median_rps"].items():
-        print(f"  {name:<9} {fmt_rps(rps):>10} req/s")
+        cpu = [r["proxy_cpu_us_per_request"] for r in runs[name] if r["proxy_cpu_us_per_request"]]
+        print(f"  {name:<9} {fmt_rps(rps):>10} req/s, proxy CPU "
+              f"{statistics.median(cpu) if cpu else 0:.1f} us/request")
     print(f"  balancer / haproxy: {fmt_ratio(ratio)} (target >= {H2_TARGET:.2f}x)"
           f" {'met' if result['met'] else 'NOT met'}")
     return result
