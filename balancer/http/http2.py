@@ -1,10 +1,14 @@
 """HTTP/2 for players: one connection, many streams, each stream one exchange.
 
-The `h2` package is the state machine (framing, HPACK, stream states, flow-control windows);
-this module feeds it bytes, turns its events into exchanges and guards what h2 leaves to its
-user: how much a peer may make the balancer do for nothing (rapid reset, control-frame floods,
-windows never opened). Backends keep HTTP/1.1: each stream is translated to the request head
-the exchange forwards (RFC 9113 §8), and the exchange's answer back into HEADERS and DATA.
+`ngh2` (libnghttp2 behind a sans-I/O Python API) is the state machine: framing, HPACK, stream
+states, flow-control windows, RFC 9113's checks of a request's fields, and the guards
+libnghttp2 keeps itself (CONTINUATION floods, HPACK bombs, PING and SETTINGS ACK floods, the
+"glitch" budget PRIORITY and empty-DATA floods spend). This module feeds it bytes, turns its
+events into exchanges and guards what the library leaves to its user: how much a peer may make
+the balancer do for nothing (rapid reset against the backends' work, control-frame floods
+spread over many reads, windows never opened). Backends keep HTTP/1.1: each stream is
+translated to the request head the exchange forwards (RFC 9113 §8), and the exchange's answer
+back into HEADERS and DATA.
 
 Backpressure: a stream's request body is acknowledged (its window reopened) only while its
 backend takes it; a stream's response waits in the stream only while the player's window is
@@ -16,16 +20,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import struct
 from typing import TYPE_CHECKING
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-from h2.connection import StreamClosedBy
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
+from ngh2 import (
+    Configuration, ConnectionClosed, DataReceived, GoAwayReceived, RequestReceived, Role,
+    Setting, SettingsReceived, StreamClosed, StreamReset, TrailersReceived, WindowUpdated,
+)
+from ngh2 import Connection as _Ngh2Connection
+from ngh2.exceptions import DenialOfServiceError, NGH2Error
 
 from ..tls import client_certificate
 from .client_side import BODY_RATE_GRACE, BODY_RATE_INTERVAL
@@ -38,10 +41,18 @@ from .parser import ALLOWED_METHODS, RequestHead, split_host
 if TYPE_CHECKING:
     from ..server import ListenerServer
 
+# RFC 9113 §7 error codes, as plain ints (compared per event).
+NO_ERROR = 0x0
+PROTOCOL_ERROR = 0x1
+INTERNAL_ERROR = 0x2
+REFUSED_STREAM = 0x7
+CANCEL = 0x8
+ENHANCE_YOUR_CALM = 0xB
+
 # The method as the one shared object HTTP/1.1 requests carry (method sets and counters hash it).
 _METHODS: dict[bytes, bytes] = {method: method for method in ALLOWED_METHODS}
 # Headers RFC 9113 §8.2.2 makes connection-specific: never in an HTTP/2 message. Leaving the
-# exchange's HTTP/1.1 answer, they are dropped; arriving from a player, h2 refuses them.
+# exchange's HTTP/1.1 answer, they are dropped; arriving from a player, libnghttp2 refuses them.
 _CONNECTION_SPECIFIC = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
 })
@@ -49,71 +60,52 @@ _CONNECTION_SPECIFIC = frozenset({
 _NOT_IN_200 = _CONNECTION_SPECIFIC | {b"sec-websocket-accept"}
 
 # Frames that ask work of the balancer without moving a request forward (PING, SETTINGS,
-# PRIORITY, WINDOW_UPDATE, empty DATA, ...). A connection may send this many, plus
-# FLOOD_PER_STREAM per stream it opens, before it is told to calm down (ENHANCE_YOUR_CALM).
+# WINDOW_UPDATE, empty DATA, ...). A connection may send this many, plus FLOOD_PER_STREAM per
+# stream it opens, before it is told to calm down (ENHANCE_YOUR_CALM). libnghttp2 acts on
+# some of these itself, but only within one read (ACKs it could not send) or at its own pace.
 FLOOD_ALLOWANCE = 1000
 FLOOD_PER_STREAM = 20
+# libnghttp2's own budget for frames that do nothing (PRIORITY, which never reaches this
+# module, empty DATA, ...): FLOOD_ALLOWANCE at once, refilled by GLITCH_REFILL a second.
+GLITCH_REFILL = 33
 # Rapid reset (CVE-2023-44487): a client that cancels streams still in progress more often
 # than it lets them finish, past this many, is cut off. Browsers cancel now and then.
 RESET_ALLOWANCE = 100
 # Where the request body's window stands when the connection opens (RFC 9113 default 65535):
 # what one stream may have in flight towards a backend that does not read.
 STREAM_WINDOW = 65535
-# The connection window is shared by every stream: it is opened wide, so that one stream
-# whose backend is slow cannot hold the window the others need.
+# The connection window is shared by every stream: it is opened wide, so that streams whose
+# backends are slow cannot hold the window the others need (libnghttp2 gives a stream's bytes
+# back to the connection window only with the stream's own; see Http2Connection.window).
 CONNECTION_WINDOW = 16 * 1024 * 1024
+_MAX_WINDOW = 2**31 - 1
+
+_CONFIGURATIONS: dict[tuple[int, int], Configuration] = {}
 
 
-class _ServerConnection(h2.connection.H2Connection):
-    """h2's connection with RFC 9113's stream errors where h2 raises a connection error: a
-    malformed request (§8.1.1: a connection-specific or upper-case field, a bad pseudo-header,
-    content-length disagreeing with DATA) is reset with PROTOCOL_ERROR, a stream past
-    SETTINGS_MAX_CONCURRENT_STREAMS is refused with REFUSED_STREAM (§5.1.2); the connection's
-    other streams go on. `on_stream_error(stream_id, code)` tells the balancer's side."""
+def _configuration(limits: object) -> Configuration:
+    """The library's limits for this listener's: decoding stops (ENHANCE_YOUR_CALM) at twice
+    max_header_bytes and max_header_count, so an HPACK bomb never inflates past it; a list
+    between the two is answered 431 on its own stream. CONTINUATION (8 after a HEADERS) and
+    queued ACKs (1000) keep libnghttp2's defaults, as does its RST_STREAM budget (1000, then
+    33 a second), a backstop behind RESET_ALLOWANCE."""
+    key = (limits.max_header_bytes, limits.max_header_count)  # type: ignore[attr-defined]
+    config = _CONFIGURATIONS.get(key)
+    if config is None:
+        config = _CONFIGURATIONS[key] = Configuration(
+            auto_window_update=False,  # windows reopen as backends take the bytes
+            max_inbound_header_list_size=2 * key[0],
+            max_inbound_header_count=2 * key[1] + 8,  # and the pseudo-header fields
+            glitch_rate_limit=(FLOOD_ALLOWANCE, GLITCH_REFILL),
+        )
+    return config
 
-    on_stream_error = None
 
-    def _receive_frame(self, frame: Frame) -> list:
-        stream_id = frame.stream_id
-        opening = isinstance(frame, HeadersFrame) and stream_id not in self.streams
-        try:
-            return super()._receive_frame(frame)
-        except h2.exceptions.TooManyStreamsError:
-            if stream_id % 2 == 0 or stream_id <= self.highest_inbound_stream_id:
-                raise  # not a stream the client may open at all: a connection error
-            # The block is decoded all the same: HPACK's table must stay in step (§4.3).
-            self.decoder.decode(frame.data, raw=True)
-            self.highest_inbound_stream_id = stream_id
-            self._closed_streams[stream_id] = StreamClosedBy.SEND_RST_STREAM
-            self._send_reset(stream_id, ErrorCodes.REFUSED_STREAM)
-        except h2.exceptions.InvalidBodyLengthError:
-            self._malformed(stream_id)
-        except h2.exceptions.ProtocolError as exc:
-            # h2 raises a plain ProtocolError for a field list it finds malformed; the state
-            # and framing errors, which stay connection errors, are its subclasses.
-            if type(exc) is not h2.exceptions.ProtocolError or not opening or stream_id not in self.streams:
-                raise
-            self._malformed(stream_id)
-        return []
-
-    def _malformed(self, stream_id: int) -> None:
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.closed:
-            self._send_reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
-        else:
-            self.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
-
-    def _send_reset(self, stream_id: int, code: int) -> None:
-        frame = RstStreamFrame(stream_id)
-        frame.error_code = code
-        self._prepare_for_sending([frame])
-        if self.on_stream_error is not None:
-            self.on_stream_error(stream_id, code)
-
-    def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
-        super().reset_stream(stream_id, error_code)
-        if error_code == ErrorCodes.PROTOCOL_ERROR and self.on_stream_error is not None:
-            self.on_stream_error(stream_id, error_code)
+def _goaway_frame(last_stream_id: int, code: int) -> bytes:
+    """A GOAWAY frame (RFC 9113 §6.8) written past the library: a graceful one lets the open
+    streams finish while later ones are refused here, and a connection the library has given
+    up on (a flood it detected) still gets its answer."""
+    return struct.pack(">IBIII", 8 << 8 | 0x7, 0, 0, last_stream_id, code)
 
 
 class Http2Stream(Downstream):
@@ -167,8 +159,8 @@ class Http2Stream(Downstream):
             if lname not in HOP_BY_HOP:
                 fields.append((lname, value))
         try:
-            self.conn.h2.send_headers(self.stream_id, fields)  # 100 Continue, 103 Early Hints
-        except h2.exceptions.ProtocolError:  # the player reset the stream meanwhile
+            self.conn.h2.send_informational_response(self.stream_id, fields)  # 100, 103
+        except NGH2Error:  # the player reset the stream meanwhile
             return 0
         self.conn.flush_soon()
         return _fields_size(fields)
@@ -196,8 +188,8 @@ class Http2Stream(Downstream):
         end = not tunnel and (self.head_only or status == 204 or status == 304 or length == b"0")
         conn = self.conn
         try:
-            conn.h2.send_headers(self.stream_id, fields, end_stream=end)
-        except h2.exceptions.ProtocolError:  # the player reset the stream meanwhile
+            conn.h2.send_response(self.stream_id, fields, end_stream=end)
+        except NGH2Error:  # the player reset the stream meanwhile
             self.ended = True
             return 0
         conn.flush_soon()
@@ -269,7 +261,7 @@ class Http2Stream(Downstream):
     def abort(self) -> None:
         """Half an answer cannot be mended: the stream is reset, the player sees it."""
         if not self.ended:
-            self.conn.reset(self, ErrorCodes.INTERNAL_ERROR)
+            self.conn.reset(self, INTERNAL_ERROR)
 
     # -- from the player ---------------------------------------------------------------------
 
@@ -297,30 +289,19 @@ class Http2Connection:
         self.client_cert = None  # a verified client certificate (listeners[].tls.client_certificate)
         limits = server.runtime.current.limits
         self.limits = limits
-        # Inbound fields are checked (RFC 9113 §8.2); outbound ones are the exchange's answer,
-        # already lower-case and without connection-specific fields (Http2Stream.send_head):
-        # checking and normalising them again would be work per response for nothing.
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                           validate_inbound_headers=True,
-                                           normalize_inbound_headers=False,
-                                           validate_outbound_headers=False,
-                                           normalize_outbound_headers=False)
-        h2conn = _ServerConnection(config=config)
-        h2conn.on_stream_error = self._stream_error
-        h2conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
-        })
-        # Decoding stops here (ENHANCE_YOUR_CALM): an HPACK bomb never inflates past it. A list
-        # between max_header_bytes and this is answered 431 on its own stream.
-        h2conn.decoder.max_header_list_size = 2 * limits.max_header_bytes
-        h2conn.decoder.max_allowed_table_size = 4096
-        self.h2 = h2conn
+        # Inbound fields are checked by libnghttp2 (RFC 9113 §8.2); outbound ones are the
+        # exchange's answer, already lower-case and without connection-specific fields
+        # (Http2Stream.send_head).
+        self.h2 = _Ngh2Connection(Role.SERVER, _configuration(limits))
+        # A paused stream keeps its unacknowledged bytes out of the connection window too (the
+        # library reopens both together): the window holds every stream's at once, twice.
+        self.window = min(_MAX_WINDOW, max(CONNECTION_WINDOW,
+                                           2 * limits.max_concurrent_streams * STREAM_WINDOW))
         self.streams: dict[int, Http2Stream] = {}
         self.blocked: set[Http2Stream] = set()  # streams with answer bytes waiting for a window
-        self.errored: set[int] = set()  # streams reset as malformed or refused in this read
+        # Streams reset by the player or by this module: their StreamClosed is accounted for.
+        self.accounted: set[int] = set()
+        self.last_stream_id = 0  # the highest stream the player opened (GOAWAY's)
         self.write_paused = False
         self.closed = False
         self.draining = False
@@ -358,8 +339,14 @@ class Http2Connection:
             if asks is not None and asks.client_certificate is not None:
                 self.client_cert = client_certificate(transport)
         self.server.connection_opened(self)  # type: ignore[arg-type]
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        limits = self.limits
+        self.h2.initiate_connection({
+            Setting.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            Setting.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
+            Setting.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            Setting.ENABLE_CONNECT_PROTOCOL: 1,  # RFC 8441: WebSockets over HTTP/2
+        })
+        self.h2.set_local_window_size(self.window)
         self._arm(self.limits.header_timeout)
         if received:
             self.data_received(received)
@@ -405,91 +392,95 @@ class Http2Connection:
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        h2conn = self.h2
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            self._protocol_error(exc)
+            h2conn.receive_data(data)
+        except DenialOfServiceError:
+            # A flood libnghttp2 caught (CONTINUATION, an HPACK bomb, ACKs piling up): it
+            # gives the connection up without a word; the player hears why from us.
+            self.server.count_rejected("malformed")
+            self.goaway(ENHANCE_YOUR_CALM)
             return
-        errored = self.errored
-        for event in events:
-            if self.closed:
-                return
-            if errored and getattr(event, "stream_id", 0) in errored:
-                continue
-            self._handle(event)
-        errored.clear()
+        except NGH2Error:  # the library already ended the connection (its GOAWAY is out)
+            self._abort()
+            return
+        self._dispatch(h2conn.events())
         self.flush()
 
     # -- events --------------------------------------------------------------------------------
 
-    def _handle(self, event: h2.events.Event) -> None:
-        kind = type(event)
-        if kind is h2.events.RequestReceived:
-            self._request(event)  # type: ignore[arg-type]
-        elif kind is h2.events.DataReceived:
-            self._data(event)  # type: ignore[arg-type]
-        elif kind is h2.events.StreamEnded:
-            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-            if stream is not None and stream.exchange is not None and stream.tunnel is None:
-                stream.body_since = 0.0
-                stream.exchange.request_ended()
-            elif stream is not None and stream.tunnel is not None:
-                stream.tunnel.close_for_drain()  # the player closed its side of the WebSocket
-        elif kind is h2.events.WindowUpdated:
-            self._window_opened(event.stream_id)  # type: ignore[attr-defined]
-            self._glitch()
-        elif kind is h2.events.StreamReset:
-            self._reset_by_player(event.stream_id)  # type: ignore[attr-defined]
-        elif kind is h2.events.ConnectionTerminated:
-            self.draining = True
-            self._close_when_done()
-        elif kind is h2.events.TrailersReceived:
-            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-            if stream is not None:
-                # Trailers are not forwarded (the backend's request may not be chunked);
-                # the body before them is whole.
+    def _dispatch(self, events: list) -> None:
+        for event in events:
+            if self.closed:
+                return
+            kind = type(event)
+            if kind is RequestReceived:
+                self._request(event)
+                if event.end_stream:
+                    self._request_ended(event.stream_id)
+            elif kind is StreamClosed:
+                self._stream_closed(event.stream_id, event.error_code)
+            elif kind is DataReceived:
+                self._data(event)
+                if event.end_stream:
+                    self._request_ended(event.stream_id)
+            elif kind is WindowUpdated:
+                self._window_opened(event.stream_id)
                 self._glitch()
-        elif kind is h2.events.RemoteSettingsChanged:
-            self._glitch()
-            # A new initial window may open every stream's window at once.
-            self._window_opened(0)
-        else:  # PING, SETTINGS ACK, PRIORITY, ...: work for nothing, counted
-            self._glitch()
+            elif kind is StreamReset:
+                self._reset_by_player(event.stream_id, event.error_code)
+            elif kind is TrailersReceived:
+                # Trailers are not forwarded (the backend's request may not be chunked); the
+                # body before them is whole.
+                self._glitch()
+                self._request_ended(event.stream_id)
+            elif kind is SettingsReceived:
+                self._glitch()
+                # A new initial window may open every stream's window at once.
+                self._window_opened(0)
+            elif kind is GoAwayReceived:
+                self.draining = True
+                self._close_when_done()
+            elif kind is ConnectionClosed:
+                self._ended_by_library(event.error_code)
+            else:  # PING, SETTINGS ACK, PRIORITY_UPDATE, ...: work for nothing, counted
+                self._glitch()
 
     def _glitch(self) -> None:
         self.flood -= 1
         if self.flood < 0:
-            self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+            self.goaway(ENHANCE_YOUR_CALM)
 
-    def _request(self, event: h2.events.RequestReceived) -> None:
+    def _request(self, event: RequestReceived) -> None:
         stream_id = event.stream_id
+        if stream_id > self.last_stream_id:
+            self.last_stream_id = stream_id
         if self.draining:
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.accounted.add(stream_id)
+            self.h2.reset_stream(stream_id, REFUSED_STREAM)
             return
         self.flood = min(self.flood + FLOOD_PER_STREAM, FLOOD_ALLOWANCE)
         self._cancel_timer_if_idle()
         stream = Http2Stream(self, stream_id)
         self.streams[stream_id] = stream
         runtime = self.runtime_ref.current
+        ended = event.end_stream
         try:
-            head = request_head(event.headers, runtime.limits, event.stream_ended)  # type: ignore[arg-type]
+            head = request_head(event.headers, runtime.limits, ended)
         except RequestError as exc:
             self.server.count_rejected_status(exc.status)
             fields, body = error_answer(exc.status, exc.message, request_id_from(None))
             stream.send_answer(exc.status, fields, body, False, False)
-            if not event.stream_ended and stream.ended:
+            if not ended and stream.ended:
                 # The answer is complete; the body that may follow is not wanted (RFC 9113 §8.1).
-                try:
-                    self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-                except h2.exceptions.ProtocolError:
-                    pass
+                self._reset_after_answer(stream_id)
             return
         stream.head_only = head.method == b"HEAD"
         exchange = Exchange(stream, head, runtime)
         stream.exchange = exchange
         if head.upgrade is not None:
             exchange.request_done = True  # the tunnel carries what follows
-        elif not event.stream_ended and runtime.limits.min_body_rate:
+        elif not ended and runtime.limits.min_body_rate:
             stream.body_since = self.loop.time()
             if self._body_timer is None:
                 self._body_timer = self.loop.call_later(BODY_RATE_GRACE + BODY_RATE_INTERVAL,
@@ -499,66 +490,122 @@ class Http2Connection:
         except RequestError as exc:
             exchange.reply(exc.status, exc.message)
 
-    def _data(self, event: h2.events.DataReceived) -> None:
-        stream_id = event.stream_id
-        size = event.flow_controlled_length
+    def _request_ended(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
-        if not event.data and not event.stream_ended:
+        if stream is None:
+            return
+        if stream.tunnel is not None:
+            stream.tunnel.close_for_drain()  # the player closed its side of the WebSocket
+        elif stream.exchange is not None:
+            stream.body_since = 0.0
+            stream.exchange.request_ended()
+
+    def _data(self, event: DataReceived) -> None:
+        stream_id = event.stream_id
+        data = event.data
+        size = len(data)  # padding: the library gives its window back itself
+        stream = self.streams.get(stream_id)
+        if not size and not event.end_stream:
             self._glitch()  # empty DATA: a flood vector, not a body
         if stream is None or stream.ended or stream.exchange is None:
             # A stream already answered or refused: its window is given back, its bytes dropped.
             if size:
-                self.h2.acknowledge_received_data(size, stream_id)
+                self._acknowledge(stream_id, size)
             return
         exchange = stream.exchange
-        stream.body_received += len(event.data)
-        if stream.reading_paused:
-            # The backend takes no more: the connection's window is given back (other
-            # streams need it), this stream's only when the backend catches up.
-            if size:
-                self.h2.increment_flow_control_window(size)
-            stream.unacked += size
-        elif size:
-            self.h2.acknowledge_received_data(size, stream_id)
-        if not event.data:
+        stream.body_received += size
+        if not size:
             return
-        if stream.tunnel is not None:
-            exchange.tunnel_from_client(event.data)
-        elif exchange.head.upgrade is not None:
-            exchange.tunnel_from_client(event.data)  # before the 101: held, not forwarded
+        if stream.reading_paused:
+            stream.unacked += size  # acknowledged when the backend catches up
         else:
-            exchange.request_body(event.data)
+            self._acknowledge(stream_id, size)
+        if stream.tunnel is not None:
+            exchange.tunnel_from_client(data)
+        elif exchange.head.upgrade is not None:
+            exchange.tunnel_from_client(data)  # before the 101: held, not forwarded
+        else:
+            exchange.request_body(data)
 
-    def _stream_error(self, stream_id: int, code: int) -> None:
-        """A stream refused or reset as malformed (_ServerConnection): its exchange, if it has
-        one, is over; and it counts as a reset (a client may not open them for ever). A
-        refused stream was not processed at all (the client may send it again): not counted
-        as a rejected request."""
-        self.errored.add(stream_id)  # its events of this read are void
-        if code == ErrorCodes.PROTOCOL_ERROR:
-            self.server.count_rejected("malformed")
-        self.resets += 1
+    def _stream_closed(self, stream_id: int, code: int) -> None:
+        """The library closed a stream: an ordinary end (the stream was let go already), or
+        one it reset itself. A malformed request (RFC 9113 §8.1.1: a connection-specific or
+        upper-case field, a bad pseudo-header, content-length disagreeing with DATA) is reset
+        PROTOCOL_ERROR on its own stream, often before this module saw it; it counts as a
+        rejected request and as a reset (a client may not open them for ever)."""
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             self.blocked.discard(stream)
+            self._release(stream)
             stream.lost()
+        if code == NO_ERROR:
+            if stream is not None:
+                self._close_when_done()
+            return
+        if stream_id in self.accounted:
+            self.accounted.discard(stream_id)  # not the library's reset
+            return
+        if code == PROTOCOL_ERROR:
+            self.server.count_rejected("malformed")
+        self.resets += 1
         if self.resets > RESET_ALLOWANCE and self.resets > self.finished_streams:
-            self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+            self.goaway(ENHANCE_YOUR_CALM)
         else:
             self._close_when_done()
 
-    def _reset_by_player(self, stream_id: int) -> None:
+    def _reset_by_player(self, stream_id: int, code: int) -> None:
+        if code != NO_ERROR:
+            self.accounted.add(stream_id)
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             return
         self.blocked.discard(stream)
+        self._release(stream)
         exchange = stream.exchange
         if exchange is not None and not exchange.finished:
             self.resets += 1
             if self.resets > RESET_ALLOWANCE and self.resets > self.finished_streams:
-                self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+                self.goaway(ENHANCE_YOUR_CALM)
         stream.lost()
         self._close_when_done()
+
+    def _ended_by_library(self, code: int) -> None:
+        """libnghttp2 ended the connection (its GOAWAY is written): a connection error
+        (RFC 9113 §5.4.1), or its glitch budget spent."""
+        if code != NO_ERROR and code != ENHANCE_YOUR_CALM:
+            self.server.count_rejected("malformed")
+        self._abort()
+
+    # -- the request body's window ---------------------------------------------------------------
+
+    def _acknowledge(self, stream_id: int, size: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(size, stream_id)
+        except (ValueError, NGH2Error):
+            # The stream is closed: the library keeps no count of its bytes any more, nor
+            # gives them back to the connection window. They are added to it instead.
+            self._window_lost(size)
+
+    def _window_lost(self, size: int) -> None:
+        if self.closed or self.window >= _MAX_WINDOW:
+            return
+        self.window = min(_MAX_WINDOW, self.window + size)
+        try:
+            self.h2.set_local_window_size(self.window)
+        except NGH2Error:
+            pass
+
+    def _release(self, stream: Http2Stream) -> None:
+        """A stream let go with request bytes its backend never took: their window is given
+        back to the connection."""
+        if stream.unacked:
+            size = stream.unacked
+            stream.unacked = 0
+            self._acknowledge(stream.stream_id, size)
+
+    def reopen_window(self, stream: Http2Stream, size: int) -> None:
+        self._acknowledge(stream.stream_id, size)
+        self.flush()
 
     # -- writing to the player ---------------------------------------------------------------
 
@@ -571,21 +618,24 @@ class Http2Connection:
         stream_id = stream.stream_id
         pending = stream.pending
         try:
-            while pending:
-                window = h2conn.local_flow_control_window(stream_id)
-                if window <= 0:
-                    break
-                size = min(window, h2conn.max_outbound_frame_size, len(pending))
-                chunk = bytes(pending[:size])
-                del pending[:size]
-                last = not pending and stream.end_pending
-                h2conn.send_data(stream_id, chunk, end_stream=last)
-                if last:
-                    stream.ended = True
+            if pending:
+                # What the player's windows take beyond what the library holds already.
+                window = min(h2conn.stream_remote_window_size(stream_id)
+                             - h2conn.queued_body_size(stream_id),
+                             h2conn.remote_window_size - h2conn.queued_body_size())
+                if window >= len(pending):
+                    last = stream.end_pending
+                    h2conn.send_data(stream_id, bytes(pending), end_stream=last)
+                    pending.clear()
+                    if last:
+                        stream.ended = True
+                elif window > 0:
+                    h2conn.send_data(stream_id, bytes(pending[:window]))
+                    del pending[:window]
             if not pending and stream.end_pending and not stream.ended:
                 h2conn.end_stream(stream_id)
                 stream.ended = True
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except NGH2Error:
             stream.ended = True  # the player reset it meanwhile
         self.flush_soon()
         if stream.ended:
@@ -620,25 +670,31 @@ class Http2Connection:
     def stream_done(self, stream: Http2Stream) -> None:
         if self.streams.pop(stream.stream_id, None) is not None:
             self.finished_streams += 1
+            self._release(stream)
         self._close_when_done()
-
-    def reopen_window(self, stream: Http2Stream, size: int) -> None:
-        try:
-            self.h2.increment_flow_control_window(size, stream.stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            return
-        self.flush()
 
     def reset(self, stream: Http2Stream, code: int) -> None:
         stream.ended = True
         self.blocked.discard(stream)
+        if self.streams.pop(stream.stream_id, None) is not None:
+            self._release(stream)
+        if code != NO_ERROR:
+            self.accounted.add(stream.stream_id)
         try:
             self.h2.reset_stream(stream.stream_id, code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except NGH2Error:
             pass
-        self.streams.pop(stream.stream_id, None)
         self.flush()
         self._close_when_done()
+
+    def _reset_after_answer(self, stream_id: int) -> None:
+        """RST_STREAM NO_ERROR after a complete answer (RFC 9113 §8.1): the answer's frames
+        are written first, as the library would otherwise drop them with the stream."""
+        self.flush()
+        try:
+            self.h2.reset_stream(stream_id, NO_ERROR)
+        except NGH2Error:
+            pass
 
     def flush_soon(self) -> None:
         """Frames queued outside a read (a backend's answer, a timer) leave once per loop
@@ -649,46 +705,50 @@ class Http2Connection:
 
     def flush(self) -> None:
         self._flush_soon = False
-        data = self.h2.data_to_send()
+        if self.closed:
+            return
+        h2conn = self.h2
+        try:
+            data = h2conn.data_to_send()
+            # Sending closes streams (a malformed one the library reset, an answer's last
+            # frame) and may end the connection: their events come now.
+            events = h2conn.events()
+        except NGH2Error:
+            return  # the library has given the connection up; goaway/_abort close it
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+        if events:
+            self._dispatch(events)
 
     # -- ending --------------------------------------------------------------------------------
 
-    def goaway(self, code: int = ErrorCodes.NO_ERROR) -> None:
-        """Refuse new streams; the open ones finish (NO_ERROR) or are cut (an error)."""
+    def goaway(self, code: int = NO_ERROR) -> None:
+        """Refuse new streams; the open ones finish (NO_ERROR) or are cut (an error). The
+        frame is written past the library: it would stop reading at a graceful GOAWAY of its
+        own, and these streams finish, later ones are refused (REFUSED_STREAM) in _request."""
         if self.closed:
             return
         self.draining = True
-        if code != ErrorCodes.NO_ERROR:
-            try:
-                self.h2.close_connection(code, last_stream_id=self.h2.highest_inbound_stream_id)
-            except h2.exceptions.ProtocolError:
-                pass
-            self.flush()
-        else:
-            # Written past h2, whose close_connection would end the streams still open too:
-            # these finish, later streams are refused (REFUSED_STREAM) in _request.
-            self.flush()
-            frame = GoAwayFrame(0)
-            frame.last_stream_id = self.h2.highest_inbound_stream_id
-            frame.error_code = ErrorCodes.NO_ERROR
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(frame.serialize())
-        if code != ErrorCodes.NO_ERROR:
-            self._abort()
+        self.flush()
+        if self.closed:
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(_goaway_frame(self.last_stream_id, code))
+        if code != NO_ERROR:
+            self._abort(flush=False)
         else:
             self._close_when_done()
 
     def drain(self) -> None:
         """Shutdown or reload: GOAWAY with the last stream id; open streams finish."""
         if not self.draining:
-            self.goaway(ErrorCodes.NO_ERROR)
+            self.goaway(NO_ERROR)
 
     def close(self) -> None:
         """Shutdown's last word: what is still open is cut."""
         if not self.closed:
-            self.goaway(ErrorCodes.NO_ERROR)
+            self.goaway(NO_ERROR)
             self._abort()
 
     def _close_when_done(self) -> None:
@@ -698,14 +758,19 @@ class Http2Connection:
             return
         if self.draining:
             self.flush()  # frames still queued (the last answer) leave before the FIN
+            if self.closed:
+                return
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
             return
         self._arm(self.limits.client_idle_timeout)
 
-    def _abort(self) -> None:
-        self.flush()
+    def _abort(self, flush: bool = True) -> None:
+        if self.closed:
+            return
+        if flush:
+            self.flush()
         self.closed = True
         self._stop_body_watch()
         transport = self.transport
@@ -713,19 +778,9 @@ class Http2Connection:
             transport.close()  # the GOAWAY already queued leaves first
         streams = list(self.streams.values())
         self.streams.clear()
+        self.blocked.clear()
         for stream in streams:
             stream.lost()
-
-    def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
-        code = getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
-        if self.h2.state_machine.state != h2.connection.ConnectionState.CLOSED:
-            try:
-                self.h2.close_connection(code)
-            except h2.exceptions.ProtocolError:
-                pass
-        self.server.count_rejected("malformed")
-        self.flush()
-        self._abort()
 
     # -- timers: the first request's head, idle connections, shut windows ---------------------
 
@@ -750,7 +805,7 @@ class Http2Connection:
             self._check_stalled()
             return
         if not self.streams:
-            self.goaway(ErrorCodes.NO_ERROR)
+            self.goaway(NO_ERROR)
 
     def _arm_stall(self) -> None:
         if self._timer is None:
@@ -763,7 +818,7 @@ class Http2Connection:
         limit = self.limits.client_idle_timeout
         for stream in list(self.blocked):
             if now - stream.blocked_since >= limit:
-                self.reset(stream, ErrorCodes.CANCEL)
+                self.reset(stream, CANCEL)
                 stream.lost()  # the exchange lets its backend go
         self.flush()
         if self.blocked:
@@ -814,10 +869,7 @@ class Http2Connection:
         exchange.abort_upstream()  # what reached the backend is void
         exchange.request_done = True
         exchange.reply(408, "request body too slow")
-        try:
-            self.h2.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)  # the rest is not wanted
-        except h2.exceptions.ProtocolError:
-            pass
+        self._reset_after_answer(stream.stream_id)  # the rest is not wanted
 
     def _stop_body_watch(self) -> None:
         if self._body_timer is not None:
@@ -857,7 +909,7 @@ def _fields_size(fields: list[tuple[bytes, bytes]]) -> int:
 
 
 def request_head(fields: list[tuple[bytes, bytes]], limits: object, ended: bool) -> RequestHead:
-    """An HTTP/2 request's header list (already checked by h2: pseudo-headers first and once,
+    """An HTTP/2 request's header list (already checked by libnghttp2: pseudo-headers first and once,
     lower-case names, no connection-specific fields, TE only `trailers`) as the request head the
     exchange forwards over HTTP/1.1 (RFC 9113 §8.3, §8.2.3)."""
     head = RequestHead()
