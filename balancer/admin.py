@@ -1,4 +1,4 @@
-"""The admin listener (aiohttp, off the hot path): the status page (/), /status, /metrics,
+"""The admin listener (admin_http.py, off the hot path): the status page (/), /status, /metrics,
 /healthz, /readyz, /admin/*.
 
 It binds to loopback by default and is never reachable through a public listener. When the
@@ -11,20 +11,17 @@ from __future__ import annotations
 import hmac
 import os
 from importlib import resources
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .admin_http import AdminHttpServer, Request, Response, Router, json_response
 from .metrics import BalancerCollector
 from .status import pools_doc, status_document
 
 if TYPE_CHECKING:
     from .app import App
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 class AdminServer:
     def __init__(self, app: App) -> None:
@@ -37,7 +34,8 @@ class AdminServer:
             instance=lambda: app,
             certificates=lambda: app.certificates.expiries,
         ))
-        self._runner: web.AppRunner | None = None
+        self.http = AdminHttpServer(self._auth)
+        self.router = self.routes()
         self.port = 0
         self.host = app.config.admin.address.host
 
@@ -46,108 +44,101 @@ class AdminServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def web_app(self) -> web.Application:
-        webapp = web.Application(middlewares=[self._auth])
-        webapp.router.add_get("/", self.page)
+    def routes(self) -> Router:
+        router = Router()
+        router.add("GET", "/", self.page)
         for name in STATIC:
-            webapp.router.add_get(f"/{name}", self.static)
-        webapp.router.add_get("/status", self.status)
-        webapp.router.add_get("/metrics", self.metrics)
-        webapp.router.add_get("/healthz", self.healthz)
-        webapp.router.add_get("/readyz", self.readyz)
-        webapp.router.add_get("/admin/pools", self.pools)
-        webapp.router.add_post("/admin/pools/{pool}/backends/{backend}/drain", self.drain)
-        webapp.router.add_post("/admin/pools/{pool}/backends/{backend}/undrain", self.undrain)
-        webapp.router.add_post("/admin/reload", self.reload)
-        webapp.router.add_get("/admin/routes/{route}/split", self.show_split)
-        webapp.router.add_post("/admin/routes/{route}/split", self.split)
-        return webapp
+            router.add("GET", f"/{name}", self.static)
+        router.add("GET", "/status", self.status)
+        router.add("GET", "/metrics", self.metrics)
+        router.add("GET", "/healthz", self.healthz)
+        router.add("GET", "/readyz", self.readyz)
+        router.add("GET", "/admin/pools", self.pools)
+        router.add("POST", "/admin/pools/{pool}/backends/{backend}/drain", self.drain)
+        router.add("POST", "/admin/pools/{pool}/backends/{backend}/undrain", self.undrain)
+        router.add("POST", "/admin/reload", self.reload)
+        router.add("GET", "/admin/routes/{route}/split", self.show_split)
+        router.add("POST", "/admin/routes/{route}/split", self.split)
+        return router
 
     async def start(self) -> None:
         address = self.app.config.admin.address
-        self._runner = web.AppRunner(self.web_app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, address.host, address.port, reuse_address=True)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = await self.http.start(address.host, address.port)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.http.stop()
 
     # -- middleware -----------------------------------------------------------------------
 
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _auth(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD") and not _same_origin(request):
             # A web page elsewhere must not drain or reload through an operator's browser
             # (a plain cross-site POST needs no CORS preflight). Browsers send Origin on such
             # requests; curl and scripts send none and are not concerned.
-            return web.json_response({"error": "cross-origin request refused"}, status=403)
+            return json_response({"error": "cross-origin request refused"}, status=403)
         if request.path.startswith("/admin"):
             token = os.environ.get(self.app.config.admin.token_env)
             if token:
                 given = request.headers.get("Authorization", "")
                 if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return web.json_response({"error": "unauthorized"}, status=401,
+                    return json_response({"error": "unauthorized"}, status=401,
                                              headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
+        handler = self.router.resolve(request)
+        return handler if isinstance(handler, Response) else await handler(request)
 
     # -- handlers ---------------------------------------------------------------------------
 
-    async def page(self, request: web.Request) -> web.Response:
+    async def page(self, request: Request) -> Response:
         return _static_response("status.html")
 
-    async def static(self, request: web.Request) -> web.Response:
+    async def static(self, request: Request) -> Response:
         return _static_response(request.path.lstrip("/"))
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def status(self, request: Request) -> Response:
         await self.app.refresh_from_workers()
         self.app.recent.record(self.app.stats_for_scrape())
-        return web.json_response(status_document(self.app), headers=NO_STORE)
+        return json_response(status_document(self.app), headers=NO_STORE)
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: Request) -> Response:
         await self.app.refresh_from_workers()
         body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"status": "alive"})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    async def readyz(self, request: Request) -> Response:
         await self.app.refresh_from_workers()
         reasons = self.app.not_ready_reasons()
         if reasons:
-            return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
-        return web.json_response({"status": "ready"})
+            return json_response({"status": "not ready", "reasons": reasons}, status=503)
+        return json_response({"status": "ready"})
 
-    async def pools(self, request: web.Request) -> web.Response:
+    async def pools(self, request: Request) -> Response:
         await self.app.refresh_from_workers()
         self.app.recent.record(self.app.stats_for_scrape())
-        return web.json_response({"pools": pools_doc(self.app)}, headers=NO_STORE)
+        return json_response({"pools": pools_doc(self.app)}, headers=NO_STORE)
 
-    async def drain(self, request: web.Request) -> web.Response:
+    async def drain(self, request: Request) -> Response:
         return await self._set_drain(request, True)
 
-    async def undrain(self, request: web.Request) -> web.Response:
+    async def undrain(self, request: Request) -> Response:
         return await self._set_drain(request, False)
 
-    async def _set_drain(self, request: web.Request, drain: bool) -> web.Response:
+    async def _set_drain(self, request: Request, drain: bool) -> Response:
         pool_name = request.match_info["pool"]
         backend_id = request.match_info["backend"]
         error = await self.app.set_drain(pool_name, backend_id, drain)
         if error is not None:
-            return web.json_response({"error": error}, status=404)
-        return web.json_response({"result": "draining" if drain else "undrained",
+            return json_response({"error": error}, status=404)
+        return json_response({"result": "draining" if drain else "undrained",
                                   "pool": pool_name, "backend": backend_id})
 
-    async def show_split(self, request: web.Request) -> web.Response:
+    async def show_split(self, request: Request) -> Response:
         status, answer = self.app.describe_split(request.match_info["route"])
-        return web.json_response(answer, status=status)
+        return json_response(answer, status=status)
 
-    async def split(self, request: web.Request) -> web.Response:
+    async def split(self, request: Request) -> Response:
         """New canary weights for a route, until the next reload: body
         `{"split": [{"pool": "games-v1", "weight": 90}, {"pool": "games-v2", "weight": 10}]}`,
         naming the route's pools in any order."""
@@ -155,18 +146,18 @@ class AdminServer:
         try:
             body = await request.json()
         except ValueError:
-            return web.json_response({"error": "expected a JSON body"}, status=400)
+            return json_response({"error": "expected a JSON body"}, status=400)
         weights = _split_weights(body)
         if isinstance(weights, str):
-            return web.json_response({"error": weights}, status=400)
+            return json_response({"error": weights}, status=400)
         status, answer = await self.app.set_split(route, weights)
-        return web.json_response(answer, status=status)
+        return json_response(answer, status=status)
 
-    async def reload(self, request: web.Request) -> web.Response:
+    async def reload(self, request: Request) -> Response:
         errors = await self.app.reload_everywhere()
         if errors:
-            return web.json_response({"errors": errors}, status=400)
-        return web.json_response({"result": "reloaded"})
+            return json_response({"errors": errors}, status=400)
+        return json_response({"result": "reloaded"})
 
 
 def _split_weights(body: object) -> dict[str, int] | str:
@@ -208,7 +199,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 _files: dict[str, bytes] = {}
 
 
-def _same_origin(request: web.Request) -> bool:
+def _same_origin(request: Request) -> bool:
     """No Origin header (not a browser), or the admin listener's own origin."""
     origin = request.headers.get("Origin")
     if origin is None:
@@ -216,9 +207,9 @@ def _same_origin(request: web.Request) -> bool:
     return origin == f"{request.scheme}://{request.host}"
 
 
-def _static_response(name: str) -> web.Response:
+def _static_response(name: str) -> Response:
     body = _files.get(name)
     if body is None:
         body = _files[name] = resources.files("balancer").joinpath("static", name).read_bytes()
     content_type = STATIC.get(name, "text/html")
-    return web.Response(body=body, headers={**PAGE_HEADERS, "Content-Type": f"{content_type}; charset=utf-8"})
+    return Response(body, headers={**PAGE_HEADERS, "Content-Type": f"{content_type}; charset=utf-8"})

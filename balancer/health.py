@@ -18,13 +18,15 @@ import random
 import ssl
 import time
 from dataclasses import dataclass
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from . import failures
 from .config import HealthCheckConfig
 from .pool import Backend, Pool
 from .tls import BackendTls
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("balancer.health")
 
@@ -168,11 +170,9 @@ class HealthChecker:
                 return await self._probe_http(backend, config)
         except TimeoutError:
             return False, f"no answer within {config.timeout:g}s"
-        except aiohttp.ClientSSLError as exc:  # the certificate, or the handshake, failed
-            return False, failures.describe(exc.os_error)
         except ssl.SSLError as exc:  # the same from a TCP check's handshake
             return False, failures.describe(exc)
-        except (OSError, aiohttp.ClientError) as exc:
+        except OSError as exc:
             return False, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - a probe must never kill its task
             log.exception("health check of %s/%s raised unexpectedly", self.pool.name, backend.id)
@@ -198,14 +198,23 @@ class HealthChecker:
         else:
             url = f"https://{backend.address}{config.path}"
             options = {"ssl": tls.context, "server_hostname": tls.server_hostname(backend.host)}
-        # Redirects are not followed: a 3xx is the backend's own answer (200-399 by default).
-        async with self._get_session().get(url, allow_redirects=False, **options) as response:
-            lo, hi = config.expect_status
-            if lo <= response.status <= hi:
-                return True, f"status {response.status}"
-            return False, f"status {response.status}, expected {lo}-{hi}"
+        import aiohttp  # here: only HTTP checks need its ~10 MiB (docs/decisions.md)
+
+        try:
+            # Redirects are not followed: a 3xx is the backend's own answer (200-399 by default).
+            async with self._get_session().get(url, allow_redirects=False, **options) as response:
+                lo, hi = config.expect_status
+                if lo <= response.status <= hi:
+                    return True, f"status {response.status}"
+                return False, f"status {response.status}, expected {lo}-{hi}"
+        except aiohttp.ClientSSLError as exc:  # the certificate, or the handshake, failed
+            return False, failures.describe(exc.os_error)
+        except aiohttp.ClientError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
 
     def _get_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None or self._session.closed:
             # A fresh connection per probe: a reused keep-alive connection can hide a backend
             # that no longer accepts new ones (full backlog, crashed acceptor, firewall).

@@ -29,10 +29,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import aiohttp
 
 from balancer.config import Address, BackendConfig, ConsulConfig, ConsulDiscoveryConfig
 
@@ -53,6 +51,9 @@ CONNECT_TIMEOUT = 5.0
 # connection is presumed dead (a half-open TCP connection would otherwise hang forever).
 ANSWER_SLACK = 5.0
 REGISTRATION_TIMEOUT = 10.0
+
+if TYPE_CHECKING:
+    import aiohttp
 
 OnChange = Callable[[list[BackendConfig]], None]
 
@@ -247,6 +248,8 @@ class ConsulWatch:
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError(f"consul watch for pool {self.pool_name!r} already started")
+        import aiohttp  # here: a balancer without Consul never needs its ~10 MiB
+
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT))
         self._task = asyncio.create_task(self._run(), name=f"consul-watch:{self.pool_name}")
@@ -286,6 +289,8 @@ class ConsulWatch:
             params.append(("dc", self.consul_config.datacenter))
         if index > 0:  # index 0 means "answer now", so no wait either
             params += [("index", str(index)), ("wait", go_duration(self.consul_config.wait))]
+        import aiohttp
+
         wait = self.consul_config.wait
         timeout = aiohttp.ClientTimeout(
             total=wait + wait / 16 + ANSWER_SLACK, sock_connect=CONNECT_TIMEOUT)
@@ -449,6 +454,8 @@ class ConsulRegistration:
                  " (was already gone)" if status == 404 else "")
 
     async def _put(self, path: str, payload: dict[str, Any] | None, allow_404: bool = False) -> int:
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=REGISTRATION_TIMEOUT, sock_connect=CONNECT_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             async with session.put(consul_base_url(self.consul_config) + path, json=payload,

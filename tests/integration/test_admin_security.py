@@ -36,8 +36,7 @@ def test_admin_defaults_to_loopback(tmp_path):
 
 async def test_admin_socket_is_bound_to_loopback_only(start_balancer, backends):
     lb, _ = await start(start_balancer, backends)
-    runner = lb.app.admin._runner
-    bound = {site._server.sockets[0].getsockname()[0] for site in runner.sites}
+    bound = {sock.getsockname()[0] for sock in lb.app.admin.http.server.sockets}
     assert bound == {"127.0.0.1"}
 
 

@@ -27,8 +27,8 @@ DATA_PLANE_PEERS = frozenset({
 # which only the control plane uses.
 DATA_PLANE_ROOTS = ("balancer.http.client_side", "balancer.server", "balancer.runtime")
 CONTROL_PLANE = frozenset({
-    "balancer.health", "balancer.discovery.consul", "balancer.admin", "balancer.app",
-    "balancer.control", "balancer.workers", "balancer.status", "balancer.cli", "balancer.demo",
+    "balancer.health", "balancer.discovery.consul", "balancer.admin", "balancer.admin_http",
+    "balancer.app", "balancer.control", "balancer.workers", "balancer.status", "balancer.cli", "balancer.demo",
 })
 NOT_IN_DATA_PLANE = ("aiohttp",)
 
@@ -57,7 +57,7 @@ LAYERS = (
     }),
     ("control plane", {
         "balancer.health", "balancer.discovery.consul", "balancer.control", "balancer.status",
-        "balancer.admin",
+        "balancer.admin", "balancer.admin_http",
     }),
     ("process", {
         "balancer.config_file", "balancer.messages", "balancer.app", "balancer.workers",
