@@ -574,12 +574,15 @@ class Exchange:
         # socket that may stay open for hours (10,000 of them per worker). The access log's
         # two are kept for the line written at the close.
         conn.drop_http_state()
-        self.head.headers = [h for h in self.head.headers if h[0] in _KEPT_FOR_LOG]
+        head = self.head
+        head.headers = [h for h in head.headers if h[0] in _KEPT_FOR_LOG]
+        # What only forwarding and choosing read (a player's cookies can be kilobytes).
+        head.connection = head.host_header = head.cookie = head.forwarded_for = None
         self.upstream_head = b""  # no retry for a tunnel; a mirror copied it at the choice
         self.body = None  # type: ignore[assignment]
         self.facts = None  # a retry's, and no tunnel is retried
         # One shared timer watches the idle limit of every tunnel, not one per tunnel.
-        idle_sweep(self.client.loop).add(self, self.pool.websocket_idle_timeout)
+        idle_sweep(self.client.loop).add(self, self.pool.websocket_idle_timeout, backend.tunnels)
         if self.early_tunnel:
             conn.write(self.early_tunnel)
             self.early_tunnel = b""
@@ -622,8 +625,7 @@ class Exchange:
         backend = self.backend
         if backend is not None:
             backend.websockets -= 1
-            backend.tunnels.discard(self)
-        idle_sweep(self.client.loop).discard(self)
+            backend.tunnels.discard(self)  # which also ends the idle sweep's watch
         conn = self.upstream
         self.upstream = None
         if conn is not None:

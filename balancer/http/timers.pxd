@@ -20,11 +20,10 @@ cdef double SWEEP_INTERVAL, SWEEP_INTERVAL_MIN
 
 cdef class IdleSweep:
     cdef object _loop, _handle
-    cdef set _tunnels
+    cdef dict _groups
     cdef double _interval
 
-    cpdef add(self, object tunnel, double limit)
-    cpdef discard(self, object tunnel)
+    cpdef add(self, object tunnel, double limit, set group)
 
 
 cdef object _sweep_loop

@@ -100,24 +100,27 @@ class IdleSweep:
     plus one sweep interval after their last byte.
 
     A tunnel offers `idle_active`, `idle_since` (loop time), `idle_limit()` and
-    `idle_expired()`.
+    `idle_expired()`, and is in a group (its backend's set of open tunnels) until it ends: the
+    sweep walks the groups rather than a set of its own, one set entry less per tunnel
+    (~50 bytes at 10,000).
     """
 
     __slots__ = fields(__name__, "IdleSweep")  # its .pxd declares them
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._tunnels: set = set()
+        self._groups: dict[int, set] = {}  # id -> a group of tunnels, while not empty
         self._handle: asyncio.TimerHandle | None = None
         self._interval = SWEEP_INTERVAL
 
     def __len__(self) -> int:
-        return len(self._tunnels)
+        return sum(len(group) for group in self._groups.values())
 
-    def add(self, tunnel: object, limit: float) -> None:
+    def add(self, tunnel: object, limit: float, group: set) -> None:
+        """Watch `tunnel`, a member of `group` until it ends (it leaves by itself)."""
         tunnel.idle_active = False  # type: ignore[attr-defined]
         tunnel.idle_since = self._loop.time()  # type: ignore[attr-defined]
-        self._tunnels.add(tunnel)
+        self._groups[id(group)] = group
         interval = max(SWEEP_INTERVAL_MIN, min(SWEEP_INTERVAL, limit / 4))
         if self._handle is None or interval < self._interval:
             if self._handle is not None:
@@ -125,22 +128,21 @@ class IdleSweep:
             self._interval = interval
             self._handle = self._loop.call_later(interval, self._sweep, context=_CONTEXT)
 
-    def discard(self, tunnel: object) -> None:
-        self._tunnels.discard(tunnel)
-
     def _sweep(self) -> None:
         now = self._loop.time()
         expired = []
-        for tunnel in self._tunnels:
-            if tunnel.idle_active:
-                tunnel.idle_active = False
-                tunnel.idle_since = now
-            elif now - tunnel.idle_since >= tunnel.idle_limit():
-                expired.append(tunnel)
+        for key, group in list(self._groups.items()):
+            if not group:
+                del self._groups[key]
+            for tunnel in group:
+                if tunnel.idle_active:
+                    tunnel.idle_active = False
+                    tunnel.idle_since = now
+                elif now - tunnel.idle_since >= tunnel.idle_limit():
+                    expired.append(tunnel)
         for tunnel in expired:
-            self._tunnels.discard(tunnel)
-            tunnel.idle_expired()
-        if self._tunnels:
+            tunnel.idle_expired()  # ends it: it leaves its group
+        if self._groups:
             self._handle = self._loop.call_later(self._interval, self._sweep, context=_CONTEXT)
         else:
             self._handle = None
