@@ -1,11 +1,11 @@
-"""Active health checks (aiohttp / TCP probes), run by the control plane.
+"""Active health checks (HTTP / TCP probes), run by the control plane.
 
 Active checks (`HealthChecker`) run one task per backend of a pool and flip `Backend.healthy`
 after `healthy_threshold` / `unhealthy_threshold` consecutive results, so one lost probe never
 takes a backend out and one lucky probe never brings a dead one back.
 
 Passive outlier ejection and slow start are balancer/outlier.py: pure bookkeeping the data
-plane calls on every upstream result, without this module's aiohttp.
+plane calls on every upstream result, without this module's probes.
 
 All state lives on `Backend` / `Pool` so it survives reloads; this module only changes it.
 """
@@ -18,15 +18,11 @@ import random
 import ssl
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from . import failures
 from .config import HealthCheckConfig
 from .pool import Backend, Pool
 from .tls import BackendTls
-
-if TYPE_CHECKING:
-    import aiohttp
 
 log = logging.getLogger("balancer.health")
 
@@ -64,7 +60,7 @@ class _ProbeStreak:
 class HealthChecker:
     """Probes every member of one pool and keeps `Backend.healthy` up to date.
 
-    Owns its tasks and its aiohttp session: `start()` once, `sync()` after every membership or
+    Owns its tasks: `start()` once, `sync()` after every membership or
     config change of the pool, `await stop()` on shutdown or when a reload replaces it.
     The config is read afresh before every probe, so a reload that edits `health_check` in
     place takes effect at the next probe without resetting anyone's state.
@@ -79,7 +75,6 @@ class HealthChecker:
         self._retiring: set[asyncio.Task[None]] = set()
         self._streaks: dict[Backend, _ProbeStreak] = {}
         self.last_results: dict[str, CheckResult] = {}  # backend id -> its last probe
-        self._session: aiohttp.ClientSession | None = None
         self._started = False
         self._stopped = False
 
@@ -111,7 +106,7 @@ class HealthChecker:
                 )
 
     async def stop(self) -> None:
-        """Cancel every probe and close the session. Backend state is left as it is, so a
+        """Cancel every probe. Backend state is left as it is, so a
         checker that replaces this one (reload) carries on from it."""
         self._stopped = True
         tasks = [*self._tasks.values(), *self._retiring]
@@ -121,7 +116,6 @@ class HealthChecker:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self._close_session()
 
     def _disable(self) -> None:
         """`health_check` was removed by a reload: nothing would ever bring a backend that is
@@ -140,11 +134,6 @@ class HealthChecker:
         task.cancel()
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-
-    async def _close_session(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     async def _run(self, backend: Backend) -> None:
         streak = self._streaks.setdefault(backend, _ProbeStreak())
@@ -170,7 +159,7 @@ class HealthChecker:
                 return await self._probe_http(backend, config)
         except TimeoutError:
             return False, f"no answer within {config.timeout:g}s"
-        except ssl.SSLError as exc:  # the same from a TCP check's handshake
+        except ssl.SSLError as exc:  # the certificate, or the handshake, failed
             return False, failures.describe(exc)
         except OSError as exc:
             return False, f"{type(exc).__name__}: {exc}"
@@ -178,52 +167,39 @@ class HealthChecker:
             log.exception("health check of %s/%s raised unexpectedly", self.pool.name, backend.id)
             return False, f"{type(exc).__name__}: {exc}"
 
-    async def _probe_tcp(self, backend: Backend) -> tuple[bool, str]:
+    async def _connect(self, backend: Backend) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A fresh connection for each probe: a reused keep-alive connection can hide a backend
+        that no longer accepts new ones (full backlog, crashed acceptor, firewall). A TLS
+        pool's connection includes the handshake: the certificate must verify."""
         tls = self.tls
         if tls is None:
-            _reader, writer = await asyncio.open_connection(backend.host, backend.port)
-        else:  # a TLS pool's TCP check includes the handshake: the certificate must verify
-            _reader, writer = await asyncio.open_connection(
-                backend.host, backend.port, ssl=tls.context,
-                server_hostname=tls.server_hostname(backend.host))
+            return await asyncio.open_connection(backend.host, backend.port)
+        return await asyncio.open_connection(backend.host, backend.port, ssl=tls.context,
+                                             server_hostname=tls.server_hostname(backend.host))
+
+    async def _probe_tcp(self, backend: Backend) -> tuple[bool, str]:
+        _reader, writer = await self._connect(backend)
         writer.close()
         await writer.wait_closed()
         return True, "connected"
 
     async def _probe_http(self, backend: Backend, config: HealthCheckConfig) -> tuple[bool, str]:
-        tls = self.tls
-        if tls is None:
-            url = f"http://{backend.address}{config.path}"
-            options: dict = {}
-        else:
-            url = f"https://{backend.address}{config.path}"
-            options = {"ssl": tls.context, "server_hostname": tls.server_hostname(backend.host)}
-        import aiohttp  # here: only HTTP checks need its ~10 MiB (docs/decisions.md)
-
+        """GET `path` and read the status line, nothing more (the body is not the verdict).
+        Redirects are not followed: a 3xx is the backend's own answer (200-399 by default)."""
+        reader, writer = await self._connect(backend)
         try:
-            # Redirects are not followed: a 3xx is the backend's own answer (200-399 by default).
-            async with self._get_session().get(url, allow_redirects=False, **options) as response:
-                lo, hi = config.expect_status
-                if lo <= response.status <= hi:
-                    return True, f"status {response.status}"
-                return False, f"status {response.status}, expected {lo}-{hi}"
-        except aiohttp.ClientSSLError as exc:  # the certificate, or the handshake, failed
-            return False, failures.describe(exc.os_error)
-        except aiohttp.ClientError as exc:
-            return False, f"{type(exc).__name__}: {exc}"
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        import aiohttp
-
-        if self._session is None or self._session.closed:
-            # A fresh connection per probe: a reused keep-alive connection can hide a backend
-            # that no longer accepts new ones (full backlog, crashed acceptor, firewall).
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True, limit=0),
-                headers={"User-Agent": USER_AGENT},
-                timeout=aiohttp.ClientTimeout(total=None),  # the probe's own timeout rules
-            )
-        return self._session
+            writer.write(f"GET {config.path} HTTP/1.1\r\nHost: {backend.address}\r\n"
+                         f"User-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+                         .encode("latin-1"))
+            status = await _final_status(reader)
+        finally:
+            writer.close()
+        if status is None:
+            return False, "no HTTP answer"
+        lo, hi = config.expect_status
+        if lo <= status <= hi:
+            return True, f"status {status}"
+        return False, f"status {status}, expected {lo}-{hi}"
 
     def _apply(
         self, backend: Backend, streak: _ProbeStreak, config: HealthCheckConfig, ok: bool, detail: str
@@ -258,3 +234,19 @@ class HealthChecker:
             backend.ramp_start = time.monotonic()
         log.info("backend %s/%s (%s) is back: %d consecutive passed health checks",
                  self.pool.name, backend.id, backend.address, successes)
+
+
+async def _final_status(reader: asyncio.StreamReader) -> int | None:
+    """The status of the first non-1xx response head; None when what came is no HTTP."""
+    try:
+        while True:
+            parts = (await reader.readline()).split(None, 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+                return None
+            status = int(parts[1])
+            while (await reader.readline()).strip():  # the rest of the head
+                pass
+            if status >= 200 or status == 101:
+                return status
+    except ValueError:  # a line longer than the reader's limit (64 KiB)
+        return None

@@ -1,6 +1,6 @@
 """What a balancer process imports at start: only what serving needs.
 
-aiohttp (health checks over HTTP, Consul), cryptography (certificate dates), maxminddb (a geo
+aiohttp (Consul), cryptography (certificate dates), maxminddb (a geo
 database) and h2 (the first HTTP/2 connection) cost megabytes of RSS in every process and are
 imported where used (docs/decisions.md, "Idle WebSockets").
 """
