@@ -48,3 +48,19 @@ def test_a_forked_worker_draws_ids_of_its_own() -> None:
     parent = [new_request_id() for _ in range(5)]
     assert len(child) == 5
     assert not set(child) & set(parent)
+
+
+def test_every_random_digit_place_varies() -> None:
+    # Ids are formatted a digit place at a time for a batch: a place filled from the wrong
+    # digits (or not at all) would repeat across ids.
+    ids = [new_request_id() for _ in range(2000)]
+    for place in range(36):
+        seen = {text[place] for text in ids}
+        if place in (8, 13, 18, 23):
+            assert seen == {"-"}
+        elif place == 14:
+            assert seen == {"4"}
+        elif place == 19:
+            assert seen == set("89ab")
+        else:
+            assert len(seen) == 16, place
