@@ -1,5 +1,7 @@
 # Types for the compiled build of parser.py (see balancer/compiled.py).
 
+cimport cython
+
 from .headers cimport HeaderNames
 
 # Module tables looked up per request: C globals, so a lookup is a dict call, not a
@@ -9,6 +11,7 @@ cdef tuple _FOREIGN_PROTOCOLS
 cdef frozenset _SPECIAL_HEADERS, _FRAMING_LOOKALIKES, _LOOKALIKE_LENGTHS
 
 
+@cython.locals(rtsp=bytes, ice=bytes)
 cdef bint _names_foreign_protocol(bytes data)
 
 

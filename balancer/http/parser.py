@@ -98,9 +98,12 @@ _TOKEN_SPLIT = 4  # a token cut between two reads has at most this many bytes in
 
 
 def _names_foreign_protocol(data: bytes) -> bool:
-    """Is RTSP/ or ICE/ anywhere in `data`? (find, not `in`: `token in data` first tries the
-    token as an integer and builds a TypeError for it, which cost more than the scans.)"""
-    return data.find(_FOREIGN_PROTOCOLS[0]) >= 0 or data.find(_FOREIGN_PROTOCOLS[1]) >= 0
+    """Is RTSP/ or ICE/ anywhere in `data`? It runs on every read, so it is the cheapest call
+    that searches: `partition` takes the token as a buffer as it is; `find` first packs its
+    arguments into a tuple and parses them (~60% more per read), and `token in data` first
+    tries the token as an integer and builds a TypeError for it (docs/decisions.md)."""
+    rtsp, ice = _FOREIGN_PROTOCOLS
+    return bool(data.partition(rtsp)[1] or data.partition(ice)[1])
 
 
 def host_of(value: bytes) -> str:
