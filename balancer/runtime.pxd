@@ -1,5 +1,6 @@
 # Types for the compiled build of runtime.py (see balancer/compiled.py).
 
+from .balance cimport _Weighted
 from .metrics cimport Stats
 from .pool cimport Backend, Pool
 from .routing cimport RouteTable
@@ -28,7 +29,7 @@ cdef class PoolRuntime:
     cdef public Pool pool
     cdef public object config, geo, sticky, retry_statuses
     cdef public object tls  # tls.BackendTls or None
-    cdef public object strategy  # LeastConn, RoundRobin, Random or PeakEwma: each has pick()
+    cdef public _Weighted strategy  # LeastConn, RoundRobin, Random or PeakEwma
     cdef public bint latency_aware  # strategy is PeakEwma: report response latencies to it
     # The pool's timeouts, read on every request and body chunk.
     cdef public double connect_timeout, response_timeout, idle_timeout, websocket_idle_timeout

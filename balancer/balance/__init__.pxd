@@ -8,6 +8,8 @@ from ..pool cimport Backend
 cdef class _Weighted:
     cdef public object weight_of
 
+    cpdef Backend pick(self, candidates, double now)
+
 
 cdef class LeastConn(_Weighted):
     @cython.locals(b=Backend, best=Backend, score=double, best_score=double, ties=long)

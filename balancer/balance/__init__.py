@@ -30,6 +30,11 @@ class _Weighted:
     def __init__(self, weight_of: WeightFn = static_weight) -> None:
         self.weight_of = weight_of
 
+    def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
+        # Declared here so that the pool's runtime, which holds any strategy as a _Weighted,
+        # calls pick through C, not by name (compiled build).
+        raise NotImplementedError
+
 
 class LeastConn(_Weighted):
     """Fewest (active requests + open WebSockets) per unit of weight; ties broken at random,

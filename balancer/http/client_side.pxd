@@ -31,6 +31,7 @@ cdef class ClientConnection(Downstream):
     cpdef request_started(self, RequestHead head)
     cpdef request_body(self, bytes data)
     cpdef request_ended(self)
+    cpdef _begin(self, Exchange exchange)
     @cython.locals(out=list)
     cpdef Py_ssize_t send_interim(self, int status, bytes reason, list headers)
     @cython.locals(out=list, version=bytes, exchange=Exchange)
