@@ -68,6 +68,8 @@ class Exchange:
         # The player's side: an HTTP/1.1 connection or, later, an HTTP/2 stream. The exchange
         # hands it statuses, fields and body bytes; framing them is the downstream's job.
         self.client = client
+        # Read through self.head below: the field is typed in the compiled build, the argument
+        # is not, so its fields are C reads there rather than attribute lookups.
         self.head = head
         self.runtime = runtime
         self.facts: Facts | None = None  # what choosing a backend knew (its side's; for a retry)
@@ -89,7 +91,7 @@ class Exchange:
         self.request_done = not head.has_body
         self.phase = ROUTING  # balancer/phases.py: where this exchange is in its life
         self.status = 0
-        self.close_client = not head.keep_alive
+        self.close_client = not self.head.keep_alive
         self.upstream_head = b""
         self.set_cookie: bytes | None = None
         self.split_cookie: bytes | None = None  # a canary split's cookie, new or renewed
@@ -100,10 +102,10 @@ class Exchange:
         # was counted at its 101), and a backend connection is being opened for it.
         self.tunnel = False
         self._connecting = False
-        self._head_only = head.method == b"HEAD"
+        self._head_only = self.head.method == b"HEAD"
         self._response_hooks: tuple = ()
         self._sent_at = 0.0  # when the current attempt began (balance: ewma measures from it)
-        self.bytes_in = head.size  # head, then body and WebSocket bytes from the player
+        self.bytes_in = self.head.size  # head, then body and WebSocket bytes from the player
         self.bytes_out = 0  # everything written to the player
         self.sticky = "none"  # none | hit | new | rebalanced | failed
         self.connect_time = -1.0  # seconds opening the backend connection; 0 when kept alive
