@@ -14,8 +14,9 @@ cdef frozenset _WATCHED  # looked up per response header
 
 
 cdef class UpstreamConnection:
-    cdef public object backend, loop, transport, parser, tls_config
-    cdef object _feed
+    cdef public Backend backend
+    cdef public object loop, transport, parser, tls_config
+    cdef object _feed, _status_code, _keep_alive
     cdef public Exchange exchange
     cdef public double last_used, idle_timeout
     cdef public bint closed, expect_head_only

@@ -191,7 +191,11 @@ class UpstreamConnection:
 
     def _new_parser(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
-        self._feed = self.parser.feed_data  # bound once: called for every read
+        # Bound once: each is called for every read or every response (a call by name looks
+        # the method up on the parser's type each time).
+        self._feed = self.parser.feed_data
+        self._status_code = self.parser.get_status_code
+        self._keep_alive = self.parser.should_keep_alive
 
     # -- llhttp callbacks ------------------------------------------------------------------
 
@@ -239,7 +243,7 @@ class UpstreamConnection:
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        status = parser.get_status_code()
+        status = self._status_code()
         headers = self._headers
         exchange = self.exchange
         assert exchange is not None
@@ -287,7 +291,7 @@ class UpstreamConnection:
         exchange = self.exchange
         self._head_sent = False
         if exchange is not None:
-            exchange.response_end(self, reusable=self.parser.should_keep_alive())
+            exchange.response_end(self, reusable=self._keep_alive())
 
     # -- used by the exchange -------------------------------------------------------------
 
@@ -309,7 +313,7 @@ class UpstreamConnection:
     def drop_http_state(self) -> None:
         """The connection became a tunnel: release what reading HTTP needed."""
         self.parser = None
-        self._feed = None
+        self._feed = self._status_code = self._keep_alive = None
         self._names = None  # type: ignore[assignment]  # a tunnel never reads a head again
         self._headers = None  # type: ignore[assignment]
         self._connection = None
