@@ -34,6 +34,7 @@ COMPILED_MODULES = (
     "balancer.http.upstream",
     "balancer.http.exchange",
     "balancer.http.client_side",
+    "balancer.http.http2",
     "balancer.geo",
     "balancer.plugins",
     "balancer.sticky",

@@ -30,6 +30,7 @@ from ngh2 import (
 from ngh2 import Connection as _Ngh2Connection
 from ngh2.exceptions import DenialOfServiceError, NGH2Error
 
+from ..compiled import fields
 from ..tls import client_certificate
 from .client_side import BODY_RATE_GRACE, BODY_RATE_INTERVAL
 from .downstream import Downstream, Field
@@ -112,9 +113,7 @@ class Http2Stream(Downstream):
     """One request stream, the `Downstream` of its exchange: the exchange's answer (status,
     fields, body, end) leaves as HEADERS and DATA frames on the player's connection."""
 
-    __slots__ = ("conn", "stream_id", "exchange", "tunnel", "closed", "head_sent", "head_only",
-                 "ended", "pending", "end_pending", "upstream_paused", "unacked",
-                 "reading_paused", "blocked_since", "body_since", "body_base", "body_received")
+    __slots__ = fields(__name__, "Http2Stream")  # its .pxd declares them
 
     def __init__(self, conn: Http2Connection, stream_id: int) -> None:
         self.conn = conn
@@ -276,6 +275,8 @@ class Http2Stream(Downstream):
 
 class Http2Connection:
     """The asyncio.Protocol of a player's HTTP/2 connection."""
+
+    __slots__ = fields(__name__, "Http2Connection")  # its .pxd declares them
 
     def __init__(self, server: ListenerServer, client_ip: str, scheme: bytes) -> None:
         self.server = server
