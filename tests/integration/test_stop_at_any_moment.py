@@ -73,7 +73,10 @@ async def feed(pipe: Path, text: str, until: Instance) -> None:
             return
         try:
             os.write(fd, text.encode())
-        except BlockingIOError:
+        except (BlockingIOError, BrokenPipeError):
+            # BrokenPipeError: two workers opened the pipe at once and the other one took the
+            # text; this one is served by the next round (a dead feeder would leave it
+            # blocked in open() for good, and the stop would end in a SIGKILL).
             pass
         finally:
             os.close(fd)
