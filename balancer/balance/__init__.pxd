@@ -23,7 +23,7 @@ cdef class RoundRobin(_Weighted):
 
 
 cdef class Random(_Weighted):
-    cpdef Backend pick(self, candidates, double now)
+    pass
 
 
 cdef class PeakEwma(_Weighted):

@@ -23,7 +23,8 @@ def static_weight(backend: Backend, now: float) -> float:
 
 
 class _Weighted:
-    """What every strategy is built with: how to read a backend's effective weight."""
+    """What every strategy is built with (how to read a backend's effective weight), and the
+    simplest choice, which the others refine: at random, in proportion to weight."""
 
     __slots__ = fields(__name__, "_Weighted")  # its .pxd declares them
 
@@ -31,9 +32,12 @@ class _Weighted:
         self.weight_of = weight_of
 
     def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
-        # Declared here so that the pool's runtime, which holds any strategy as a _Weighted,
-        # calls pick through C, not by name (compiled build).
-        raise NotImplementedError
+        # Defined here, not only in the subclasses, so that the pool's runtime, which holds
+        # any strategy as a _Weighted, calls pick through C, not by name (compiled build).
+        if len(candidates) == 1:
+            return candidates[0]
+        weights = [self.weight_of(b, now) for b in candidates]
+        return random.choices(candidates, weights)[0]
 
 
 class LeastConn(_Weighted):
@@ -98,15 +102,9 @@ class RoundRobin(_Weighted):
 
 
 class Random(_Weighted):
-    """Weighted random choice."""
+    """Weighted random choice (the base's pick)."""
 
     __slots__ = fields(__name__, "Random")  # its .pxd declares them
-
-    def pick(self, candidates: Sequence[Backend], now: float) -> Backend:
-        if len(candidates) == 1:
-            return candidates[0]
-        weights = [self.weight_of(b, now) for b in candidates]
-        return random.choices(candidates, weights)[0]
 
 
 # A measured latency never counts as less than this (seconds): at zero, load would stop
