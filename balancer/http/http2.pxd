@@ -5,7 +5,7 @@ cimport cython
 
 from .downstream cimport Downstream
 from .exchange cimport Exchange
-from .parser cimport RequestHead
+from .parser cimport RequestHead, host_of
 
 
 cdef class Http2Connection

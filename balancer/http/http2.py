@@ -37,7 +37,7 @@ from .downstream import Downstream, Field
 from .errors import RequestError, error_answer
 from .exchange import Exchange
 from .headers import HOP_BY_HOP, request_id_from
-from .parser import ALLOWED_METHODS, RequestHead, split_host
+from .parser import ALLOWED_METHODS, RequestHead, host_of
 
 if TYPE_CHECKING:
     from ..server import ListenerServer
@@ -980,7 +980,7 @@ def request_head(fields: list[tuple[bytes, bytes]], limits: object, ended: bool)
         raise RequestError(400, "missing :authority")
     if authority is not None and host_field is not None and host_field.lower() != authority.lower():
         raise RequestError(400, "Host does not match :authority")
-    head.host = split_host(value)
+    head.host = host_of(value)  # remembered: a player sends the same :authority every time
     head.host_header = value
     head.method = _METHODS[method]
     head.target = path

@@ -13,6 +13,7 @@ cdef frozenset _SPECIAL_HEADERS, _FRAMING_LOOKALIKES, _LOOKALIKE_LENGTHS
 
 @cython.locals(rtsp=bytes, ice=bytes)
 cdef bint _names_foreign_protocol(bytes data)
+cpdef str host_of(bytes value)
 
 
 cdef class RequestHead:
