@@ -16,7 +16,7 @@ cdef class Http2Stream(Downstream):
     cdef public Py_ssize_t stream_id
     cdef public Exchange exchange, tunnel
     cdef public bint closed, head_sent, head_only, ended, end_pending, upstream_paused
-    cdef public bint reading_paused
+    cdef public bint reading_paused, handed
     cdef public bytearray pending
     cdef public Py_ssize_t unacked
     cdef public double blocked_since, body_since
@@ -83,9 +83,13 @@ cdef class Http2Connection:
 
 cpdef _pause_upstream(Http2Stream stream)
 cpdef _resume_upstream(Http2Stream stream)
-cdef dict _STATUS_VALUES
+cdef dict _STATUS_VALUES, _NEVER_SENT, _NEVER_SENT_TUNNEL
+cpdef frozenset _never_sent(frozenset drop, bint tunnel)
 cpdef bytes _status_value(int status)
 @cython.locals(size=Py_ssize_t)
 cpdef Py_ssize_t _fields_size(list fields)
-@cython.locals(head=RequestHead, size=Py_ssize_t, headers=list, cookies=list)
+# name and value typed: name[0], len() and the comparisons are C operations, not calls.
+@cython.locals(head=RequestHead, size=Py_ssize_t, headers=list, cookies=list, name=bytes,
+               value=bytes, method=bytes, path=bytes, authority=bytes, protocol=bytes,
+               host_field=bytes, query=Py_ssize_t)
 cpdef RequestHead request_head(fields, limits, bint ended)

@@ -138,6 +138,7 @@ class Http2Stream(Downstream):
         self.ended = False  # END_STREAM sent (or the stream reset): nothing more is written
         self.pending = bytearray()  # answer bytes waiting for the player's window
         self.end_pending = False
+        self.handed = False  # answer bytes given to the library (it may hold some still)
         self.upstream_paused = False  # our reason: the player's window is shut
         self.unacked = 0  # request body received while the backend was not taking it
         self.reading_paused = False  # the exchange asked: the backend does not take more
@@ -172,11 +173,11 @@ class Http2Stream(Downstream):
             return 0
         self.head_sent = True
         tunnel = status == 101
-        never = _NOT_IN_200 if tunnel else _CONNECTION_SPECIFIC
+        drop = _never_sent(drop, tunnel)
         fields = [(b":status", b"200" if tunnel else _status_value(status))]
         length = None
         for lname, _name, value in headers:
-            if lname in drop or lname in never:
+            if lname in drop:
                 continue
             if lname == b"content-length":
                 length = value
@@ -626,18 +627,22 @@ class Http2Connection:
         pending = stream.pending
         try:
             if pending:
-                # What the player's windows take beyond what the library holds already.
-                window = min(h2conn.stream_remote_window_size(stream_id)
-                             - h2conn.queued_body_size(stream_id),
-                             h2conn.remote_window_size - h2conn.queued_body_size())
+                # What the player's windows take beyond what the library holds already (of
+                # this stream's, nothing before its first bytes: one call fewer per answer).
+                window = h2conn.stream_remote_window_size(stream_id)
+                if stream.handed:
+                    window -= h2conn.queued_body_size(stream_id)
+                window = min(window, h2conn.remote_window_size - h2conn.queued_body_size())
                 if window >= len(pending):
                     last = stream.end_pending
                     h2conn.send_data(stream_id, bytes(pending), end_stream=last)
+                    stream.handed = True
                     pending.clear()
                     if last:
                         stream.ended = True
                 elif window > 0:
                     h2conn.send_data(stream_id, bytes(pending[:window]))
+                    stream.handed = True
                     del pending[:window]
             if not pending and stream.end_pending and not stream.ended:
                 h2conn.end_stream(stream_id)
@@ -894,6 +899,22 @@ def _resume_upstream(stream: Http2Stream) -> None:
     exchange = stream.exchange
     if exchange is not None and exchange.upstream is not None:
         exchange.upstream.resume_reading()
+
+
+# `drop` sets (the exchange's few: hop-by-hop fields, plus what a Connection header names)
+# joined with what an HTTP/2 answer never carries: one set looked up per field, not two.
+_NEVER_SENT: dict[frozenset, frozenset] = {}
+_NEVER_SENT_TUNNEL: dict[frozenset, frozenset] = {}
+
+
+def _never_sent(drop: frozenset, tunnel: bool) -> frozenset:
+    table = _NEVER_SENT_TUNNEL if tunnel else _NEVER_SENT
+    joined = table.get(drop)
+    if joined is None:
+        if len(table) >= 1024:
+            table.clear()
+        joined = table[drop] = drop | (_NOT_IN_200 if tunnel else _CONNECTION_SPECIFIC)
+    return joined
 
 
 _STATUS_VALUES: dict[int, bytes] = {}
