@@ -6,6 +6,7 @@ Real clients: curl, h2load, and a Python h2 client."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from balancer.http.exchange import Exchange
+from balancer.http.http2 import Http2Stream
 from tests.conftest import pool_yaml
 
 from tests.fakes.h2client import H2Client, RawH2, ws_text
@@ -140,6 +143,27 @@ async def test_many_streams_on_one_connection_with_bodies(start_balancer, backen
     finally:
         client.close()
     assert sum(b.count("POST") for b in bs) == 20
+
+
+async def test_finished_streams_are_freed_without_the_cycle_collector(start_balancer, backends, pki):
+    """A stream and its exchange point at each other until the exchange is over; then the
+    stream lets it go, so a request leaves no cycle for the collector to find (it cost a
+    tenth of an h2 request's CPU)."""
+    lb, _, ca = await edge(start_balancer, backends, pki)
+    client = await H2Client.open(lb.port("tls"), ca)
+    try:
+        gc.collect()
+        gc.disable()
+        try:
+            ids = [client.start("GET", f"/lobby/{i}") for i in range(10)]
+            await client.until(lambda: all(client.responses[i].ended for i in ids))
+            alive = [o for o in gc.get_objects() if isinstance(o, (Http2Stream, Exchange))]
+        finally:
+            gc.enable()
+        assert all(client.responses[i].status == 200 for i in ids)
+        assert alive == []
+    finally:
+        client.close()
 
 
 async def test_translation_cookies_host_and_te(start_balancer, backends, pki):
