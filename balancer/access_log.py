@@ -3,12 +3,13 @@ auditors (docs/configuration.md `access_log`, docs/operations.md).
 
 An exchange records its end in one place (`Exchange._ended(outcome)`, balancer/http/exchange.py),
 which hands it here with an explicit `outcome` (balancer/outcomes.py). Only when the line is wanted
-(`sample`, `min_duration`) is an `AccessRecord` filled from it and formatted: the request path
-pays for what is written, and for a sampled-out request only the decision. A request refused
-before it became an exchange (a malformed head) fills a record itself (`refused_record`).
+(`sample`, `min_duration`) are its fields read and formatted: the request path pays for what is
+written, and for a sampled-out request only the decision. A request refused before it became
+an exchange (a malformed head) gives the fields known then (`refused`).
 
-Lines wait in a list and leave in batches for the writer thread (balancer/log_sink.py): the
-event loop never writes. At most MAX_PENDING bytes may wait; past that a line is dropped and
+Each line is built straight into the batch, a bytearray (`put`, balancer/log_bytes.py), whose
+lines leave together, copied, for the writer thread (balancer/log_sink.py): the event loop never
+writes. At most MAX_PENDING bytes may wait; past that a line is dropped and
 counted (balancer_access_log_dropped_total), so a sink that cannot keep up costs lines, never
 requests.
 """
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 from .addresses import parse_ip
 from .compiled import fields
 from .config import AccessLogConfig
+from .log_bytes import *  # put, put2: C in the compiled build (access_log.pxd), else Python
 from .log_sink import LogWriter
 from .outcomes import BAD_REQUEST, OK, STATUS_OUTCOME, WEBSOCKET_CLOSED
 
@@ -54,101 +56,6 @@ LINE_MAX = 4000
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-class AccessRecord:
-    """What one line says. Filled from an exchange at its end (`record_of`), or for a request
-    refused before it became one (`refused_record`); formatted by `json_line` or
-    `combined_line`. Times are seconds; a negative one is unknown (null)."""
-
-    __slots__ = fields(__name__, "AccessRecord")  # its .pxd declares them
-
-    def __init__(self) -> None:
-        self.time = 0.0  # Unix time the request head arrived
-        self.request_id = ""
-        self.client_ip = ""
-        self.country: str | None = None
-        self.region: str | None = None
-        self.listener = ""
-        self.tls: str | None = None  # "TLSv1.3", or None on plain HTTP
-        self.method = b""
-        self.host = ""
-        self.target = b""  # path and query, as sent
-        self.protocol = "HTTP/1.1"
-        self.status = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.duration = 0.0
-        self.upstream_connect = -1.0  # 0 for a kept-alive connection
-        self.upstream_wait = -1.0  # from request sent to response head
-        self.route: str | None = None
-        self.pool: str | None = None
-        self.backend: str | None = None
-        self.tries = 0
-        self.sticky = "none"
-        self.outcome = OK
-        self.user_agent: bytes | None = None
-        self.referer: bytes | None = None
-
-
-def record_of(ex: Exchange, outcome: str, duration: float, referer: bool) -> AccessRecord:
-    """The record of an exchange that ended with `outcome` after `duration` seconds (with its
-    Referer header if `referer`: only the combined format writes it)."""
-    record = AccessRecord()
-    client = ex.client
-    head = ex.head
-    record.time = wall_clock() - duration
-    record.request_id = ex.request_id
-    record.client_ip = client.client_ip
-    record.country = ex.country
-    record.region = ex.region
-    record.listener = client.listener.name
-    record.tls = client.tls_version
-    record.method = head.method
-    record.host = head.host
-    record.target = head.target
-    version = head.version
-    record.protocol = ("HTTP/1.1" if version == b"1.1" else "HTTP/2.0" if version == b"2.0"
-                       else "HTTP/1.0")
-    record.status = ex.status
-    record.bytes_in = ex.bytes_in
-    record.bytes_out = ex.bytes_out
-    record.duration = duration
-    record.upstream_connect = ex.connect_time
-    head_at = ex.head_at
-    if head_at > 0:
-        record.upstream_wait = head_at - ex.sent_at
-    route = ex.route
-    if route is not None:
-        record.route = route.name
-    pool = ex.pool
-    if pool is not None:
-        record.pool = pool.name
-    tried = ex.tried  # the last one tried, even if the exchange let go of it (client_lost)
-    if tried:
-        record.backend = tried[-1].id
-    record.tries = len(tried)
-    record.sticky = ex.sticky
-    record.outcome = outcome
-    record.user_agent = head.header(b"user-agent")
-    if referer:
-        record.referer = head.header(b"referer")
-    return record
-
-
-def refused_record(client: ClientConnection, status: int, request_id: str,
-                   bytes_out: int) -> AccessRecord:
-    """A request refused while its head was read (no method or target to tell)."""
-    record = AccessRecord()
-    record.time = wall_clock()
-    record.request_id = request_id
-    record.client_ip = client.client_ip
-    record.listener = client.listener.name
-    record.tls = client.tls_version
-    record.status = status
-    record.bytes_out = bytes_out
-    record.outcome = STATUS_OUTCOME.get(status, BAD_REQUEST)
-    return record
-
-
 class AccessLog:
     """This process's access log. One object for the life of the process: reloads reconfigure
     it, so a WebSocket opened under an old config is still logged when it closes."""
@@ -162,8 +69,9 @@ class AccessLog:
         self._sample = 1.0
         self._min_duration = 0.0
         self._truncate = False
-        self._batch: list[bytes] = []
-        self._batch_size = 0
+        self._buf = bytearray()  # the batch: whole lines up to _used, then room (or a dropped line)
+        self._used = 0
+        self._lines = 0  # in the batch
         self._flush_handle: asyncio.TimerHandle | None = None
         self._queued = 0  # bytes handed over (loop thread only)
         self._dropped = 0  # lines dropped for want of room (loop thread only)
@@ -218,38 +126,88 @@ class AccessLog:
     # -- what the request path calls -----------------------------------------------------
 
     def exchange_ended(self, ex: Exchange, outcome: str) -> None:
-        duration = perf_counter() - ex.started
-        if outcome in _SAMPLED and ex.status < 500:
+        now = perf_counter()
+        duration = now - ex.started
+        status = ex.status
+        if outcome in _SAMPLED and status < 500:
             if duration < self._min_duration or (self._sample < 1.0 and random() >= self._sample):
                 return
-        self.write(record_of(ex, outcome, duration, self._combined))
+        # The exchange's fields go to the formatter as they are: no record object per line.
+        client = ex.client
+        head = ex.head
+        version = head.version
+        head_at = ex.head_at
+        route = ex.route
+        pool = ex.pool
+        tried = ex.tried  # the last one tried, even if the exchange let go of it (client_lost)
+        now = wall_clock()
+        self._line(
+            now - duration, ex.request_id, client.client_ip, ex.country, ex.region,
+            client.listener.name, client.tls_version, head.method, head.host, head.target,
+            "HTTP/1.1" if version == b"1.1" else "HTTP/2.0" if version == b"2.0" else "HTTP/1.0",
+            status, ex.bytes_in, ex.bytes_out, duration, ex.connect_time,
+            head_at - ex.sent_at if head_at > 0 else -1.0,
+            route.name if route is not None else None, pool.name if pool is not None else None,
+            tried[-1].id if tried else None, len(tried), ex.sticky, outcome,
+            head.header(b"user-agent"),
+            head.header(b"referer") if self._combined else None)  # only combined writes it
 
     def refused(self, client: ClientConnection, status: int, request_id: str, bytes_out: int) -> None:
-        self.write(refused_record(client, status, request_id, bytes_out))
+        """A request refused while its head was read (no method or target to tell)."""
+        self._line(wall_clock(), request_id, client.client_ip, None, None, client.listener.name,
+                   client.tls_version, b"", "", b"", "HTTP/1.1", status, 0, bytes_out, 0.0, -1.0,
+                   -1.0, None, None, None, 0, "none", STATUS_OUTCOME.get(status, BAD_REQUEST),
+                   None, None)
 
-    def write(self, record: AccessRecord) -> None:
-        if self._truncate:
-            record.client_ip = self._truncated(record.client_ip)
-        clock = self._clock
-        if self._combined:
-            line = combined_line(record, clock, LONG)
-            if len(line) > LINE_MAX:
-                line = combined_line(record, clock, SHORT)
-        else:
-            line = json_line(record, clock, LONG)
-            if len(line) > LINE_MAX:
-                line = json_line(record, clock, SHORT)
-        self._add(line)
-
-    def _add(self, line: bytes) -> None:
-        size = len(line)
-        if self._queued - self._done + size > MAX_PENDING or self._writer is None:
+    def _line(self, time: float, request_id: str, client_ip: str, country: str | None,
+              region: str | None, listener: str, tls: str | None, method: bytes, host: str,
+              target: bytes, protocol: str, status: int, bytes_in: int, bytes_out: int,
+              duration: float, connect: float, wait: float, route: str | None, pool: str | None,
+              backend: str | None, tries: int, sticky: str, outcome: str,
+              user_agent: bytes | None, referer: bytes | None) -> None:
+        """Write one line of these fields (docs/configuration.md `access_log`) at the end of the
+        batch; it counts as written to the batch only once `_commit` keeps it. `time` is the
+        Unix time the request head arrived; the others are seconds, a negative one unknown
+        (null): `connect` is 0 for a kept-alive connection, `wait` from request sent to
+        response head. `tls` is "TLSv1.3" or the like, None on plain HTTP; `target` the path
+        and query as sent."""
+        if self._writer is None:
             self._dropped += 1
             return
-        self._batch.append(line)
-        self._batch_size += size
+        if self._truncate:
+            client_ip = self._truncated(client_ip)
+        clock = self._clock
+        buf = self._buf
+        start = self._used
+        if self._combined:
+            line = combined_line(clock, LONG, time, request_id, client_ip, method, target,
+                                 protocol, status, bytes_out, backend, user_agent, referer)
+            if len(line) > LINE_MAX:
+                line = combined_line(clock, SHORT, time, request_id, client_ip, method, target,
+                                     protocol, status, bytes_out, backend, user_agent, referer)
+            end = put(buf, start, line)
+        else:
+            end = json_into(buf, start, clock, LONG, time, request_id, client_ip, country,
+                            region, listener, tls, method, host, target, protocol, status,
+                            bytes_in, bytes_out, duration, connect, wait, route, pool, backend,
+                            tries, sticky, outcome, user_agent)
+            if end - start > LINE_MAX:
+                end = json_into(buf, start, clock, SHORT, time, request_id, client_ip, country,
+                                region, listener, tls, method, host, target, protocol, status,
+                                bytes_in, bytes_out, duration, connect, wait, route, pool,
+                                backend, tries, sticky, outcome, user_agent)
+        self._commit(end - start)
+
+    def _commit(self, size: int) -> None:
+        """Keep the `size` bytes just written after the batch's end as its next line, or drop
+        them (they are written over by the next line) when MAX_PENDING would be passed."""
+        if self._queued - self._done + size > MAX_PENDING:
+            self._dropped += 1
+            return
+        self._used += size
+        self._lines += 1
         self._queued += size
-        if self._batch_size >= BATCH_BYTES:
+        if self._used >= BATCH_BYTES:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_later(FLUSH_DELAY, self._flush)
@@ -259,11 +217,11 @@ class AccessLog:
         if handle is not None:
             self._flush_handle = None
             handle.cancel()
-        batch = self._batch
-        if batch and self._writer is not None:
-            self._writer.put(batch, self._batch_size)
-            self._batch = []
-            self._batch_size = 0
+        if self._used and self._writer is not None:
+            # A copy leaves (one memcpy a batch): the buffer, grown once, takes the next lines.
+            self._writer.put(bytes(memoryview(self._buf)[:self._used]), self._lines)
+            self._used = 0
+            self._lines = 0
 
     def _writer_done(self, size: int, written: int, failed: int) -> None:
         """In the writer thread: each counter here is written by that thread only."""
@@ -320,16 +278,14 @@ def truncate_ip(ip: str) -> str:
 
 
 class _Clock:
-    """RFC 3339 and combined-log times: the date part formatted once per second, the RFC 3339
-    stamp once per millisecond (lines written in the same millisecond share it)."""
+    """RFC 3339 and combined-log times: the date part formatted once per second, the
+    milliseconds looked up."""
 
     __slots__ = fields(__name__, "_Clock")  # its .pxd declares them
 
     def __init__(self) -> None:
         self._second = -1
-        self._millis = -1
         self._rfc3339 = ""
-        self._stamp = ""
         self._clf = ""
 
     def _at(self, second: int) -> None:
@@ -338,16 +294,14 @@ class _Clock:
         self._rfc3339 = "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6]
         self._clf = "%02d/%s/%04d:%02d:%02d:%02d +0000" % (t[2], _MONTHS[t[1] - 1], t[0], t[3], t[4], t[5])
 
-    def rfc3339(self, t: float) -> str:
+    def put_rfc3339(self, buf: bytearray, at: int, t: float) -> int:
+        """Write the RFC 3339 time of `t` into `buf` at `at` (as `put`): two pieces, no
+        string made for the stamp."""
         millis = int(t * 1000)
-        if millis == self._millis:
-            return self._stamp
         second = millis // 1000
         if second != self._second:
             self._at(second)
-        self._millis = millis
-        self._stamp = self._rfc3339 + _MILLIS_Z[millis - second * 1000]
-        return self._stamp
+        return put(buf, put(buf, at, self._rfc3339), _MILLIS_Z[millis - second * 1000])
 
     def clf(self, t: float) -> str:
         second = int(t)
@@ -369,7 +323,7 @@ _NUMBERS_MAX = 10000
 # JSON strings, escaped once. Bounded: a value a client chose could otherwise fill it.
 _QUOTED: dict[object, str] = {None: "null"}
 _QUOTED_MAX = 4096
-# Runs of fields that repeat together, keyed by their values (json_line).
+# Runs of fields that repeat together, keyed by their values (json_into).
 _SEGMENTS: dict[tuple, str] = {}
 _SEGMENTS_MAX = 4096
 _SEGMENT_CHARS = 512
@@ -378,49 +332,92 @@ _PLAIN_JSON: dict[bytes, str] = {}
 _PLAIN_BYTES = 64
 
 
-def json_line(r: AccessRecord, clock: _Clock, limits: tuple[int, int, int, int]) -> bytes:
-    target = r.target
+def json_into(buf: bytearray, at: int, clock: _Clock, limits: tuple[int, int, int, int],
+              time: float, request_id: str, client_ip: str, country: str | None,
+              region: str | None, listener: str, tls: str | None, method: bytes, host: str,
+              target: bytes, protocol: str, status: int, bytes_in: int, bytes_out: int,
+              duration: float, connect: float, wait: float, route: str | None, pool: str | None,
+              backend: str | None, tries: int, sticky: str, outcome: str,
+              user_agent: bytes | None) -> int:
+    """Write the JSON line of these fields (as AccessLog._line) into `buf` at `at`, the fields
+    in docs/configuration.md order; return where it ends. Each piece is copied where it goes:
+    no string is made for the line (compiled, `put` is a memcpy)."""
     q = _query_at(target)
     if q < 0:
-        path = _json_bytes(target, limits[0]) if target else "null"
+        path = _PATHS.json(target, limits[0]) if target else "null"
         query = "null"
     else:
-        path = _json_bytes(target[:q], limits[0])
+        path = _PATHS.json(target[:q], limits[0])
         query = _json_bytes(target[q + 1:], limits[1])
-    user_agent = r.user_agent
-    duration = _micros(r.duration)
-    connect = _micros(r.upstream_connect)
-    wait = _micros(r.upstream_wait)
-    # Fields that repeat together (from the config, the connection and the request's head)
-    # as one remembered piece each: one dict look-up instead of a _quoted() per field.
-    request_key = (r.country, r.region, r.listener, r.tls, r.method, r.host)
-    request_part = _SEGMENTS.get(request_key)
-    if request_part is None:
-        request_part = _remember(request_key, (
-            f'"country":{_quoted(r.country)},"region":{_quoted(r.region)},'
-            f'"listener":{_quoted(r.listener)},"tls":{_quoted(r.tls)},'
-            f'"method":{_quoted(r.method or None)},"host":{_quoted(r.host or None)},'))
-    backend_key = (r.route, r.pool, r.backend)
-    backend_part = _SEGMENTS.get(backend_key)
-    if backend_part is None:
-        backend_part = _remember(backend_key, (
-            f'"route":{_quoted(r.route)},"pool":{_quoted(r.pool)},"backend":{_quoted(r.backend)},'))
-    # One f-string, the fields in docs/configuration.md order: compiled, it is one join whose
-    # pieces are counted beforehand (no list, no format string to parse).
+    request_part = _request_part(country, region, listener, tls, method, host)
+    backend_part = _backend_part(route, pool, backend)
     # The request id and the host hold no character JSON would escape (the request reader
     # checks them: headers.request_id_from, parser.split_host), nor do the protocol, sticky and
     # outcome names (constants of the exchange and balancer/outcomes.py).
-    return (
-        f'{{"time":"{clock.rfc3339(r.time)}","request_id":"{r.request_id}",'
-        f'"client_ip":{_quoted(r.client_ip)},{request_part}'
-        f'"path":{path},"query":{query},"protocol":"{r.protocol}","status":{_number(r.status)},'
-        f'"bytes_in":{_number(r.bytes_in)},"bytes_out":{_number(r.bytes_out)},'
-        f'"duration_ms":{_whole_ms(duration)}{_ms_fraction(duration)},'
-        f'"upstream_connect_ms":{_whole_ms(connect)}{_ms_fraction(connect)},'
-        f'"upstream_wait_ms":{_whole_ms(wait)}{_ms_fraction(wait)},{backend_part}'
-        f'"tries":{_number(r.tries)},"sticky":"{r.sticky}","outcome":"{r.outcome}",'
-        f'"user_agent":{_json_bytes(user_agent, limits[2]) if user_agent is not None else "null"}}}\n'
-    ).encode()
+    at = clock.put_rfc3339(buf, put(buf, at, b'{"time":"'), time)
+    at = put2(buf, at, b'","request_id":"', request_id)
+    at = put2(buf, at, b'","client_ip":', _quoted_ip(client_ip))
+    at = put2(buf, at, b",", request_part)
+    at = put2(buf, at, b'"path":', path)
+    at = put2(buf, at, b',"query":', query)
+    at = put2(buf, at, b',"protocol":"', protocol)
+    at = put2(buf, at, b'","status":', _number(status))
+    at = put2(buf, at, b',"bytes_in":', _number(bytes_in))
+    at = put2(buf, at, b',"bytes_out":', _number(bytes_out))
+    at = _put_ms(buf, put(buf, at, b',"duration_ms":'), duration)
+    at = _put_ms(buf, put(buf, at, b',"upstream_connect_ms":'), connect)
+    at = _put_ms(buf, put(buf, at, b',"upstream_wait_ms":'), wait)
+    at = put2(buf, at, b",", backend_part)
+    at = put2(buf, at, b'"tries":', _number(tries))
+    at = put2(buf, at, b',"sticky":"', sticky)
+    at = put2(buf, at, b'","outcome":"', outcome)
+    at = put2(buf, at, b'","user_agent":',
+              _AGENTS.json(user_agent, limits[2]) if user_agent is not None else "null")
+    return put(buf, at, b"}\n")
+
+
+# The latest line's runs of fields, their values and their piece last: the next line, nearly
+# always from the same listener, country, host and pool, compares values instead of hashing a
+# tuple of them for _SEGMENTS (measured: 0.5k instructions a look-up).
+_UNSET = object()
+_last_request: tuple = (_UNSET,) * 6 + ("",)
+_last_backend: tuple = (_UNSET,) * 3 + ("",)
+
+
+def _request_part(country: str | None, region: str | None, listener: str, tls: str | None,
+                  method: bytes, host: str) -> str:
+    global _last_request
+    last = _last_request
+    if (_same(country, last[0]) and _same(region, last[1]) and _same(listener, last[2])
+            and _same(tls, last[3]) and _same(method, last[4]) and _same(host, last[5])):
+        return last[6]
+    key = (country, region, listener, tls, method, host)
+    part = _SEGMENTS.get(key)
+    if part is None:
+        part = _remember(key, (
+            f'"country":{_quoted(country)},"region":{_quoted(region)},'
+            f'"listener":{_quoted(listener)},"tls":{_quoted(tls)},'
+            f'"method":{_quoted(method or None)},"host":{_quoted(host or None)},'))
+    _last_request = key + (part,)
+    return part
+
+
+def _backend_part(route: str | None, pool: str | None, backend: str | None) -> str:
+    global _last_backend
+    last = _last_backend
+    if _same(route, last[0]) and _same(pool, last[1]) and _same(backend, last[2]):
+        return last[3]
+    key = (route, pool, backend)
+    part = _SEGMENTS.get(key)
+    if part is None:
+        part = _remember(key, (
+            f'"route":{_quoted(route)},"pool":{_quoted(pool)},"backend":{_quoted(backend)},'))
+    _last_backend = key + (part,)
+    return part
+
+
+def _same(a: object, b: object) -> bool:
+    return a is b or (type(a) is type(b) and a == b)  # b"GET" is not "GET", nor None ""
 
 
 def _remember(key: tuple, part: str) -> str:
@@ -443,6 +440,19 @@ def _quoted(value: object) -> str:
     return quoted
 
 
+# The latest client address and its JSON: the next line's is most often the same.
+_last_ip = ""
+_last_ip_json = '""'
+
+
+def _quoted_ip(ip: str) -> str:
+    global _last_ip, _last_ip_json
+    if ip != _last_ip:
+        _last_ip_json = _quoted(ip)
+        _last_ip = ip
+    return _last_ip_json
+
+
 def _query_at(target: bytes) -> int:
     """Where the query's "?" is in a request target, or -1 (compiled: a C loop)."""
     for i in range(len(target)):
@@ -458,6 +468,31 @@ def _plain(value: bytes) -> bool:
         if c < 0x20 or c > 0x7E or c == 0x22 or c == 0x5C:
             return False
     return True
+
+
+class _Remembered:
+    """The latest value of one field (the path, the user agent) and its JSON: compared, not
+    hashed, since the next request's is most often the same (a new bytes object each time,
+    whose hash would be computed anew for _PLAIN_JSON)."""
+
+    __slots__ = fields(__name__, "_Remembered")  # its .pxd declares them
+
+    def __init__(self) -> None:
+        self.value = b""
+        self.text = '""'
+
+    def json(self, value: bytes, limit: int) -> str:
+        if value == self.value:
+            return self.text
+        text = _json_bytes(value, limit)
+        if len(value) <= _PLAIN_BYTES:  # its JSON then does not depend on the limit
+            self.value = value
+            self.text = text
+        return text
+
+
+_PATHS = _Remembered()
+_AGENTS = _Remembered()
 
 
 def _json_bytes(value: bytes, limit: int) -> str:
@@ -486,19 +521,13 @@ def _number(n: int) -> str:
     return _NUMBERS[n] if 0 <= n < _NUMBERS_MAX else str(n)
 
 
-def _micros(seconds: float) -> int:
-    """Seconds as whole microseconds, -1 when unknown (negative)."""
-    return int(seconds * 1000000) if seconds >= 0 else -1
-
-
-# A duration in milliseconds with three decimals, as two looked-up pieces ("null" and "" when
-# unknown): no float is formatted, no string concatenated.
-def _whole_ms(micros: int) -> str:
-    return _number(micros // 1000) if micros >= 0 else "null"
-
-
-def _ms_fraction(micros: int) -> str:
-    return _MILLIS[micros % 1000] if micros >= 0 else ""
+def _put_ms(buf: bytearray, at: int, seconds: float) -> int:
+    """Write `seconds` as milliseconds with three decimals (null when unknown, negative) into
+    `buf` at `at` (as `put`): two looked-up pieces, no float formatted."""
+    if seconds < 0:
+        return put(buf, at, b"null")
+    micros = int(seconds * 1000000)
+    return put(buf, put(buf, at, _number(micros // 1000)), _MILLIS[micros % 1000])
 
 
 # Apache/nginx "combined", then the request id and the backend:
@@ -507,14 +536,16 @@ _COMBINED_LINE = '%s - - [%s] "%s %s %s" %d %d "%s" "%s" %s %s\n'
 _UNSAFE = re.compile(rb'[^\x20-\x7e]|["\\]')
 
 
-def combined_line(r: AccessRecord, clock: _Clock, limits: tuple[int, int, int, int]) -> bytes:
-    target = r.target
+def combined_line(clock: _Clock, limits: tuple[int, int, int, int], time: float, request_id: str,
+                  client_ip: str, method: bytes, target: bytes, protocol: str, status: int,
+                  bytes_out: int, backend: str | None, user_agent: bytes | None,
+                  referer: bytes | None) -> bytes:
     if len(target) > limits[0] + limits[1]:
         target = target[:limits[0] + limits[1]] + b"..."
     return (_COMBINED_LINE % (
-        r.client_ip or "-", clock.clf(r.time), _text(r.method or b"-", 16), _text(target or b"-", 4096),
-        r.protocol, r.status, r.bytes_out, _text(r.referer, limits[3]),
-        _text(r.user_agent, limits[2]), r.request_id or "-", r.backend or "-",
+        client_ip or "-", clock.clf(time), _text(method or b"-", 16), _text(target or b"-", 4096),
+        protocol, status, bytes_out, _text(referer, limits[3]),
+        _text(user_agent, limits[2]), request_id or "-", backend or "-",
     )).encode()
 
 

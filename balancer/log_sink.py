@@ -38,7 +38,7 @@ _STOP = "stop"
 
 
 class Target:
-    """An opened sink: `write(pieces(lines))` writes whole lines, raising OSError on failure."""
+    """An opened sink: `write(pieces(data))` writes whole lines, raising OSError on failure."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -79,15 +79,14 @@ class Target:
         mode = os.fstat(self.fd).st_mode
         self.chunk = FILE_CHUNK if stat.S_ISREG(mode) else PIPE_CHUNK
 
-    def pieces(self, lines: list[bytes]) -> list:
-        """`lines` as this sink takes them, cut in the loop thread: one datagram per line for
-        syslog; else their bytes joined and cut at line ends into writes of at most `chunk`
-        bytes. The writer thread then has only writes to make: it never loops over lines while
-        holding the GIL, which the event loop would wait for (measured: that per-line loop in
-        the writer made the event loop thread lose the CPU about once per request)."""
+    def pieces(self, data: bytes | bytearray) -> list:
+        """A batch of whole lines as this sink takes them, cut in the loop thread: one datagram
+        per line for syslog; else writes of at most `chunk` bytes, cut at line ends. The writer
+        thread then has only writes to make: it never loops over lines while holding the GIL,
+        which the event loop would wait for (measured: that per-line loop in the writer made
+        the event loop thread lose the CPU about once per request)."""
         if self.sock is not None:
-            return lines
-        data = b"".join(lines)
+            return data.split(b"\n")[:-1]
         chunk = self.chunk
         if len(data) <= chunk:
             return [data]
@@ -113,7 +112,7 @@ class Target:
             refused = 0
             for line in pieces:
                 try:
-                    sock.sendto(prefix + line.rstrip(b"\n"), address)
+                    sock.sendto(prefix + line, address)
                 except OSError as exc:
                     refused += 1
                     self.error = exc
@@ -158,9 +157,10 @@ class LogWriter:
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
         self._thread.start()
 
-    def put(self, lines: list[bytes], size: int) -> None:
-        """Queue whole lines (`size` bytes) for writing; called in the event loop's thread."""
-        self._queue.put((self.target.pieces(lines), size, len(lines)))
+    def put(self, data: bytes | bytearray, count: int) -> None:
+        """Queue `count` whole lines, `data`, for writing (and let go of `data`); called in the
+        event loop's thread."""
+        self._queue.put((self.target.pieces(data), len(data), count))
 
     def reopen(self) -> None:
         self._queue.put(_REOPEN)

@@ -7,38 +7,34 @@ from __future__ import annotations
 import json
 import re
 
-from balancer.access_log import AccessRecord, _Clock, combined_line, json_line
+from balancer.access_log import _Clock, combined_line, json_into
 
 LONG = (1024, 1024, 256, 256)
 SHORT = (128, 128, 64, 64)
 
 
-def record(**fields: object) -> AccessRecord:
-    r = AccessRecord()
-    r.time = 1764796447.123456  # 2025-12-03T21:14:07.123Z
-    r.request_id = "bet-1"
-    r.client_ip = "203.0.113.9"
-    r.listener = "public"
-    r.method = b"POST"
-    r.host = "casino.example"
-    r.target = b"/bet?amount=5"
-    r.status = 200
-    r.bytes_in = 120
-    r.bytes_out = 512
-    r.duration = 0.0123456
-    r.upstream_connect = 0.0
-    r.upstream_wait = 0.010
-    r.route = "bets"
-    r.pool = "games"
-    r.backend = "game-eu-1"
-    r.tries = 1
-    r.user_agent = b"slot-client/2"
-    for name, value in fields.items():
-        setattr(r, name, value)
+def record(**fields: object) -> dict:
+    """The fields of one line (AccessLog._line's arguments), a bet by default."""
+    r: dict = dict(
+        time=1764796447.123456,  # 2025-12-03T21:14:07.123Z
+        request_id="bet-1", client_ip="203.0.113.9", country=None, region=None,
+        listener="public", tls=None, method=b"POST", host="casino.example",
+        target=b"/bet?amount=5", protocol="HTTP/1.1", status=200, bytes_in=120, bytes_out=512,
+        duration=0.0123456, connect=0.0, wait=0.010, route="bets", pool="games",
+        backend="game-eu-1", tries=1, sticky="none", outcome="ok", user_agent=b"slot-client/2")
+    r.update(fields)
     return r
 
 
-def line_of(r: AccessRecord, limits: tuple[int, int, int, int] = LONG) -> dict:
+def json_line(r: dict, clock: _Clock, limits: tuple[int, int, int, int],
+              buf: bytearray | None = None, at: int = 0) -> bytes:
+    """The line `json_into` writes, here into a new buffer or after `at` bytes of `buf`."""
+    buf = bytearray() if buf is None else buf
+    end = json_into(buf, at, clock, limits, **r)
+    return bytes(buf[at:end])
+
+
+def line_of(r: dict, limits: tuple[int, int, int, int] = LONG) -> dict:
     raw = json_line(r, _Clock(), limits)
     assert raw.endswith(b"\n") and raw.count(b"\n") == 1
     raw.decode("ascii")  # every byte beyond ASCII is escaped: a line is valid in any encoding
@@ -62,7 +58,7 @@ def test_a_plain_line_has_every_field_in_order_and_exact_numbers() -> None:
 
 def test_large_numbers_and_unknown_timings() -> None:
     line = line_of(record(bytes_in=10000, bytes_out=123456789, duration=86400.5, tries=12,
-                          upstream_connect=-1.0, upstream_wait=-1.0))
+                          connect=-1.0, wait=-1.0))
     assert (line["bytes_in"], line["bytes_out"], line["duration_ms"], line["tries"]) == (
         10000, 123456789, 86400500.0, 12)
     assert line["upstream_connect_ms"] is None and line["upstream_wait_ms"] is None
@@ -109,8 +105,10 @@ def test_lines_in_the_same_millisecond_share_the_time_and_the_next_one_moves_on(
 
 
 def test_combined_escapes_as_nginx_does() -> None:
-    r = record(user_agent=b'say "hi"\x01\xff', referer=b"https://casino.example/")
-    text = combined_line(r, _Clock(), LONG).decode("ascii")
+    r = record(user_agent=b'say "hi"\x01\xff')
+    text = combined_line(_Clock(), LONG, r["time"], r["request_id"], r["client_ip"], r["method"],
+                         r["target"], r["protocol"], r["status"], r["bytes_out"], r["backend"],
+                         r["user_agent"], b"https://casino.example/").decode("ascii")
     assert re.fullmatch(
         r'203\.0\.113\.9 - - \[03/Dec/2025:21:14:07 \+0000\] "POST /bet\?amount=5 HTTP/1\.1" 200 512 '
         r'"https://casino\.example/" "say \\x22hi\\x22\\x01\\xFF" bet-1 game-eu-1\n', text), text
@@ -138,3 +136,54 @@ def test_a_remembered_path_is_the_same_under_either_limit() -> None:
     longer = b"/" + b"p" * 200
     assert line_of(record(target=longer), SHORT)["path"] == longer[:128].decode() + "..."
     assert line_of(record(target=longer), LONG)["path"] == longer.decode()
+
+
+def test_lines_written_one_after_another_into_one_buffer_each_read_back_whole() -> None:
+    """A batch is lines written end to end into one buffer, which grows as they come (from
+    empty, past any size it had): each line is the same bytes as alone, and a cut at each
+    newline gives the lines back."""
+    clock = _Clock()
+    buf = bytearray()
+    at = 0
+    alone = []
+    for n in range(300):
+        r = record(request_id=f"bet-{n}", target=b"/p/" + b"x" * n + b"?q=" + str(n).encode(),
+                   status=200 + n % 300, bytes_out=n * 997, user_agent=None if n % 7 else b"ua/1")
+        alone.append(json_line(r, _Clock(), LONG))
+        end = json_into(buf, at, clock, LONG, **r)
+        assert bytes(buf[at:end]) == alone[-1]
+        at = end
+    batch = bytes(buf[:at])
+    assert batch.split(b"\n")[:-1] == [line[:-1] for line in alone]
+    assert [json.loads(line)["request_id"] for line in batch.splitlines()] == [
+        f"bet-{n}" for n in range(300)]
+
+
+def test_a_line_written_over_a_longer_one_leaves_nothing_of_it() -> None:
+    """A dropped or rewritten line (cut to the short limits) is written over in place: the
+    batch ends where the new line does, whatever the buffer held beyond."""
+    buf = bytearray()
+    first = json_line(record(target=b"/" + b"p" * 2000), _Clock(), LONG, buf)
+    second = json_line(record(target=b"/" + b"p" * 2000), _Clock(), SHORT, buf)
+    assert len(second) < len(first) and len(buf) >= len(first)
+    assert json.loads(second)["path"] == "/" + "p" * 127 + "..."
+
+
+def test_names_beyond_ascii_are_escaped() -> None:
+    """Names from the config may hold any character: escaped, the line stays ASCII."""
+    line = line_of(record(listener="öffentlich", route="wetten", backend="spiel-ü"))
+    assert (line["listener"], line["backend"]) == ("öffentlich", "spiel-ü")
+
+
+def test_the_latest_path_and_user_agent_remembered_never_answer_for_another() -> None:
+    """The latest path and user agent are remembered with their JSON: a line whose value
+    differs (by a byte, in length, escaped or cut) gets its own."""
+    values = [b"/a", b"/a", b"/b", b'/q"', b'/q"', b"/" + b"x" * 63, b"/" + b"x" * 64,
+              b"/" + b"x" * 200, b"/a", b"/\xff", b"/\xff", b"/a"]
+    for limits in (LONG, SHORT, LONG):
+        for value in values:
+            line = line_of(record(target=value, user_agent=value), limits)
+            text = value.decode("utf-8", "backslashreplace")
+            assert line["path"] == (text if len(text) <= limits[0] else text[:limits[0]] + "...")
+            assert line["user_agent"] == (
+                text if len(text) <= limits[2] else text[:limits[2]] + "...")
