@@ -52,7 +52,8 @@ LAYERS = (
     }),
     ("data plane", {
         "balancer.runtime", "balancer.http.client_side", "balancer.http.exchange",
-        "balancer.http.upstream", "balancer.server", "balancer.access_log", "balancer.log_sink",
+        "balancer.http.upstream", "balancer.server", "balancer.access_log", "balancer.log_bytes",
+        "balancer.log_sink",
         "balancer.http.http2",
     }),
     ("control plane", {
