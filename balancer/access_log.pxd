@@ -68,7 +68,7 @@ cdef class AccessLog:
     @cython.locals(now=cython.double, duration=cython.double, status=cython.int, head_at=cython.double, tried=list, version=bytes)
     cpdef exchange_ended(self, Exchange ex, str outcome)
     cpdef refused(self, object client, int status, str request_id, Py_ssize_t bytes_out)
-    @cython.locals(start=Py_ssize_t, end=Py_ssize_t, buf=bytearray, clock=_Clock, line=bytes)
+    @cython.locals(start=Py_ssize_t, end=Py_ssize_t, buf=bytearray, clock=_Clock, limits=tuple)
     cdef _line(self, double time, str request_id, str client_ip, object country, object region,
                str listener, object tls, bytes method, str host, bytes target, str protocol,
                int status, Py_ssize_t bytes_in, Py_ssize_t bytes_out, double duration,

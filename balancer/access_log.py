@@ -126,8 +126,7 @@ class AccessLog:
     # -- what the request path calls -----------------------------------------------------
 
     def exchange_ended(self, ex: Exchange, outcome: str) -> None:
-        now = perf_counter()
-        duration = now - ex.started
+        duration = perf_counter() - ex.started
         status = ex.status
         if outcome in _SAMPLED and status < 500:
             if duration < self._min_duration or (self._sample < 1.0 and random() >= self._sample):
@@ -179,23 +178,19 @@ class AccessLog:
         clock = self._clock
         buf = self._buf
         start = self._used
-        if self._combined:
-            line = combined_line(clock, LONG, time, request_id, client_ip, method, target,
-                                 protocol, status, bytes_out, backend, user_agent, referer)
-            if len(line) > LINE_MAX:
-                line = combined_line(clock, SHORT, time, request_id, client_ip, method, target,
-                                     protocol, status, bytes_out, backend, user_agent, referer)
-            end = put(buf, start, line)
-        else:
-            end = json_into(buf, start, clock, LONG, time, request_id, client_ip, country,
-                            region, listener, tls, method, host, target, protocol, status,
-                            bytes_in, bytes_out, duration, connect, wait, route, pool, backend,
-                            tries, sticky, outcome, user_agent)
-            if end - start > LINE_MAX:
-                end = json_into(buf, start, clock, SHORT, time, request_id, client_ip, country,
+        # A line over LINE_MAX is written again with the SHORT limits (over the first).
+        for limits in (LONG, SHORT):
+            if self._combined:
+                end = put(buf, start, combined_line(
+                    clock, limits, time, request_id, client_ip, method, target, protocol,
+                    status, bytes_out, backend, user_agent, referer))
+            else:
+                end = json_into(buf, start, clock, limits, time, request_id, client_ip, country,
                                 region, listener, tls, method, host, target, protocol, status,
                                 bytes_in, bytes_out, duration, connect, wait, route, pool,
                                 backend, tries, sticky, outcome, user_agent)
+            if end - start <= LINE_MAX:
+                break
         self._commit(end - start)
 
     def _commit(self, size: int) -> None:
