@@ -127,6 +127,25 @@ def answers_due(outcome: Outcome) -> int:
     return due + (outcome.error is not None)
 
 
+def answered_before_its_body(request: Any) -> bool:
+    """The test backend answers a `GET /ws/` request that is no upgrade at once (400), without
+    reading its body. When that answer comes before the balancer has read the whole body, the
+    balancer ends the connection after it, saying `Connection: close` (the rest of the body is
+    not worth reading; docs/decisions.md, "An answer before the body"): the requests pipelined behind it are never read."""
+    head = request.head
+    return (head.method in (b"GET", b"HEAD") and head.path.startswith(b"/ws/") and head.has_body
+            and head.upgrade is None)
+
+
+def cut_short_at(outcome: Outcome) -> int | None:
+    """How many final answers the stream gets if the balancer ends it early, as above; None
+    when no request can be answered before its body."""
+    for index, request in enumerate(outcome.recorder.requests[:answers_due(outcome)]):
+        if answered_before_its_body(request):
+            return index + 1
+    return None
+
+
 def exchange(port: int, pieces: list[bytes], heads: list[bool], want: int,
              wait_for_close: bool) -> tuple[list[Answer], bool]:
     """Send the pieces, read until the balancer closes, or (unless `wait_for_close`) until
@@ -186,8 +205,14 @@ def test_every_answer_is_valid_http_or_a_close(balancer, case):
         assert closed, "a refused stream must end with the balancer closing"
     # Every request read whole is answered, in order, up to one that ends the connection, and
     # then the refusal if there is one: no fewer (a lost answer), no more (a smuggled one).
-    finals = [a.status for a in answers if a.status >= 200]
-    assert len(finals) == answers_due(oracle), finals
+    finals = [a for a in answers if a.status >= 200]
+    due = answers_due(oracle)
+    if len(finals) != due and len(finals) == cut_short_at(oracle):
+        # Timing, not framing: the backend answered before the body was all read.
+        assert finals[-1].closes, "an answer that ends the stream early says Connection: close"
+        assert closed, "and the balancer closes after it"
+    else:
+        assert len(finals) == due, [a.status for a in finals]
     for answer in answers:  # 501 is the balancer refusing a method or coding; no other 5xx
         assert answer.status < 500 or answer.status == 501, (answer.status, answer.body[:200])
     balancer.settle()  # a smuggled request, if any, has reached the backend

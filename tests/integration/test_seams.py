@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Running, metric_samples, one_pool
-from tests.fakes.rawhttp import read_head
+from tests.fakes.rawhttp import read_head, read_response
 from tests.waiting import HANG_GUARD, until
 
 
@@ -117,6 +117,28 @@ async def test_a_player_gone_mid_request_leaves_no_count_and_no_connection(
             break
     assert seen == {"b1", "b2"}
     assert sum(b.active_requests + b.websockets for b in web_backends(lb)) == 0
+
+
+async def test_a_backend_that_answers_before_the_body_has_come_ends_the_players_connection(
+        start_balancer, backends):
+    """The test backend refuses a `/ws/` request that is no upgrade (400) on its head alone.
+    The answer reaches the player whole, says `Connection: close`, and the connection ends:
+    the body still to come is never read as a request (docs/decisions.md, "An answer before
+    the body")."""
+    (backend,) = await backends(1)
+    lb = await start_balancer(one_pool([backend]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port())
+    writer.write(b"GET /ws/room HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+    response = await read_response(reader, HANG_GUARD)
+    assert response.status == 400 and b"WebSocket" in response.body
+    assert response.header("connection") == "close"
+    # What the player sends now (the body, then a request) is dropped, not served.
+    writer.write(b"x" * 100 + b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(), HANG_GUARD) == b""
+    writer.close()
+    assert backend.count(path="/smuggled") == 0
+    await until(lambda: not any(s.connections for s in lb.app.listeners.values()),
+                "the player's connection is gone from the balancer")
 
 
 def upgrade(path: str) -> bytes:
