@@ -5,6 +5,7 @@ cimport cython
 from ..runtime cimport RuntimeRef
 from .downstream cimport Downstream
 from .exchange cimport Exchange
+from .headers cimport join_bytes
 from .parser cimport RequestHead, RequestReader
 from .timers cimport Deadline
 

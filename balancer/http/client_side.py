@@ -15,6 +15,7 @@ from ..compiled import fields
 from .downstream import Downstream
 from .errors import RequestError, answer_bytes, error_response, head_of, reason_phrase
 from .exchange import Exchange
+from .head_bytes import *  # join_bytes: C in the compiled build (headers.pxd), else Python
 from .headers import HOP_BY_HOP, request_id_from
 from .parser import RequestHead, RequestReader
 from .timers import Deadline
@@ -241,7 +242,7 @@ class ClientConnection(Downstream):
             if lname not in HOP_BY_HOP:
                 out.extend((name, b": ", value, b"\r\n"))
         out.append(b"\r\n")
-        data = b"".join(out)
+        data = join_bytes(out)
         self.write(data)
         return len(data)
 
@@ -276,7 +277,7 @@ class ClientConnection(Downstream):
         elif version == b"1.0":
             out.append(b"connection: keep-alive\r\n")
         out.append(b"\r\n")
-        data = b"".join(out)
+        data = join_bytes(out)
         self.write(data)
         return len(data)
 

@@ -7,7 +7,7 @@ from ..routing cimport Route
 from ..retries cimport may_retry, safe_to_repeat
 from ..runtime cimport Choice, Facts, PoolRuntime, Runtime
 from .downstream cimport Downstream
-from .headers cimport forwarded_for, hop_by_hop_with, request_id_from
+from .headers cimport forwarded_for, hop_by_hop_with, join_bytes, request_id_from
 from .parser cimport RequestHead
 from .timers cimport idle_sweep
 from .upstream cimport UpstreamConnection

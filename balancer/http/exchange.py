@@ -34,6 +34,7 @@ from .errors import (
 from .headers import (
     HOP_BY_HOP, NOT_FORWARDED, forwarded_for, hop_by_hop_with, request_id_from,
 )
+from .head_bytes import *  # join_bytes: C in the compiled build (headers.pxd), else Python
 from .parser import RequestHead
 from .timers import idle_sweep
 
@@ -290,7 +291,7 @@ class Exchange:
         if cert is not None:
             lines.append(cert.headers)  # X-Client-Cert-Subject and -Fingerprint
         lines.append(b"\r\n\r\n")
-        return b"".join(lines)
+        return join_bytes(lines)
 
     def _attempt(self, backend: Backend) -> None:
         self._move(FORWARDING)

@@ -27,3 +27,37 @@ cdef str _new_batch()
 cpdef str new_request_id()
 cpdef frozenset hop_by_hop_with(bytes connection, frozenset base=*)
 cpdef bytes forwarded_for(existing, str peer_ip, bint peer_trusted)
+
+# head_bytes.py's join_bytes, in C, for the modules that cimport it: a head's pieces, all
+# bytes, joined with one size pass and one copy each. b"".join asks every piece for its buffer
+# (a call and a release each): about 100 instructions a piece, 2.5k for an upstream request head.
+# A piece that is not bytes takes b"".join's way.
+cdef extern from *:
+    """
+    static inline PyObject *balancer_join_bytes(PyObject *pieces) {
+        Py_ssize_t count = PyList_GET_SIZE(pieces), size = 0, i;
+        PyObject *joined, *empty, *piece;
+        char *at;
+        for (i = 0; i < count; i++) {
+            piece = PyList_GET_ITEM(pieces, i);
+            if (!PyBytes_CheckExact(piece)) {
+                empty = PyBytes_FromStringAndSize(NULL, 0);
+                if (empty == NULL) return NULL;
+                joined = PyObject_CallMethod(empty, "join", "O", pieces);
+                Py_DECREF(empty);
+                return joined;
+            }
+            size += PyBytes_GET_SIZE(piece);
+        }
+        joined = PyBytes_FromStringAndSize(NULL, size);
+        if (joined == NULL) return NULL;
+        at = PyBytes_AS_STRING(joined);
+        for (i = 0; i < count; i++) {
+            piece = PyList_GET_ITEM(pieces, i);
+            memcpy(at, PyBytes_AS_STRING(piece), (size_t)PyBytes_GET_SIZE(piece));
+            at += PyBytes_GET_SIZE(piece);
+        }
+        return joined;
+    }
+    """
+    bytes join_bytes "balancer_join_bytes"(list pieces)

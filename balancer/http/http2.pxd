@@ -6,6 +6,7 @@ cimport cython
 from .downstream cimport Downstream
 from .exchange cimport Exchange
 from .parser cimport RequestHead, host_of
+from ..runtime cimport Runtime, RuntimeRef
 
 
 cdef class Http2Connection
@@ -24,7 +25,8 @@ cdef class Http2Stream(Downstream):
 
     @cython.locals(fields=list)
     cpdef Py_ssize_t send_interim(self, int status, bytes reason, list headers)
-    @cython.locals(fields=list, conn=Http2Connection, tunnel=bint, end=bint)
+    @cython.locals(fields=list, conn=Http2Connection, tunnel=bint, end=bint, size=Py_ssize_t,
+                   status_value=bytes, lname=bytes, value=bytes)
     cpdef Py_ssize_t send_head(self, int status, bytes reason, list headers, frozenset drop,
                                list extra, bint framed, bint close)
     cpdef Py_ssize_t send_body(self, bytes data)
@@ -42,7 +44,10 @@ cdef class Http2Stream(Downstream):
 
 
 cdef class Http2Connection:
-    cdef public object server, loop, runtime_ref, transport, tls_version, client_cert, limits
+    cdef public object server, listener, loop, transport, tls_version, client_cert, limits
+    cdef public RuntimeRef runtime_ref
+    cdef public object receive_data, events, send_response, send_data, data_to_send
+    cdef public object stream_window, queued_body_size
     cdef public str client_ip
     cdef public bint peer_trusted, write_paused, closed, draining, _flush_soon
     cdef public bytes scheme
@@ -56,7 +61,7 @@ cdef class Http2Connection:
     cpdef _dispatch(self, list events)
     cpdef _glitch(self)
     @cython.locals(stream_id=Py_ssize_t, stream=Http2Stream, exchange=Exchange, ended=bint,
-                   head=RequestHead)
+                   head=RequestHead, runtime=Runtime)
     cpdef _request(self, event)
     @cython.locals(stream=Http2Stream)
     cpdef _request_ended(self, Py_ssize_t stream_id)

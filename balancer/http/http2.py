@@ -119,7 +119,7 @@ class Http2Stream(Downstream):
         self.conn = conn
         self.stream_id = stream_id
         self.server = conn.server
-        self.listener = conn.server.config
+        self.listener = conn.listener
         self.loop = conn.loop
         self.client_ip = conn.client_ip
         self.peer_trusted = conn.peer_trusted
@@ -174,7 +174,9 @@ class Http2Stream(Downstream):
         self.head_sent = True
         tunnel = status == 101
         drop = _never_sent(drop, tunnel)
-        fields = [(b":status", b"200" if tunnel else _status_value(status))]
+        status_value = b"200" if tunnel else _status_value(status)
+        fields = [(b":status", status_value)]
+        size = len(status_value) + 9  # the access log's count: each field before HPACK, plus 2
         length = None
         for lname, _name, value in headers:
             if lname in drop:
@@ -182,13 +184,15 @@ class Http2Stream(Downstream):
             if lname == b"content-length":
                 length = value
             fields.append((lname, value))
+            size += len(lname) + len(value) + 2
         if extra is not None:
             fields.extend(extra)
+            size += _fields_size(extra)
         # RFC 9113 §8.1: a bodiless answer is HEADERS with END_STREAM, one frame.
         end = not tunnel and (self.head_only or status == 204 or status == 304 or length == b"0")
         conn = self.conn
         try:
-            conn.h2.send_response(self.stream_id, fields, end_stream=end)
+            conn.send_response(self.stream_id, fields, end_stream=end)
         except NGH2Error:  # the player reset the stream meanwhile
             self.ended = True
             return 0
@@ -196,7 +200,7 @@ class Http2Stream(Downstream):
         if end:
             self.ended = True
             conn.stream_done(self)
-        return _fields_size(fields)
+        return size
 
     def send_body(self, data: bytes) -> int:
         if self.ended or self.end_pending or not data:
@@ -287,6 +291,7 @@ class Http2Connection:
 
     def __init__(self, server: ListenerServer, client_ip: str, scheme: bytes) -> None:
         self.server = server
+        self.listener = server.config
         self.loop = server.loop
         self.runtime_ref = server.runtime
         self.client_ip = client_ip
@@ -300,7 +305,16 @@ class Http2Connection:
         # Inbound fields are checked by libnghttp2 (RFC 9113 §8.2); outbound ones are the
         # exchange's answer, already lower-case and without connection-specific fields
         # (Http2Stream.send_head).
-        self.h2 = _Ngh2Connection(Role.SERVER, _configuration(limits))
+        h2 = self.h2 = _Ngh2Connection(Role.SERVER, _configuration(limits))
+        # The library's methods called for every read, stream or flush, bound once: a call by
+        # name looks the method up and binds it each time.
+        self.receive_data = h2.receive_data
+        self.events = h2.events
+        self.send_response = h2.send_response
+        self.send_data = h2.send_data
+        self.data_to_send = h2.data_to_send
+        self.stream_window = h2.stream_remote_window_size
+        self.queued_body_size = h2.queued_body_size
         # A paused stream keeps its unacknowledged bytes out of the connection window too (the
         # library reopens both together): the window holds every stream's at once, twice.
         self.window = min(_MAX_WINDOW, max(CONNECTION_WINDOW,
@@ -343,7 +357,7 @@ class Http2Connection:
         tls = transport.get_extra_info("ssl_object")
         if tls is not None:
             self.tls_version = tls.version()
-            asks = self.server.config.tls
+            asks = self.listener.tls
             if asks is not None and asks.client_certificate is not None:
                 self.client_cert = client_certificate(transport)
         self.server.connection_opened(self)  # type: ignore[arg-type]
@@ -400,9 +414,8 @@ class Http2Connection:
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        h2conn = self.h2
         try:
-            h2conn.receive_data(data)
+            self.receive_data(data)
         except DenialOfServiceError:
             # A flood libnghttp2 caught (CONTINUATION, an HPACK bomb, ACKs piling up): it
             # gives the connection up without a word; the player hears why from us.
@@ -412,7 +425,7 @@ class Http2Connection:
         except NGH2Error:  # the library already ended the connection (its GOAWAY is out)
             self._abort()
             return
-        self._dispatch(h2conn.events())
+        self._dispatch(self.events())
         self.flush()
 
     # -- events --------------------------------------------------------------------------------
@@ -629,19 +642,19 @@ class Http2Connection:
             if pending:
                 # What the player's windows take beyond what the library holds already (of
                 # this stream's, nothing before its first bytes: one call fewer per answer).
-                window = h2conn.stream_remote_window_size(stream_id)
+                window = self.stream_window(stream_id)
                 if stream.handed:
-                    window -= h2conn.queued_body_size(stream_id)
-                window = min(window, h2conn.remote_window_size - h2conn.queued_body_size())
+                    window -= self.queued_body_size(stream_id)
+                window = min(window, h2conn.remote_window_size - self.queued_body_size())
                 if window >= len(pending):
                     last = stream.end_pending
-                    h2conn.send_data(stream_id, bytes(pending), end_stream=last)
+                    self.send_data(stream_id, bytes(pending), end_stream=last)
                     stream.handed = True
                     pending.clear()
                     if last:
                         stream.ended = True
                 elif window > 0:
-                    h2conn.send_data(stream_id, bytes(pending[:window]))
+                    self.send_data(stream_id, bytes(pending[:window]))
                     stream.handed = True
                     del pending[:window]
             if not pending and stream.end_pending and not stream.ended:
@@ -719,12 +732,11 @@ class Http2Connection:
         self._flush_soon = False
         if self.closed:
             return
-        h2conn = self.h2
         try:
-            data = h2conn.data_to_send()
+            data = self.data_to_send()
             # Sending closes streams (a malformed one the library reset, an answer's last
             # frame) and may end the connection: their events come now.
-            events = h2conn.events()
+            events = self.events()
         except NGH2Error:
             return  # the library has given the connection up; goaway/_abort close it
         if data and self.transport is not None and not self.transport.is_closing():

@@ -43,7 +43,7 @@ LAYERS = (
         "balancer.signals", "balancer.http", "balancer.http.errors", "balancer.http.headers",
         "balancer.http.timers", "balancer.http.proxy_protocol", "balancer.balance.consistent_hash",
         "balancer.discovery", "balancer.outcomes", "balancer.log_format", "balancer.failures",
-        "balancer.grammar", "balancer.http.downstream", "balancer.phases",
+        "balancer.grammar", "balancer.http.downstream", "balancer.phases", "balancer.http.head_bytes",
     }),
     ("state and decisions", {
         "balancer.pool", "balancer.outlier", "balancer.balance", "balancer.sticky", "balancer.retries",
