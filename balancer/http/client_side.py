@@ -315,7 +315,7 @@ class ClientConnection(Downstream):
         if batch is not None:
             self._batch = None
             if batch and not self.closed:
-                self.transport.write(b"".join(batch) if len(batch) > 1 else batch[0])  # type: ignore[union-attr]
+                self.transport.write(join_bytes(batch) if len(batch) > 1 else batch[0])  # type: ignore[union-attr]
 
     # -- exchange lifecycle -----------------------------------------------------------------
 
