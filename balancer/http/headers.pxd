@@ -47,6 +47,10 @@ cdef extern from *:
                 Py_DECREF(empty);
                 return joined;
             }
+            if (PyBytes_GET_SIZE(piece) > PY_SSIZE_T_MAX - size) {
+                PyErr_SetString(PyExc_OverflowError, "join() result is too long");
+                return NULL;
+            }
             size += PyBytes_GET_SIZE(piece);
         }
         joined = PyBytes_FromStringAndSize(NULL, size);

@@ -136,9 +136,10 @@ async def test_a_backend_that_answers_before_the_body_has_come_ends_the_players_
     writer.write(b"x" * 100 + b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
     assert await asyncio.wait_for(reader.read(), HANG_GUARD) == b""
     writer.close()
-    assert backend.count(path="/smuggled") == 0
     await until(lambda: not any(s.connections for s in lb.app.listeners.values()),
                 "the player's connection is gone from the balancer")
+    assert backend.count(path="/smuggled") == 0
+    assert backend.count(path="/ws/room") == 1
 
 
 def upgrade(path: str) -> bytes:
