@@ -483,6 +483,10 @@ async def connect(backend: Backend, loop: asyncio.AbstractEventLoop, timeout: fl
                 ssl=tls.for_backend(host, port), server_hostname=tls.server_hostname(host),
                 ssl_handshake_timeout=timeout)
         transport, conn = await asyncio.wait_for(opening, timeout)
+        if conn.closed:
+            # Accepted, then closed or reset before this coroutine ran on (a backend dying
+            # under load): nothing was sent on it, so it is a failed connect, retried as one.
+            raise ConnectionResetError("the backend closed the connection as it opened")
     except (OSError, asyncio.TimeoutError) as exc:
         connect_failed(backend, exc, timeout)
         raise

@@ -259,6 +259,47 @@ class BackendProcess:
         await self._reading  # everything it printed before dying is read
 
 
+class ClosesAsItOpens:
+    """The balancer's loop, except that each connection it opens is reset by the backend
+    before the coroutine that opened it runs on: the race a backend dying under load makes
+    (its kernel accepted the connection, its death resets it)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def __getattr__(self, name: str):
+        return getattr(self._loop, name)
+
+    async def create_connection(self, factory, host, port, **kwargs):
+        transport, conn = await self._loop.create_connection(factory, host, port, **kwargs)
+        transport.abort()
+        while not conn.closed:  # connection_lost comes on a later turn of the loop
+            await asyncio.sleep(0)
+        return transport, conn
+
+
+async def test_a_connection_reset_as_it_opens_is_a_failed_connect():
+    """Such a connection is a failed connect (retried as one: nothing was sent on it), never
+    handed to an exchange, which would write to a closed transport and leave its player
+    waiting for a 504."""
+    from balancer.config import Address, BackendConfig
+    from balancer.http import upstream
+    from balancer.pool import Backend as PoolBackend
+
+    server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backend = PoolBackend("web", BackendConfig(id="dying", address=Address("127.0.0.1", port)))
+    try:
+        with pytest.raises(ConnectionResetError):
+            await upstream.connect(backend, ClosesAsItOpens(asyncio.get_running_loop()), 5.0,
+                                   30.0, 65536)
+        assert backend.open_connections == 0
+        assert backend.idle == []
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_backend_killed_under_load_loses_no_get_that_never_reached_it(start_balancer, backends):
     victim = await BackendProcess("victim").start()
     (survivor,) = await backends(1)
