@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
@@ -26,11 +26,26 @@ def compiled_modules() -> list[str]:
     for node in tree.body:
         if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["COMPILED_MODULES"]:
             paths = [Path(*name.split(".")) for name in ast.literal_eval(node.value)]
-            return [str(p / "__init__.py" if p.is_dir() else p.with_suffix(".py")) for p in paths]
+            return [str(p / "__init__.py" if p.is_dir() else
+                        p.with_suffix(".pyx") if p.with_suffix(".pyx").exists() else p.with_suffix(".py"))
+                    for p in paths]
     raise RuntimeError("balancer/compiled.py has no COMPILED_MODULES")
 
 
 COMPILED_MODULES = compiled_modules()
+# llhttp's C sources, compiled into the one module that drives it (vendor/llhttp/README.md).
+LLHTTP = Path("vendor/llhttp")
+
+
+def extension_of(source: str) -> Extension:
+    """A module's extension. Each sees llhttp's header (a module that types a parser embeds its
+    C state); llhttp's driver is linked with llhttp's sources."""
+    name = os.path.splitext(source)[0].replace("/", ".")
+    sources = [source]
+    if name == "balancer.http.llhttp_parser":
+        sources += [str(LLHTTP / "src" / c) for c in ("api.c", "http.c", "llhttp.c")]
+    return Extension(name, sources, include_dirs=[str(LLHTTP / "include")])
+
 
 CYTHON_OPTIONS = dict(
     compiler_directives={
@@ -69,7 +84,7 @@ def extensions() -> list:
         print("warning: Cython is not installed; the data plane runs as pure Python", file=sys.stderr)
         return []
     try:
-        return cythonize(COMPILED_MODULES, **CYTHON_OPTIONS)
+        return cythonize([extension_of(source) for source in COMPILED_MODULES], **CYTHON_OPTIONS)
     except Exception as exc:  # a Cython error: the modules still run as Python
         print(f"warning: data plane not compiled ({exc}); it runs as pure Python", file=sys.stderr)
         return []

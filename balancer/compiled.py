@@ -30,6 +30,10 @@ COMPILED_MODULES = (
     "balancer.http.headers",
     "balancer.http.timers",
     "balancer.http.parser",
+    # C only (.pyx): llhttp's events as C calls. The pure build uses httptools instead.
+    "balancer.http.llhttp_parser",
+    "balancer.http.llhttp_request",
+    "balancer.http.llhttp_response",
     "balancer.http.downstream",
     "balancer.http.upstream",
     "balancer.http.exchange",
@@ -50,11 +54,18 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 def _source_of(module: str, package_dir: str = _PACKAGE_DIR) -> str:
     # From the folder that holds `balancer`: the built-in `plugins` package sits beside it.
     path = os.path.join(os.path.dirname(package_dir), *module.split("."))
-    return os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
+    if os.path.isdir(path):
+        return os.path.join(path, "__init__.py")
+    # A module written for C alone (llhttp_parser) is a .pyx, with no pure twin to load.
+    return path + ".pyx" if os.path.exists(path + ".pyx") else path + ".py"
+
+
+# The modules that also run as Python (all but the C-only .pyx).
+TWIN_MODULES = tuple(m for m in COMPILED_MODULES if not _source_of(m).endswith(".pyx"))
 
 
 def _compiled_of(source: str) -> str | None:
-    base = source[:-3]
+    base = os.path.splitext(source)[0]
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         if os.path.exists(base + suffix):
             return base + suffix
@@ -73,7 +84,7 @@ def why_not_compiled(modules: tuple[str, ...] = COMPILED_MODULES,
         if compiled is None:
             return f"{module} is not compiled (run `make` or `pip install -e .`)"
         built = os.path.getmtime(compiled)
-        for typed in (source, source[:-3] + ".pxd"):
+        for typed in (source, os.path.splitext(source)[0] + ".pxd"):
             if os.path.exists(typed) and os.path.getmtime(typed) > built:
                 name = os.path.relpath(typed, os.path.dirname(package_dir))
                 return f"{name} changed since it was compiled (run `make`)"
@@ -89,6 +100,8 @@ class _SourceFinder:
         if fullname not in COMPILED_MODULES:
             return None
         source = _source_of(fullname)
+        if source.endswith(".pyx"):
+            return None  # nothing imports it in the pure build (parser.py and upstream.py ask)
         if source.endswith("__init__.py"):  # a package: its submodules are found beside it
             return importlib.util.spec_from_file_location(
                 fullname, source, submodule_search_locations=[os.path.dirname(source)])
@@ -108,7 +121,7 @@ def fields(module: str, cls: str) -> tuple[str, ...]:
     only the pure build reads the file, once per module."""
     if COMPILED:
         return ()
-    pxd = _source_of(module)[:-3] + ".pxd"
+    pxd = os.path.splitext(_source_of(module))[0] + ".pxd"
     classes = _DECLARED.get(pxd)
     if classes is None:
         with open(pxd, encoding="utf-8") as file:

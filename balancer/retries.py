@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .http.errors import CONNECT, PROTOCOL, RESET, STALE, TIMEOUT
-from .http.parser import ALLOWED_METHODS
+from .http.methods import ALLOWED_METHODS
 
 if TYPE_CHECKING:
     from .http.parser import RequestHead

@@ -27,6 +27,7 @@ cdef str _new_batch()
 cpdef str new_request_id()
 cpdef frozenset hop_by_hop_with(bytes connection, frozenset base=*)
 cpdef bytes forwarded_for(existing, str peer_ip, bint peer_trusted)
+cpdef unsigned long long length_bits(frozenset names) except? 0
 
 # head_bytes.py's join_bytes, in C, for the modules that cimport it: a head's pieces, all
 # bytes, joined with one size pass and one copy each. b"".join asks every piece for its buffer

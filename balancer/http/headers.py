@@ -165,6 +165,18 @@ def hop_by_hop_with(connection: bytes, base: frozenset[bytes] = HOP_BY_HOP) -> f
     return found
 
 
+def length_bits(names: frozenset[bytes]) -> int:
+    """Bit n set when a name in `names` is n bytes long (all shorter than 64). Most header names
+    are told apart from a small set's by their length alone: a shift and a mask, where the set
+    lookup costs ~150 instructions a header in the compiled build."""
+    bits = 0
+    for name in names:
+        if len(name) >= 64:
+            raise ValueError(f"{name!r} is too long for a length mask")
+        bits |= 1 << len(name)
+    return bits
+
+
 def connection_tokens(value: bytes) -> set[bytes]:
     """The header names listed in a Connection header value, lower-cased."""
     return {token.strip().lower() for token in value.split(b",") if token.strip()}

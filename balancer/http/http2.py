@@ -37,7 +37,8 @@ from .downstream import Downstream, Field
 from .errors import RequestError, error_answer
 from .exchange import Exchange
 from .headers import HOP_BY_HOP, request_id_from
-from .parser import ALLOWED_METHODS, RequestHead, host_of
+from .methods import ALLOWED_METHODS, METHODS
+from .parser import RequestHead, host_of
 
 if TYPE_CHECKING:
     from ..server import ListenerServer
@@ -51,7 +52,7 @@ CANCEL = 0x8
 ENHANCE_YOUR_CALM = 0xB
 
 # The method as the one shared object HTTP/1.1 requests carry (method sets and counters hash it).
-_METHODS: dict[bytes, bytes] = {method: method for method in ALLOWED_METHODS}
+_METHODS: dict[bytes, bytes] = METHODS
 # Headers RFC 9113 §8.2.2 makes connection-specific: never in an HTTP/2 message. Leaving the
 # exchange's HTTP/1.1 answer, they are dropped; arriving from a player, libnghttp2 refuses them.
 _CONNECTION_SPECIFIC = frozenset({

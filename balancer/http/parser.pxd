@@ -3,12 +3,14 @@
 cimport cython
 
 from .headers cimport HeaderNames
+from .llhttp_request cimport RequestParser
 
 # Module tables looked up per request: C globals, so a lookup is a dict call, not a
 # method found by name.
 cdef dict _METHODS, _HOSTS, _VERSIONS
 cdef tuple _FOREIGN_PROTOCOLS
 cdef frozenset _SPECIAL_HEADERS, _FRAMING_LOOKALIKES, _LOOKALIKE_LENGTHS
+cdef unsigned long long _SPECIAL_LENGTHS
 
 
 @cython.locals(rtsp=bytes, ice=bytes)
@@ -33,7 +35,7 @@ cdef class RequestHead:
 cdef class RequestReader:
     cdef object _events
     cdef Py_ssize_t _max_url, _max_header_bytes, _max_header_count, _max_body
-    cdef object _parser, _feed
+    cdef RequestParser _parser
     cdef bytes _last_host_header
     cdef list _head_reads
     cdef str _last_host
@@ -48,3 +50,12 @@ cdef class RequestReader:
     cpdef _check_target(self, RequestHead head)
     cpdef _feed_checked(self, bytes data)
     cpdef bint _request_line_ends_at(self, bytes buf, Py_ssize_t at)
+    # llhttp's events (llhttp_request.pyx calls them in C; httptools by name)
+    cpdef on_message_begin(self)
+    cpdef on_url(self, bytes url)
+    @cython.locals(n=Py_ssize_t)
+    cpdef on_header(self, bytes name, bytes value)
+    cpdef on_headers_complete(self)
+    cpdef on_chunk_header(self)
+    cpdef on_body(self, bytes body)
+    cpdef on_message_complete(self)

@@ -16,17 +16,20 @@ from typing import Protocol
 
 import httptools
 
-from ..compiled import fields
+from ..compiled import COMPILED, fields
 from ..config import Limits
 from .errors import RequestError
-from .headers import HeaderNames
+from .headers import HeaderNames, length_bits
+from .methods import METHODS
 
-ALLOWED_METHODS: frozenset[bytes] = frozenset(
-    {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"}
-)
+if COMPILED:  # the same llhttp, its events delivered as C calls (llhttp_parser.pyx)
+    from .llhttp_request import RequestParser as _RequestParser
+else:
+    from httptools import HttpRequestParser as _RequestParser
+
 # The method as one shared object per name: its hash is computed once, not per request
 # (method sets, retry rules and the request counters all look it up).
-_METHODS: dict[bytes, bytes] = {method: method for method in ALLOWED_METHODS}
+_METHODS: dict[bytes, bytes] = METHODS
 
 # Names a lenient backend might normalise into a framing header ("Transfer_Encoding"). A
 # look-alike is as long as what it imitates: other lengths need no closer look.
@@ -38,6 +41,8 @@ _SPECIAL_HEADERS = frozenset({
     b"host", b"transfer-encoding", b"content-length", b"connection", b"upgrade", b"expect",
     b"x-forwarded-for", b"x-request-id", b"cookie", b"proxy-connection",
 })
+# The framing names are special, so their look-alikes' lengths are among these.
+_SPECIAL_LENGTHS = length_bits(_SPECIAL_HEADERS)
 
 
 class RequestHead:
@@ -151,8 +156,7 @@ class RequestReader:
         self._max_header_bytes = min(limits.max_header_bytes, sys.maxsize)
         self._max_header_count = min(limits.max_header_count, sys.maxsize)
         self._max_body = min(limits.max_body_bytes, sys.maxsize)
-        self._parser = httptools.HttpRequestParser(self)
-        self._feed = self._parser.feed_data  # bound once: called for every read
+        self._parser = _RequestParser(self)
         self._names = HeaderNames()
         # The Host value of this connection's last request and what it named: a client sends
         # the same one every time, and comparing bytes is cheaper than the shared cache.
@@ -205,7 +209,7 @@ class RequestReader:
     def _feed_checked(self, data: bytes) -> int | None:
         """llhttp on `data`; its errors as RequestError, an upgrade as the tunnel's offset."""
         try:
-            self._feed(data)
+            self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             return int(exc.args[0])
         except httptools.HttpParserCallbackError as exc:
@@ -297,9 +301,12 @@ class RequestReader:
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self._max_header_bytes:
             raise RequestError(431, "request header too large")
+        n = len(lname)
+        if n >= 64 or not _SPECIAL_LENGTHS >> n & 1:
+            return  # no special name has its length, nor a look-alike of a framing one
         if lname not in _SPECIAL_HEADERS:
             # The framing names themselves are special: what matches here has an underscore.
-            if len(lname) in _LOOKALIKE_LENGTHS and lname.replace(b"_", b"-") in _FRAMING_LOOKALIKES:
+            if n in _LOOKALIKE_LENGTHS and lname.replace(b"_", b"-") in _FRAMING_LOOKALIKES:
                 raise RequestError(400, "invalid header name")
             return
         if lname == b"host":
@@ -404,8 +411,9 @@ class RequestReader:
             head.headers.append((b"host", b"Host", authority))
             head.target = target
             head.absolute = True
-        query = target.find(b"?")
-        head.path = target if query < 0 else target[:query]
+        # `in` (a buffer search) before `partition`: `find` parses its optional arguments,
+        # ~500 instructions a request in the compiled build (docs/decisions.md, "Speed").
+        head.path = target.partition(b"?")[0] if b"?" in target else target
 
     def on_chunk_header(self) -> None:
         # After a chunk size line comes chunk data, or, after the last one, a trailer section

@@ -8,15 +8,17 @@ cimport cython
 from ..pool cimport Backend
 from .exchange cimport Exchange
 from .headers cimport HeaderNames
+from .llhttp_response cimport ResponseParser
 from .timers cimport Deadline
 
 cdef frozenset _WATCHED  # looked up per response header
+cdef unsigned long long _WATCHED_LENGTHS
 
 
 cdef class UpstreamConnection:
     cdef public Backend backend
-    cdef public object loop, transport, parser, tls_config
-    cdef object _feed, _status_code, _keep_alive
+    cdef public object loop, transport, tls_config
+    cdef public ResponseParser parser
     cdef public Exchange exchange
     cdef public double last_used, idle_timeout
     cdef public bint closed, expect_head_only
@@ -43,6 +45,14 @@ cdef class UpstreamConnection:
     cpdef close(self)
     cpdef _end_message(self)
     cdef _new_parser(self)
+    # llhttp's events (llhttp_response.pyx calls them in C; httptools by name)
+    cpdef on_message_begin(self)
+    cpdef on_status(self, bytes reason)
+    @cython.locals(n=Py_ssize_t)
+    cpdef on_header(self, bytes name, bytes value)
+    cpdef on_headers_complete(self)
+    cpdef on_body(self, bytes body)
+    cpdef on_message_complete(self)
 
 
 @cython.locals(limit=double, age=double, idle=list, conn=UpstreamConnection)

@@ -18,11 +18,16 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .. import outlier
-from ..compiled import fields
+from ..compiled import COMPILED, fields
 from ..failures import connect_failed
 from .errors import PROTOCOL, RESET, STALE, TIMEOUT
-from .headers import HeaderNames
+from .headers import HeaderNames, length_bits
 from .timers import Deadline
+
+if COMPILED:  # the same llhttp, its events delivered as C calls (llhttp_parser.pyx)
+    from .llhttp_response import ResponseParser as _ResponseParser
+else:
+    from httptools import HttpResponseParser as _ResponseParser
 
 if TYPE_CHECKING:
     from ..pool import Backend, Pool
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
 
 # Response headers on_header notes besides keeping them.
 _WATCHED = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+_WATCHED_LENGTHS = length_bits(_WATCHED)
 _HAS_LENGTH, _CHUNKED = 1, 2
 
 
@@ -142,7 +148,7 @@ class UpstreamConnection:
         client.begin_batch()  # head and body of a small response leave in one write
         self._in_feed = True
         try:
-            self._feed(data)
+            self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0])
             rest = data[offset:]
@@ -190,12 +196,7 @@ class UpstreamConnection:
             self.exchange.client.resume_request_body()
 
     def _new_parser(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        # Bound once: each is called for every read or every response (a call by name looks
-        # the method up on the parser's type each time).
-        self._feed = self.parser.feed_data
-        self._status_code = self.parser.get_status_code
-        self._keep_alive = self.parser.should_keep_alive
+        self.parser = _ResponseParser(self)
 
     # -- llhttp callbacks ------------------------------------------------------------------
 
@@ -217,7 +218,8 @@ class UpstreamConnection:
         lname = self._names.lower(name)  # once per header: the exchange filters on it
         self._headers.append((lname, name, value))
         self._head_size += len(name) + len(value) + 4
-        if lname in _WATCHED:
+        n = len(lname)
+        if n < 64 and _WATCHED_LENGTHS >> n & 1 and lname in _WATCHED:
             if lname == b"content-length":
                 self._framing |= _HAS_LENGTH
             elif lname == b"transfer-encoding":
@@ -243,7 +245,7 @@ class UpstreamConnection:
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        status = self._status_code()
+        status = parser.get_status_code()
         headers = self._headers
         exchange = self.exchange
         assert exchange is not None
@@ -291,7 +293,7 @@ class UpstreamConnection:
         exchange = self.exchange
         self._head_sent = False
         if exchange is not None:
-            exchange.response_end(self, reusable=self._keep_alive())
+            exchange.response_end(self, reusable=self.parser.should_keep_alive())
 
     # -- used by the exchange -------------------------------------------------------------
 
@@ -313,7 +315,6 @@ class UpstreamConnection:
     def drop_http_state(self) -> None:
         """The connection became a tunnel: release what reading HTTP needed."""
         self.parser = None
-        self._feed = self._status_code = self._keep_alive = None
         self._names = None  # type: ignore[assignment]  # a tunnel never reads a head again
         self._headers = None  # type: ignore[assignment]
         self._connection = None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from balancer.compiled import COMPILED_MODULES, _source_of, declared_fields
+from balancer.compiled import TWIN_MODULES, _source_of, declared_fields
 
 PACKAGE = Path(__file__).resolve().parents[2] / "balancer"
 
@@ -39,7 +39,7 @@ cdef class Child(Base):
     assert declared_fields(pxd) == {"Base": ("a", "b", "_c"), "Child": ("d",)}
 
 
-@pytest.mark.parametrize("module", COMPILED_MODULES)
+@pytest.mark.parametrize("module", TWIN_MODULES)
 def test_every_slotted_class_takes_its_slots_from_its_own_pxd_entry(module: str) -> None:
     """`__slots__ = fields(__name__, "Name")` naming the class it is in: a copied line naming
     another class would give the pure build that class's fields."""
@@ -60,10 +60,10 @@ def test_the_pure_build_has_exactly_the_declared_fields() -> None:
     script = """
 import importlib, json, sys
 from balancer import compiled
-from balancer.compiled import COMPILED_MODULES, _source_of, declared_fields
+from balancer.compiled import TWIN_MODULES, _source_of, declared_fields
 assert not compiled.COMPILED
 found = {}
-for module in COMPILED_MODULES:
+for module in TWIN_MODULES:
     with open(_source_of(module)[:-3] + ".pxd") as file:
         declared = declared_fields(file.read())
     loaded = importlib.import_module(module)

@@ -19,7 +19,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balancer.http.parser import ALLOWED_METHODS
+from balancer.http.methods import ALLOWED_METHODS
 from tests.requestgen import reference_frame, run, splits, streams
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,0 +1,9 @@
+# Types for llhttp_request.pyx (see llhttp_parser.pyx).
+
+from .llhttp_parser cimport LlhttpParser
+
+
+cdef class RequestParser(LlhttpParser):
+    cdef object _reader  # a RequestReader (a typed field would add a cimport to every user)
+
+    cpdef bytes get_method(self)
