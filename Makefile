@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The data-plane modules setup.py compiles: a change to one rebuilds them
 # (balancer/compiled.py would otherwise fall back to pure Python, with a warning).
+# Each .pxd types a .py, or (llhttp's driver) a .pyx built with vendor/llhttp's C sources.
 PXD := $(shell find balancer plugins -name '*.pxd')
-COMPILED := $(PXD) $(PXD:.pxd=.py)
+COMPILED := $(PXD) $(wildcard $(PXD:.pxd=.py) $(PXD:.pxd=.pyx)) $(wildcard vendor/llhttp/src/*.c)
 
 .PHONY: run test bench check clean system-packages test-stress
 

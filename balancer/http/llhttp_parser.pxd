@@ -21,6 +21,7 @@ cdef extern from "llhttp.h":
 
     ctypedef struct llhttp_settings_t:
         llhttp_cb on_message_begin
+        llhttp_data_cb on_protocol
         llhttp_data_cb on_url
         llhttp_data_cb on_status
         llhttp_data_cb on_header_field
@@ -66,6 +67,7 @@ cdef class LlhttpParser:
     cdef object _failure(self, llhttp_errno_t err)
     cdef int _message_begin(self) except -1
     cdef int _text(self, bytes text) except -1
+    cdef int _protocol(self, const char* at, size_t length) except -1
     cdef int _header(self, bytes name, bytes value) except -1
     cdef int _headers_complete(self) except -1
     cdef int _chunk_header(self) except -1

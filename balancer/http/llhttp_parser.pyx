@@ -84,6 +84,9 @@ cdef class LlhttpParser:
     cdef int _text(self, bytes text) except -1:
         return 0
 
+    cdef int _protocol(self, const char* at, size_t length) except -1:
+        return 0
+
     cdef int _header(self, bytes name, bytes value) except -1:
         return 0
 
@@ -117,6 +120,17 @@ cdef int _on_text(llhttp_t* ll, const char* at, size_t length) noexcept:
     cdef LlhttpParser parser = <LlhttpParser>ll.data
     try:
         parser._text(at[:length])
+    except BaseException as exc:
+        parser._error = exc
+        return -1
+    return 0
+
+
+cdef int _on_protocol(llhttp_t* ll, const char* at, size_t length) noexcept:
+    # A request line's protocol name (HTTP, RTSP or ICE), in pieces when a read cuts it.
+    cdef LlhttpParser parser = <LlhttpParser>ll.data
+    try:
+        parser._protocol(at, length)
     except BaseException as exc:
         parser._error = exc
         return -1
@@ -215,6 +229,7 @@ cdef void _settings(llhttp_settings_t* settings) noexcept:
 
 _settings(&_REQUEST_SETTINGS)
 _REQUEST_SETTINGS.on_url = _on_text
+_REQUEST_SETTINGS.on_protocol = _on_protocol
 _REQUEST_SETTINGS.on_chunk_header = _on_chunk_header
 _settings(&_RESPONSE_SETTINGS)
 _RESPONSE_SETTINGS.on_status = _on_text

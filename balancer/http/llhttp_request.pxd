@@ -5,5 +5,6 @@ from .llhttp_parser cimport LlhttpParser
 
 cdef class RequestParser(LlhttpParser):
     cdef object _reader  # a RequestReader (a typed field would add a cimport to every user)
+    cdef size_t _protocol_read  # bytes of the request line's protocol name checked so far
 
     cpdef bytes get_method(self)

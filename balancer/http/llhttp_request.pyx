@@ -2,8 +2,12 @@
 """A player's requests through llhttp, for the compiled build's RequestReader (the events as C
 calls; see llhttp_parser.pyx)."""
 
+from libc.string cimport memcmp
+
 from .llhttp_parser cimport HTTP_REQUEST, LlhttpParser
 from .parser cimport RequestReader
+
+from .errors import RequestError
 
 # llhttp's method names by number, from its own table (its `method` is a byte; a number it
 # does not name reads b"", and llhttp never reports one).
@@ -37,7 +41,17 @@ cdef class RequestParser(LlhttpParser):
         return _METHOD_NAMES[self._ll.method]
 
     cdef int _message_begin(self) except -1:
+        self._protocol_read = 0
         (<RequestReader>self._reader).on_message_begin()
+        return 0
+
+    cdef int _protocol(self, const char* at, size_t length) except -1:
+        # Only HTTP is spoken here; llhttp also reads RTSP/ and ICE/ request lines. A prefix of
+        # "HTTP" is enough: llhttp itself refuses any name but those three whole.
+        cdef const char* expected = b"HTTP"
+        if self._protocol_read + length > 4 or memcmp(at, expected + self._protocol_read, length) != 0:
+            raise RequestError(400, "unsupported protocol")
+        self._protocol_read += length
         return 0
 
     cdef int _text(self, bytes text) except -1:

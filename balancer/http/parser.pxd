@@ -10,6 +10,7 @@ from .llhttp_request cimport RequestParser
 cdef dict _METHODS, _HOSTS, _VERSIONS
 cdef tuple _FOREIGN_PROTOCOLS
 cdef frozenset _SPECIAL_HEADERS, _FRAMING_LOOKALIKES, _LOOKALIKE_LENGTHS
+cdef bint _SCAN_FOR_PROTOCOL
 cdef unsigned long long _SPECIAL_LENGTHS
 
 
@@ -32,6 +33,7 @@ cdef class RequestHead:
     cpdef header(self, bytes lname)
 
 
+@cython.final  # never subclassed: its cpdef methods skip the look for a Python override
 cdef class RequestReader:
     cdef object _events
     cdef Py_ssize_t _max_url, _max_header_bytes, _max_header_count, _max_body

@@ -95,9 +95,11 @@ _HOSTS: dict[bytes, str] = {}
 _HOSTS_MAX = 1024
 # llhttp's version string -> the bytes the rest of the request path compares.
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
-# llhttp also reads RTSP/x.y and ICE/x.y request lines and reports only their version, so the
-# protocol token is checked on the bytes themselves: a cheap scan of every read for these, and
-# a closer look only when one shows up.
+# llhttp also reads RTSP/x.y and ICE/x.y request lines. httptools reports only their version,
+# so the pure build checks the protocol token on the bytes themselves: a cheap scan of every
+# read for these, and a closer look only when one shows up. The compiled build's llhttp driver
+# is told the protocol name by llhttp and refuses another itself (llhttp_request.pyx).
+_SCAN_FOR_PROTOCOL = not COMPILED
 _FOREIGN_PROTOCOLS = (b"RTSP/", b"ICE/")
 _TOKEN_SPLIT = 4  # a token cut between two reads has at most this many bytes in the first
 
@@ -190,20 +192,25 @@ class RequestReader:
         Raises RequestError with the status to answer."""
         if self._in_head:
             self._head_bytes += len(data)
-        reads = self._head_reads
-        if _names_foreign_protocol(data) or (reads and self._token_across(reads[-1], data)):
-            upgrade = self._feed_checking_protocol(data)
-        else:
+        if not _SCAN_FOR_PROTOCOL:
             upgrade = self._feed_checked(data)
-        if upgrade is not None:
-            return upgrade
+            if upgrade is not None:
+                return upgrade
+        else:
+            reads = self._head_reads
+            if _names_foreign_protocol(data) or (reads and self._token_across(reads[-1], data)):
+                upgrade = self._feed_checking_protocol(data)
+            else:
+                upgrade = self._feed_checked(data)
+            if upgrade is not None:
+                return upgrade
+            if self.head_started:
+                # The head goes on in the next read (bounded by the header size limit below).
+                reads.append(data)
+            elif reads:
+                reads.clear()
         if self._in_head and self._head_bytes > self._max_header_bytes:
             raise RequestError(431, "request header too large")
-        if self.head_started:
-            # The head goes on in the next read (bounded by the header size limit just checked).
-            reads.append(data)
-        elif reads:
-            reads.clear()
         return None
 
     def _feed_checked(self, data: bytes) -> int | None:

@@ -15,6 +15,7 @@ cdef frozenset _WATCHED  # looked up per response header
 cdef unsigned long long _WATCHED_LENGTHS
 
 
+@cython.final  # never subclassed: its cpdef methods skip the look for a Python override
 cdef class UpstreamConnection:
     cdef public Backend backend
     cdef public object loop, transport, tls_config
