@@ -12,6 +12,7 @@ cdef class RequestLine:
     cdef public list hist, backend_hist
 
 
+@cython.final  # never subclassed: cpdef calls skip the look for a Python override
 cdef class Stats:
     cdef dict _lines
     cdef public dict durations, backend_durations, rejected, connections, reloads

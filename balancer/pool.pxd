@@ -17,6 +17,7 @@ cdef class Backend:
     cdef public object last_failure
 
 
+@cython.final  # never subclassed: cpdef calls skip the look for a Python override
 cdef class Pool:
     cdef public str name
     cdef public object config

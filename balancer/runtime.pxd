@@ -1,3 +1,4 @@
+cimport cython
 # Types for the compiled build of runtime.py (see balancer/compiled.py).
 
 from .balance cimport _Weighted
@@ -6,6 +7,7 @@ from .pool cimport Backend, Pool
 from .routing cimport RouteTable
 
 
+@cython.final  # never subclassed: cpdef calls skip the look for a Python override
 cdef class Facts:
     cdef public object head, country, region
     cdef public str client_ip
@@ -15,6 +17,7 @@ cdef class Facts:
     cpdef Facts for_request(self, object head, object country, object region, double now)
 
 
+@cython.final  # never subclassed: cpdef calls skip the look for a Python override
 cdef class Choice:
     cdef public Backend backend
     cdef public object pool  # PoolRuntime
@@ -24,6 +27,7 @@ cdef class Choice:
     cdef public str sticky
 
 
+@cython.final  # never subclassed: cpdef calls skip the look for a Python override
 cdef class PoolRuntime:
     cdef public str name
     cdef public Pool pool
@@ -46,6 +50,7 @@ cdef class RuntimeRef:
     cdef public Runtime current
 
 
+@cython.final  # never subclassed: cpdef calls skip the look for a Python override
 cdef class Runtime:
     cdef public object config, geo, limits, _trusted
     cdef public RouteTable routes

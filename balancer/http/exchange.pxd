@@ -21,6 +21,7 @@ cdef int ROUTING, FORWARDING, RESPONDING, TUNNEL, DONE
 cdef long MOVES
 
 
+@cython.final  # never subclassed: cpdef calls skip the look for a Python override
 cdef class Exchange:
     cdef public Downstream client
     cdef public RequestHead head

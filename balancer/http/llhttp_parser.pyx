@@ -104,6 +104,8 @@ cdef class LlhttpParser:
 
 
 # -- llhttp's callbacks: a non-zero return stops the parser; the exception waits in _error ------
+# Written out one per event: a shared dispatcher (one callback body, a switch on the event)
+# measured 850 more instructions per request, ~25 an event, on the hottest path there is.
 
 cdef int _on_message_begin(llhttp_t* ll) noexcept:
     cdef LlhttpParser parser = <LlhttpParser>ll.data

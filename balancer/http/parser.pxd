@@ -19,6 +19,7 @@ cdef bint _names_foreign_protocol(bytes data)
 cpdef str host_of(bytes value)
 
 
+@cython.final  # never subclassed: cpdef calls skip the look for a Python override
 cdef class RequestHead:
     cdef public bytes method, target, path, version
     cdef public list headers

@@ -1,6 +1,8 @@
+cimport cython
 # Types for the compiled build of timers.py (see balancer/compiled.py); the .py stays the
 # source of truth for behaviour. Every attribute another module reads is `public`.
 
+@cython.final  # never subclassed: cpdef calls skip the look for a Python override
 cdef class Deadline:
     cdef object _loop, _time
     cdef object _callback
