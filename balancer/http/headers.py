@@ -11,6 +11,7 @@ import os
 import re
 
 from ..compiled import fields
+from .uuid_text import *  # uuid4_texts: C in the compiled build (headers.pxd), else Python
 
 # Always hop-by-hop (RFC 9110 §7.6.1 plus the de-facto Proxy-Connection and Keep-Alive, and
 # HTTP2-Settings, which RFC 7540 §3.2.1 makes connection-specific: an h2c upgrade attempt must
@@ -99,27 +100,13 @@ _NAMES_BY_POSITION = 32  # per connection, at most
 # once: per request, an id is then one slice (docs/decisions.md).
 _IDS_PER_BATCH = 128
 _ID_LEN = 36  # 8-4-4-4-12 hex digits
-# Where an id's 32 random hex digits go among its 36 characters (the rest are dashes).
-_DIGIT_PLACES = tuple(i for i in range(_ID_LEN) if i not in (8, 13, 18, 23))
-# RFC 9562 §5.4: the version digit (place 14) is 4; the variant digit (place 19) is 8, 9, a or
-# b, its two random bits the low two of the random hex digit it replaces.
-_VARIANT_DIGITS = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
 _random_ids = ""
 _random_at = 0  # next id ends here; 0 = batch used up
 
 
 def _new_batch() -> str:
-    """_IDS_PER_BATCH UUIDv4 strings back to back: each digit place is filled for every id at
-    once by a strided slice, not id by id."""
-    n = _IDS_PER_BATCH
-    # Both bytearrays: a slice of one is assigned to the other without a copy in between.
-    digits = bytearray(os.urandom(16 * n).hex(), "ascii")
-    ids = bytearray(b"-" * (_ID_LEN * n))
-    for digit, place in enumerate(_DIGIT_PLACES):
-        ids[place::_ID_LEN] = digits[digit::32]
-    ids[14::_ID_LEN] = b"4" * n
-    ids[19::_ID_LEN] = ids[19::_ID_LEN].translate(_VARIANT_DIGITS)
-    return ids.decode("ascii")
+    """_IDS_PER_BATCH UUIDv4 strings back to back (uuid4_texts: C in the compiled build)."""
+    return uuid4_texts(os.urandom(16 * _IDS_PER_BATCH))
 
 
 def new_request_id() -> str:

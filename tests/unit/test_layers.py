@@ -44,7 +44,7 @@ LAYERS = (
         "balancer.http.timers", "balancer.http.proxy_protocol", "balancer.balance.consistent_hash",
         "balancer.discovery", "balancer.outcomes", "balancer.log_format", "balancer.failures",
         "balancer.grammar", "balancer.http.downstream", "balancer.phases", "balancer.http.head_bytes",
-        "balancer.http.methods",
+        "balancer.http.methods", "balancer.http.uuid_text",
     }),
     ("state and decisions", {
         "balancer.pool", "balancer.outlier", "balancer.balance", "balancer.sticky", "balancer.retries",

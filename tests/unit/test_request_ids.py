@@ -64,3 +64,19 @@ def test_every_random_digit_place_varies() -> None:
             assert seen == set("89ab")
         else:
             assert len(seen) == 16, place
+
+
+def test_ids_are_the_random_bytes_in_uuid4_form(monkeypatch) -> None:
+    """Each id is 16 bytes of os.urandom with the version and variant bits set, as Python's own
+    uuid module forms them (the compiled build does it in C, the pure one by strided slices)."""
+    from balancer.http import headers
+    from balancer.http.uuid_text import uuid4_texts
+
+    random = bytes((i * 37 + 11) % 256 for i in range(16 * 128))
+    monkeypatch.setattr(os, "urandom", lambda n: random[:n])
+    headers._forget_random_ids()
+    ids = [new_request_id() for _ in range(128)]
+    headers._forget_random_ids()  # the next test draws real random bytes again
+    expected = [str(uuid.UUID(bytes=random[i:i + 16], version=4)) for i in range(0, len(random), 16)]
+    assert sorted(ids) == sorted(expected)
+    assert uuid4_texts(random) == "".join(expected)
