@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 server for the admin listener, on httptools (the data plane's parser).
+"""A small HTTP/1.1 server for the admin listener, on httptools (llhttp, the data plane's parser).
 
 The admin API is a handful of JSON and text routes read by operators, Prometheus and probes.
 aiohttp.web served it before, and importing aiohttp cost every balancer process ~12 MiB of

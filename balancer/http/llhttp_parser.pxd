@@ -32,6 +32,7 @@ cdef extern from "llhttp.h":
         llhttp_cb on_header_field_complete
         llhttp_cb on_header_value_complete
         llhttp_cb on_chunk_header
+        llhttp_cb on_chunk_complete
 
     ctypedef enum llhttp_type_t:
         HTTP_REQUEST
@@ -57,6 +58,7 @@ cdef class LlhttpParser:
     cdef llhttp_t _ll
     # A header's name and value so far: llhttp hands them over in pieces when a read cuts them.
     cdef bytes _field, _value
+    cdef bint _pending  # a whole header waits to be handed over (_deliver_pending)
     cdef object _error  # what a callback raised, for the HttpParserCallbackError
 
     cdef void _start(self, llhttp_type_t kind)
@@ -65,6 +67,7 @@ cdef class LlhttpParser:
     cpdef bint should_upgrade(self)
     cpdef str get_http_version(self)
     cdef object _failure(self, llhttp_errno_t err)
+    cdef int _deliver_pending(self) except -1
     cdef int _message_begin(self) except -1
     cdef int _text(self, bytes text) except -1
     cdef int _protocol(self, const char* at, size_t length) except -1

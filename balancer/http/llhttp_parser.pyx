@@ -77,6 +77,16 @@ cdef class LlhttpParser:
     cpdef str get_http_version(self):
         return f"{self._ll.http_major}.{self._ll.http_minor}"
 
+    cdef int _deliver_pending(self) except -1:
+        """The header read last, handed over once the line after it is known to be well formed
+        (the next name starts, or the head or a trailer section ends): where httptools hands
+        it over, so that both builds answer a malformed line after a header alike."""
+        name = self._field if self._field is not None else b""
+        value = self._value if self._value is not None else b""
+        self._field = self._value = None
+        self._pending = False
+        return self._header(name, value)
+
     # What each direction does with an event; the C callbacks below call these.
     cdef int _message_begin(self) except -1:
         return 0
@@ -142,6 +152,8 @@ cdef int _on_protocol(llhttp_t* ll, const char* at, size_t length) noexcept:
 cdef int _on_header_field(llhttp_t* ll, const char* at, size_t length) noexcept:
     cdef LlhttpParser parser = <LlhttpParser>ll.data
     try:
+        if parser._pending:
+            parser._deliver_pending()
         piece = at[:length]
         parser._field = piece if parser._field is None else parser._field + piece
     except BaseException as exc:
@@ -162,22 +174,15 @@ cdef int _on_header_value(llhttp_t* ll, const char* at, size_t length) noexcept:
 
 
 cdef int _on_header_value_complete(llhttp_t* ll) noexcept:
-    # The one place a header is whole: its name is complete before its value starts.
-    cdef LlhttpParser parser = <LlhttpParser>ll.data
-    cdef bytes name = parser._field
-    cdef bytes value = parser._value
-    parser._field = parser._value = None
-    try:
-        parser._header(name if name is not None else b"", value if value is not None else b"")
-    except BaseException as exc:
-        parser._error = exc
-        return -1
+    (<LlhttpParser>ll.data)._pending = True
     return 0
 
 
 cdef int _on_headers_complete(llhttp_t* ll) noexcept:
     cdef LlhttpParser parser = <LlhttpParser>ll.data
     try:
+        if parser._pending:
+            parser._deliver_pending()
         parser._headers_complete()
     except BaseException as exc:
         parser._error = exc
@@ -191,6 +196,18 @@ cdef int _on_chunk_header(llhttp_t* ll) noexcept:
     cdef LlhttpParser parser = <LlhttpParser>ll.data
     try:
         parser._chunk_header()
+    except BaseException as exc:
+        parser._error = exc
+        return -1
+    return 0
+
+
+cdef int _on_chunk_complete(llhttp_t* ll) noexcept:
+    # After the last chunk: the end of its trailer section, whose last field waits.
+    cdef LlhttpParser parser = <LlhttpParser>ll.data
+    try:
+        if parser._pending:
+            parser._deliver_pending()
     except BaseException as exc:
         parser._error = exc
         return -1
@@ -225,6 +242,7 @@ cdef void _settings(llhttp_settings_t* settings) noexcept:
     settings.on_header_value = _on_header_value
     settings.on_header_value_complete = _on_header_value_complete
     settings.on_headers_complete = _on_headers_complete
+    settings.on_chunk_complete = _on_chunk_complete
     settings.on_body = _on_body
     settings.on_message_complete = _on_message_complete
 

@@ -32,7 +32,7 @@ cdef tuple _METHOD_NAMES = tuple(
 cdef class RequestParser(LlhttpParser):
     """A player's requests, for a RequestReader."""
 
-    def __cinit__(self, RequestReader reader):
+    def __cinit__(self, RequestReader reader not None):
         self._start(HTTP_REQUEST)
         self._reader = reader
 

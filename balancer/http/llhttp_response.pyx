@@ -9,7 +9,7 @@ from .upstream cimport UpstreamConnection
 cdef class ResponseParser(LlhttpParser):
     """A backend's responses, for an UpstreamConnection."""
 
-    def __cinit__(self, UpstreamConnection connection):
+    def __cinit__(self, UpstreamConnection connection not None):
         self._start(HTTP_RESPONSE)
         self._connection = connection
 

@@ -198,7 +198,7 @@ class RequestReader:
                 return upgrade
         else:
             reads = self._head_reads
-            if _names_foreign_protocol(data) or (reads and self._token_across(reads[-1], data)):
+            if _names_foreign_protocol(data) or (reads and self._token_across(reads, data)):
                 upgrade = self._feed_checking_protocol(data)
             else:
                 upgrade = self._feed_checked(data)
@@ -231,8 +231,15 @@ class RequestReader:
         return None
 
     @staticmethod
-    def _token_across(before: bytes, data: bytes) -> bool:
-        return _names_foreign_protocol(before[-_TOKEN_SPLIT:] + data[:_TOKEN_SPLIT])
+    def _token_across(reads: list[bytes], data: bytes) -> bool:
+        """Does a token start in the reads before `data` and end in it? Its first bytes may lie
+        in several short reads: the last _TOKEN_SPLIT bytes of them all are looked at."""
+        tail = b""
+        for read in reversed(reads):
+            tail = read[-(_TOKEN_SPLIT - len(tail)):] + tail
+            if len(tail) >= _TOKEN_SPLIT:
+                break
+        return _names_foreign_protocol(tail + data[:_TOKEN_SPLIT])
 
     def _feed_checking_protocol(self, data: bytes) -> int | None:
         """The rare read with RTSP/ or ICE/ in it (or cut across its start): fed up to each

@@ -156,6 +156,32 @@ def test_a_foreign_protocol_split_between_reads_is_still_seen(cut: int) -> None:
     assert info.value.status == 400 and not recorder.heads
 
 
+@pytest.mark.parametrize("pieces", [
+    [b"GET / R", b"T", b"SP/1.0\r\nHost: a\r\n\r\n"],
+    [b"GET / ", b"R", b"T", b"S", b"P", b"/1.0\r\nHost: a\r\n\r\n"],
+    [b"OPTIONS http://a/ I", b"C", b"E/1.0\r\nHost: a\r\n\r\n"],
+])
+def test_a_foreign_protocol_cut_into_several_reads_is_still_seen(pieces: list[bytes]) -> None:
+    recorder = Recorder()
+    reader = RequestReader(recorder, Limits())
+    with pytest.raises(RequestError) as info:
+        for piece in pieces:
+            reader.feed(piece)
+    assert info.value.status == 400 and not recorder.heads
+
+
+@pytest.mark.parametrize("bad_line", [b"Bad Header", b"X-A : 1", b" X-A: 1"])
+@pytest.mark.parametrize("header", [
+    b"Transfer-Encoding: gzip", b"Host: b", b"Expect: nothing", b"Content-Length: x",
+])
+def test_a_malformed_line_is_the_answer_whatever_header_came_before_it(header: bytes, bad_line: bytes) -> None:
+    """The header before a malformed line is not looked at first (both builds hand a header
+    over once the line after it is read): the answer is the malformed line's 400."""
+    error, rec = refused(b"GET / HTTP/1.1\r\nHost: a\r\n" + header + b"\r\n" + bad_line + b"\r\n\r\n")
+    assert (error.status, error.message.startswith("malformed request")) == (400, True)
+    assert not rec.heads
+
+
 def test_a_foreign_protocol_after_a_good_pipelined_request_is_refused() -> None:
     recorder = Recorder()
     reader = RequestReader(recorder, Limits())
