@@ -52,6 +52,7 @@ cdef class RequestReader:
     cpdef feed(self, bytes data)
     cpdef _check_target(self, RequestHead head)
     cpdef _feed_checked(self, bytes data)
+    cpdef _feed_scanning(self, bytes data)
     cpdef bint _request_line_ends_at(self, bytes buf, Py_ssize_t at)
     # llhttp's events (llhttp_request.pyx calls them in C; httptools by name)
     cpdef on_message_begin(self)

@@ -192,26 +192,27 @@ class RequestReader:
         Raises RequestError with the status to answer."""
         if self._in_head:
             self._head_bytes += len(data)
-        if not _SCAN_FOR_PROTOCOL:
-            upgrade = self._feed_checked(data)
-            if upgrade is not None:
-                return upgrade
-        else:
-            reads = self._head_reads
-            if _names_foreign_protocol(data) or (reads and self._token_across(reads, data)):
-                upgrade = self._feed_checking_protocol(data)
-            else:
-                upgrade = self._feed_checked(data)
-            if upgrade is not None:
-                return upgrade
-            if self.head_started:
-                # The head goes on in the next read (bounded by the header size limit below).
-                reads.append(data)
-            elif reads:
-                reads.clear()
+        upgrade = self._feed_scanning(data) if _SCAN_FOR_PROTOCOL else self._feed_checked(data)
+        if upgrade is not None:
+            return upgrade
         if self._in_head and self._head_bytes > self._max_header_bytes:
             raise RequestError(431, "request header too large")
         return None
+
+    def _feed_scanning(self, data: bytes) -> int | None:
+        """_feed_checked, for the pure build: the protocol token looked for in the bytes first."""
+        reads = self._head_reads
+        if _names_foreign_protocol(data) or (reads and self._token_across(reads, data)):
+            upgrade = self._feed_checking_protocol(data)
+        else:
+            upgrade = self._feed_checked(data)
+        if upgrade is None:
+            if self.head_started:
+                # The head goes on in the next read (bounded by the header size limit).
+                reads.append(data)
+            elif reads:
+                reads.clear()
+        return upgrade
 
     def _feed_checked(self, data: bytes) -> int | None:
         """llhttp on `data`; its errors as RequestError, an upgrade as the tunnel's offset."""
