@@ -62,9 +62,11 @@ PROTECTED_REQUEST_HEADERS: frozenset[str] = FRAMING_HEADERS | {
 }
 PROTECTED_RESPONSE_HEADERS: frozenset[str] = FRAMING_HEADERS
 # The same as the lower-case bytes the data plane compares.
+_REQUEST_PROTECTED = frozenset(n.encode() for n in PROTECTED_REQUEST_HEADERS)
+_RESPONSE_PROTECTED = frozenset(n.encode() for n in PROTECTED_RESPONSE_HEADERS)
 _PROTECTED_BYTES: dict[frozenset[str], frozenset[bytes]] = {
-    names: frozenset(n.encode() for n in names)
-    for names in (PROTECTED_REQUEST_HEADERS, PROTECTED_RESPONSE_HEADERS)
+    PROTECTED_REQUEST_HEADERS: _REQUEST_PROTECTED,
+    PROTECTED_RESPONSE_HEADERS: _RESPONSE_PROTECTED,
 }
 
 
@@ -278,7 +280,8 @@ class _RequestHeaders(Headers):
     __slots__ = fields(__name__, "_RequestHeaders")  # its .pxd declares them
 
     def __init__(self, head: RequestHead) -> None:
-        super().__init__(head.headers, PROTECTED_REQUEST_HEADERS)
+        self._fields = head.headers
+        self._protected = _REQUEST_PROTECTED
         self._head = head
 
     def _changed(self, lname: bytes) -> None:
@@ -296,6 +299,8 @@ class PluginRequest:
     def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
         self._headers: Headers | None = None
+        self.client_ip: str = exchange.client.client_ip
+        """The client's address: the TCP peer, or the one a trusted PROXY header carried."""
 
     @property
     def headers(self) -> Headers:
@@ -304,11 +309,6 @@ class PluginRequest:
         if headers is None:
             headers = self._headers = _RequestHeaders(self._exchange.head)
         return headers
-
-    @property
-    def client_ip(self) -> str:
-        """The client's address: the TCP peer, or the one a trusted PROXY header carried."""
-        return self._exchange.client.client_ip
 
     @property
     def method(self) -> str:
@@ -384,6 +384,28 @@ class PluginResponse:
     @property
     def status(self) -> int:
         return self._status
+
+
+# The data plane makes a view for every hook call: these skip the constructors' argument
+# handling and lookups (in the compiled build, C calls that fill the fields directly).
+def request_view(exchange: Exchange, client_ip: str) -> PluginRequest:
+    """`PluginRequest(exchange)`, given the client's address the exchange already holds."""
+    view = PluginRequest.__new__(PluginRequest)
+    view._exchange = exchange
+    view._headers = None
+    view.client_ip = client_ip
+    return view
+
+
+def response_view(status: int, fields: list[tuple[bytes, bytes, bytes]]) -> PluginResponse:
+    """`PluginResponse(status, fields)`."""
+    headers = Headers.__new__(Headers)
+    headers._fields = fields
+    headers._protected = _RESPONSE_PROTECTED
+    view = PluginResponse.__new__(PluginResponse)
+    view._status = status
+    view.headers = headers
+    return view
 
 
 # -- the data plane's side ---------------------------------------------------------------------

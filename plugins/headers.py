@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from balancer.compiled import fields
 from balancer.plugins import (
     PROTECTED_REQUEST_HEADERS,
     PROTECTED_RESPONSE_HEADERS,
@@ -46,11 +47,17 @@ class Edits:
         return bool(self.remove or self.set or self.add)
 
 
-@dataclass(frozen=True, slots=True)
 class PreparedEdits:
-    remove: tuple[PreparedField, ...]
-    set: tuple[PreparedField, ...]
-    add: tuple[PreparedField, ...]
+    """One direction's edits, applied on every request (a C class in the compiled build, whose
+    calls to the prepared edits are C calls: headers.pxd)."""
+
+    __slots__ = fields(__name__, "PreparedEdits")  # its .pxd declares them
+
+    def __init__(self, remove: tuple[PreparedField, ...], set: tuple[PreparedField, ...],
+                 add: tuple[PreparedField, ...]) -> None:
+        self.remove = remove
+        self.set = set
+        self.add = add
 
     def apply(self, headers: Headers) -> None:
         for field in self.remove:
@@ -59,6 +66,16 @@ class PreparedEdits:
             headers.set_prepared(field)
         for field in self.add:
             headers.add_prepared(field)
+
+
+# The hooks' work, as functions the compiled build types (headers.pxd): the views' fields are
+# C fields there, with no attribute lookups by name.
+def edit_request(edits: PreparedEdits, request: PluginRequest) -> None:
+    edits.apply(request.headers)
+
+
+def edit_response(edits: PreparedEdits, response: PluginResponse) -> None:
+    edits.apply(response.headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +96,10 @@ class HeaderEdits(Plugin):
             self.on_response = None  # type: ignore[assignment]
 
     def on_request(self, request: PluginRequest) -> None:  # type: ignore[override]
-        self.request_edits.apply(request.headers)
+        edit_request(self.request_edits, request)
 
     def on_response(self, request: PluginRequest, response: PluginResponse) -> None:  # type: ignore[override]
-        self.response_edits.apply(response.headers)
+        edit_response(self.response_edits, response)
 
     @classmethod
     def parse_settings(cls, raw: object, path: str, errors: Errors) -> HeadersSettings | None:

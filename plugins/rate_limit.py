@@ -27,6 +27,7 @@ from operator import attrgetter
 from dataclasses import dataclass
 from typing import Callable
 
+from balancer.compiled import fields
 from balancer.grammar import TOKEN
 from balancer.plugins import Plugin, PluginRequest, Response
 from plugins._settings import Errors, header_name, positive_int, section, show
@@ -75,40 +76,58 @@ def _key_reader(key: str) -> Callable[[PluginRequest], str]:
             value = request.cookie(name)
             return "c:" + _short(value) if value else "ip:" + request.client_ip
         return by_cookie
-    # Every key is an address here: the address itself is the key (no string built per request).
     return attrgetter("client_ip")
 
 
+class Bucket:
+    """One key's tokens and when it last took one (C doubles in the compiled build, so a request
+    boxes no float)."""
 
-class RateLimit(Plugin):
+    __slots__ = fields(__name__, "Bucket")  # its .pxd declares them
+
+    def __init__(self, tokens: float, last: float) -> None:
+        self.tokens = tokens
+        self.last = last
+
+
+class TokenBuckets:
+    """The buckets of one route's plugin, least recently used first. Its own class (a C class
+    in the compiled build: rate_limit.pxd) so that a request's arithmetic is on C doubles."""
+
+    __slots__ = fields(__name__, "TokenBuckets")  # its .pxd declares them
+
     def __init__(self, settings: RateLimitSettings) -> None:
-        super().__init__(settings)
         self.rate = settings.per_second
         self.burst = float(settings.burst)
         self.max_keys = settings.max_keys
         # After this long untouched, a bucket is full again: dropping it changes no answer.
         self.refill_time = self.burst / self.rate
-        self.buckets: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, last seen]
+        self.buckets: OrderedDict[str, Bucket] = OrderedDict()
+        self._get = self.buckets.get
+        self._move_to_end = self.buckets.move_to_end
+        # Every key an address: the address itself is the key (no string built per request).
+        self.by_address = settings.key == "client_ip"
         self.key_of = _key_reader(settings.key)
         self.clock: Callable[[], float] = time.monotonic  # a test may set its own
 
-    def on_request(self, request: PluginRequest) -> Response | None:
-        key = self.key_of(request)
+    def take(self, request: PluginRequest) -> Response | None:
+        """Take a token for the request's key: None, or the 429 to answer with."""
+        key = request.client_ip if self.by_address else self.key_of(request)
         now = self.clock()
-        buckets = self.buckets
-        bucket = buckets.get(key)
+        bucket = self._get(key)
         if bucket is None:
             tokens = self.burst
-            bucket = buckets[key] = [tokens, now]
+            bucket = Bucket(tokens, now)
+            self.buckets[key] = bucket
             self._expire(now)  # the map only grows here, so here is where it is kept small
         else:
-            buckets.move_to_end(key)
-            tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
+            self._move_to_end(key)
+            tokens = min(self.burst, bucket.tokens + (now - bucket.last) * self.rate)
+        bucket.last = now
         if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
+            bucket.tokens = tokens - 1.0
             return None
-        bucket[0] = tokens
+        bucket.tokens = tokens
         # Whole seconds until one token is back (Retry-After is whole seconds).
         wait = max(1, math.ceil((1.0 - tokens) / self.rate))
         return Response(429, "rate limited", retry_after=wait)
@@ -121,9 +140,34 @@ class RateLimit(Plugin):
         full_since = now - self.refill_time
         while buckets:
             oldest = next(iter(buckets))
-            if len(buckets) <= self.max_keys and buckets[oldest][1] > full_since:
+            bucket = buckets[oldest]
+            if len(buckets) <= self.max_keys and bucket.last > full_since:
                 break
             del buckets[oldest]
+
+
+def take_token(limiter: TokenBuckets, request: PluginRequest) -> Response | None:
+    """The request hook's work: a C call to the typed buckets in the compiled build."""
+    return limiter.take(request)
+
+
+class RateLimit(Plugin):
+    def __init__(self, settings: RateLimitSettings) -> None:
+        super().__init__(settings)
+        self.limiter = TokenBuckets(settings)
+        self.burst = self.limiter.burst
+        self.buckets = self.limiter.buckets  # key -> Bucket, least recently used first
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.limiter.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:  # a test's own
+        self.limiter.clock = clock
+
+    def on_request(self, request: PluginRequest) -> Response | None:
+        return take_token(self.limiter, request)
 
     @classmethod
     def parse_settings(cls, raw: object, path: str, errors: Errors) -> RateLimitSettings | None:

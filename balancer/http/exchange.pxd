@@ -2,6 +2,7 @@
 
 cimport cython
 
+from ..plugins cimport PluginRequest, PluginResponse, request_view, response_view
 from ..pool cimport Backend
 from ..routing cimport Route
 from ..retries cimport may_retry, safe_to_repeat
@@ -53,6 +54,8 @@ cdef class Exchange:
     @cython.locals(old=int)
     cpdef _move(self, int phase)
     cpdef begin(self)
+    @cython.locals(hooks=tuple)
+    cpdef _run_request_hooks(self, object plugins, Py_ssize_t index, PluginRequest request)
     @cython.locals(pool=PoolRuntime, choice=Choice, facts=Facts)
     cpdef _choose(self)
     @cython.locals(drop=frozenset, lines=list)
@@ -69,6 +72,8 @@ cdef class Exchange:
     @cython.locals(extra=list, pool=PoolRuntime, now=double)
     cpdef response_head(self, UpstreamConnection conn, int status, bytes reason, list headers,
                         bint chunked, bint has_length, bint bodiless, object connection)
+    @cython.locals(fields=list, response=PluginResponse, request=PluginRequest)
+    cpdef list _run_response_hooks(self, UpstreamConnection conn, int status, list headers)
     cpdef response_body(self, bytes data)
     cpdef response_end(self, UpstreamConnection conn, bint reusable)
     cpdef upstream_failed(self, UpstreamConnection conn, str kind)

@@ -26,7 +26,7 @@ from ..tasks import spawn
 from ..phases import DONE, FORWARDING, MOVES, RESPONDING, ROUTING, TUNNEL, IllegalTransition
 from ..retries import RESEND, RETRY, may_retry, safe_to_repeat
 from ..runtime import NONE_IN_REGION, STICKY_GONE, Facts
-from ..plugins import PluginRequest, PluginResponse, Response as PluginAnswer, answer_parts, report_failure
+from ..plugins import PluginRequest, Response as PluginAnswer, answer_parts, report_failure, request_view, response_view
 from . import upstream
 from .errors import (
     CONNECT, PROTOCOL, REJECT_REASON, RESET, STALE, TIMEOUT, RequestError, error_answer,
@@ -164,7 +164,8 @@ class Exchange:
         self.route = route
         plugins = route.plugins
         if plugins:
-            self._run_request_hooks(plugins, 0, PluginRequest(self) if plugins.request_hooks else None)
+            self._run_request_hooks(plugins, 0, request_view(self, self.client.client_ip)
+                                    if plugins.request_hooks else None)
             return
         self._choose()
 
@@ -460,8 +461,8 @@ class Exchange:
         that fails turns the answer into a 500 and drops the backend's: a plugin that edits
         response headers may be removing what must not reach a player."""
         fields = list(headers)
-        response = PluginResponse(status, fields)
-        request = PluginRequest(self)
+        response = response_view(status, fields)
+        request = request_view(self, self.client.client_ip)
         for name, hook in self._response_hooks:
             try:
                 hook(request, response)
