@@ -15,6 +15,22 @@ cdef frozenset _WATCHED  # looked up per response header
 cdef unsigned long long _WATCHED_LENGTHS
 
 
+@cython.final
+cdef class Outbox:
+    cdef readonly object loop
+    cdef list _waiting
+
+    cpdef hold(self, UpstreamConnection conn)
+    @cython.locals(waiting=list, conn=UpstreamConnection)
+    cpdef send(self)
+
+
+cdef Outbox _last_outbox
+
+@cython.locals(outbox=Outbox)
+cpdef Outbox outbox_of(object loop)
+
+
 @cython.final  # never subclassed: its cpdef methods skip the look for a Python override
 cdef class UpstreamConnection:
     cdef public Backend backend
@@ -34,9 +50,12 @@ cdef class UpstreamConnection:
     cdef public Py_ssize_t max_head
     cdef Py_ssize_t _head_bytes, _head_size
     cdef bint _answered, _reused, _ours, _in_feed, _parked
+    cdef Outbox _outbox
+    cdef bytes _held
 
     cpdef start(self, Exchange exchange, bytes data, bint head_only)
     cpdef drop_http_state(self)
+    cpdef send_held(self)
     cpdef write(self, bytes data)
     cpdef release(self, double now)
     cdef _pool_idle(self, double now)

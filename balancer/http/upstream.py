@@ -57,6 +57,50 @@ class _NotSwitching(Exception):
     """Raised from the parser callback for a 101 that names no protocol: a malformed answer."""
 
 
+class Outbox:
+    """Request bytes for backends, held until the event loop's turn has run its callbacks,
+    then written together (HAProxy's loop does the same: it reads every ready connection, then
+    sends what they produced).
+
+    A turn reads many players' requests. Written one by one as each is read, every request can
+    wake the backend on its own: measured on the bench's nginx backends, 0.32 context switches
+    a request against HAProxy's 0.09, 3 us more of the backends' CPU a request. Held to the end
+    of the turn, they reach the backend together and it answers them in one wake-up (0.06).
+    The wait is the rest of one turn of the loop, which the player waited for anyway."""
+
+    __slots__ = fields(__name__, "Outbox")  # its .pxd declares them
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._waiting: list[UpstreamConnection] = []
+
+    def hold(self, conn: UpstreamConnection) -> None:
+        """`conn` has bytes held: send them at the end of this turn."""
+        if not self._waiting:
+            # call_soon from a callback runs in the next turn, after this turn's I/O callbacks.
+            self.loop.call_soon(self.send)
+        self._waiting.append(conn)
+
+    def send(self) -> None:
+        waiting = self._waiting
+        self._waiting = []
+        for conn in waiting:
+            conn.send_held()
+
+
+# The outbox of the loop that made the latest connection. A process runs one loop at a time,
+# so this is the one asked for; a connection keeps the one it was made with.
+_last_outbox: Outbox | None = None
+
+
+def outbox_of(loop: asyncio.AbstractEventLoop) -> Outbox:
+    global _last_outbox
+    outbox = _last_outbox
+    if outbox is None or outbox.loop is not loop:
+        outbox = _last_outbox = Outbox(loop)
+    return outbox
+
+
 class UpstreamConnection:
     """An asyncio.Protocol by its methods (compiled: see balancer/compiled.py)."""
 
@@ -65,6 +109,8 @@ class UpstreamConnection:
     def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
         self.backend = backend
         self.loop = loop
+        self._outbox = outbox_of(loop)
+        self._held: bytes | None = None  # for the backend at the end of the loop's turn
         self.transport: asyncio.Transport | None = None
         self._new_parser()
         self.exchange: Exchange | None = None
@@ -310,7 +356,18 @@ class UpstreamConnection:
         if self._reading_paused:
             self.resume_reading()
         assert self.transport is not None
-        self.transport.write(data)
+        self._held = data  # nothing is held between exchanges: send_held ran, or close
+        self._outbox.hold(self)
+
+    def send_held(self) -> None:
+        """The outbox's turn ended: what was held leaves (unless the connection closed)."""
+        data = self._held
+        self._held = None
+        transport = self.transport
+        # A transport closing under us (the backend reset it) tells the exchange through
+        # connection_lost; the retry rules decide what becomes of the request.
+        if data is not None and not self.closed and not transport.is_closing():  # type: ignore[union-attr]
+            transport.write(data)  # type: ignore[union-attr]
 
     def drop_http_state(self) -> None:
         """The connection became a tunnel: release what reading HTTP needed."""
@@ -324,7 +381,9 @@ class UpstreamConnection:
         self.deadline = None  # type: ignore[assignment]
 
     def write(self, data: bytes) -> None:
-        if not self.closed:
+        if self._held is not None:  # the head is still held: the body goes after it
+            self._held += data
+        elif not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
 
     def release(self, now: float) -> None:
@@ -332,6 +391,9 @@ class UpstreamConnection:
         is still reading it waits (parked) until the read ends: bytes after the response
         must not become the answer to the next request put on it."""
         self.exchange = None
+        # A backend that answered before the request left it (it did not wait to read one)
+        # never gets it: sent now, its answer would be one nobody asked for.
+        self._held = None
         self.deadline.clear()
         if self.closed or self.transport is None or self.transport.is_closing():
             return
@@ -372,6 +434,7 @@ class UpstreamConnection:
     def close(self) -> None:
         """Close without telling the exchange (the exchange already knows why)."""
         self.exchange = None
+        self._held = None
         self._ours = True
         if self.transport is not None and not self.closed:
             self.transport.abort()
