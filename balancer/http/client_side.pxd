@@ -5,12 +5,13 @@ cimport cython
 from ..runtime cimport RuntimeRef
 from .downstream cimport Downstream
 from .exchange cimport Exchange
-from .headers cimport join_bytes
+from .headers cimport field_lines, join_bytes
 from .parser cimport RequestHead, RequestReader
 from .timers cimport Deadline
 
 
 cdef dict _STATUS_LINES
+cdef unsigned long long _HOP_LENGTHS  # read per answer
 
 cpdef bytes status_line(int status, bytes reason)
 

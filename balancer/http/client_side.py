@@ -15,8 +15,8 @@ from ..compiled import fields
 from .downstream import Downstream
 from .errors import RequestError, answer_bytes, error_response, head_of, reason_phrase
 from .exchange import Exchange
-from .head_bytes import *  # join_bytes: C in the compiled build (headers.pxd), else Python
-from .headers import HOP_BY_HOP, request_id_from
+from .head_bytes import *  # join_bytes, field_lines: C in the compiled build (headers.pxd), else Python
+from .headers import HOP_BY_HOP, length_bits, request_id_from
 from .parser import RequestHead, RequestReader
 from .timers import Deadline
 from ..tls import client_certificate
@@ -51,6 +51,11 @@ def status_line(status: int, reason: bytes) -> bytes:
         _STATUS_LINES[status] = (reason, line)  # backends send the same few over and over
     return line
 
+
+# The lengths of the hop-by-hop names (headers.length_bits): most of an answer's names are told
+# apart from them by length alone. A set widened by the backend's Connection header (0) has
+# every name looked up.
+_HOP_LENGTHS = length_bits(HOP_BY_HOP)
 
 class ClientConnection(Downstream):
     """An HTTP/1.1 player connection: an asyncio.Protocol (by its methods: the class is
@@ -248,14 +253,9 @@ class ClientConnection(Downstream):
 
     def send_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes, bytes]],
                   drop: frozenset, extra: list | None, framed: bool, close: bool) -> int:
-        out = [status_line(status, reason)]
-        for lname, name, value in headers:
-            if lname in drop and not (status == 101 and lname == b"upgrade"):
-                continue
-            out.append(name)
-            out.append(b": ")
-            out.append(value)
-            out.append(b"\r\n")
+        out = [status_line(status, reason),
+               field_lines(headers, drop, _HOP_LENGTHS if drop is HOP_BY_HOP else 0,
+                           status == 101)]
         exchange = self.exchange  # the one answered: pipelined ones wait their turn
         version = exchange.head.version if exchange is not None else b"1.1"
         if status == 101:

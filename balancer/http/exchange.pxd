@@ -8,7 +8,7 @@ from ..routing cimport Route
 from ..retries cimport may_retry, safe_to_repeat
 from ..runtime cimport Choice, Facts, PoolRuntime, Runtime
 from .downstream cimport Downstream
-from .headers cimport forwarded_for, hop_by_hop_with, join_bytes, request_id_from
+from .headers cimport field_lines, forwarded_for, hop_by_hop_with, join_bytes, request_id_from
 from .parser cimport RequestHead
 from .timers cimport idle_sweep
 from .upstream cimport UpstreamConnection
@@ -17,6 +17,7 @@ from .upstream cimport UpstreamConnection
 cdef dict _PLUGIN_REJECT_REASON
 cdef dict _FAILURE_OUTCOME, _PLUGIN_OUTCOME, _NO_BACKEND_OUTCOME
 cdef frozenset _KEPT_FOR_LOG
+cdef unsigned long long _NOT_FORWARDED_LENGTHS  # read per request
 # balancer/phases.py's phases and move table, as C values.
 cdef int ROUTING, FORWARDING, RESPONDING, TUNNEL, DONE
 cdef long MOVES

@@ -32,9 +32,9 @@ from .errors import (
     CONNECT, PROTOCOL, REJECT_REASON, RESET, STALE, TIMEOUT, RequestError, error_answer,
 )
 from .headers import (
-    HOP_BY_HOP, NOT_FORWARDED, forwarded_for, hop_by_hop_with, request_id_from,
+    HOP_BY_HOP, NOT_FORWARDED, forwarded_for, hop_by_hop_with, length_bits, request_id_from,
 )
-from .head_bytes import *  # join_bytes: C in the compiled build (headers.pxd), else Python
+from .head_bytes import *  # join_bytes, field_lines: C in the compiled build (headers.pxd), else Python
 from .parser import RequestHead
 from .timers import idle_sweep
 
@@ -258,13 +258,9 @@ class Exchange:
         head = self.head
         client = self.client
         drop = NOT_FORWARDED if head.connection is None else hop_by_hop_with(head.connection, NOT_FORWARDED)
-        lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-        for lname, name, value in head.headers:
-            if lname not in drop:
-                lines.append(name)
-                lines.append(b": ")
-                lines.append(value)
-                lines.append(b"\r\n")
+        lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n",
+                 field_lines(head.headers, drop,
+                             _NOT_FORWARDED_LENGTHS if drop is NOT_FORWARDED else 0, False)]
         if head.chunked:
             lines.append(b"transfer-encoding: chunked\r\n")
         if head.upgrade is not None:
@@ -746,6 +742,8 @@ class Exchange:
 
 # Request headers a WebSocket keeps for its access-log line at the close.
 _KEPT_FOR_LOG = frozenset({b"user-agent", b"referer"})
+# Most request header names are told apart from the ones not forwarded by length alone.
+_NOT_FORWARDED_LENGTHS = length_bits(NOT_FORWARDED)
 
 
 class _Abandoned(Exception):

@@ -66,6 +66,75 @@ cdef extern from *:
     """
     bytes join_bytes "balancer_join_bytes"(list pieces)
 
+# head_bytes.py's field_lines, in C: an answer's header fields as its head's lines, those in
+# `drop` left out (a name is looked up in the set only when `lengths`, headers.length_bits,
+# has its length: most names are told apart by length alone; 0: every name looked up). Built as lists of four pieces a
+# field (name, ": ", value, CRLF) and joined, they cost about 450 instructions a field.
+# A field is a tuple of three bytes (lower-case name, name, value), as the readers make them.
+cdef extern from *:
+    """
+    static int balancer_dropped(PyObject *lname, PyObject *drop, unsigned long long lengths,
+                                int keep_upgrade) {
+        Py_ssize_t n = PyBytes_GET_SIZE(lname);
+        int found;
+        if (lengths != 0 && n < 64 && !((lengths >> n) & 1))
+            return 0;
+        found = PySet_Contains(drop, lname);
+        if (found <= 0)
+            return found;
+        if (keep_upgrade && n == 7 && memcmp(PyBytes_AS_STRING(lname), "upgrade", 7) == 0)
+            return 0;
+        return 1;
+    }
+
+    static PyObject *balancer_field_lines(PyObject *fields, PyObject *drop,
+                                          unsigned long long lengths, int keep_upgrade) {
+        Py_ssize_t count = PyList_GET_SIZE(fields), size = 0, i;
+        PyObject *field, *name, *value, *lines;
+        char *at;
+        int dropped;
+        for (i = 0; i < count; i++) {
+            field = PyList_GET_ITEM(fields, i);
+            if (!PyTuple_CheckExact(field) || PyTuple_GET_SIZE(field) != 3
+                    || !PyBytes_CheckExact(PyTuple_GET_ITEM(field, 0))
+                    || !PyBytes_CheckExact(PyTuple_GET_ITEM(field, 1))
+                    || !PyBytes_CheckExact(PyTuple_GET_ITEM(field, 2))) {
+                PyErr_SetString(PyExc_TypeError, "a header field is a tuple of three bytes");
+                return NULL;
+            }
+            dropped = balancer_dropped(PyTuple_GET_ITEM(field, 0), drop, lengths, keep_upgrade);
+            if (dropped < 0)
+                return NULL;
+            if (!dropped)
+                size += PyBytes_GET_SIZE(PyTuple_GET_ITEM(field, 1))
+                        + PyBytes_GET_SIZE(PyTuple_GET_ITEM(field, 2)) + 4;
+        }
+        lines = PyBytes_FromStringAndSize(NULL, size);
+        if (lines == NULL)
+            return NULL;
+        at = PyBytes_AS_STRING(lines);
+        for (i = 0; i < count; i++) {
+            field = PyList_GET_ITEM(fields, i);
+            /* The same answer as above: nothing ran in between that could change the list. */
+            if (balancer_dropped(PyTuple_GET_ITEM(field, 0), drop, lengths, keep_upgrade))
+                continue;
+            name = PyTuple_GET_ITEM(field, 1);
+            value = PyTuple_GET_ITEM(field, 2);
+            memcpy(at, PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name));
+            at += PyBytes_GET_SIZE(name);
+            *at++ = ':';
+            *at++ = ' ';
+            memcpy(at, PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value));
+            at += PyBytes_GET_SIZE(value);
+            *at++ = 13;  /* CR LF */
+            *at++ = 10;
+        }
+        return lines;
+    }
+    """
+    bytes field_lines "balancer_field_lines"(list fields, frozenset drop, unsigned long long lengths,
+                                             bint keep_upgrade)
+
 # uuid_text.py's uuid4_texts, in C: 16 random bytes an id, each byte two digits from a table,
 # the version and variant bits set, dashes at 8-4-4-4-12. The strided slices of the pure build
 # cost about 1,100 instructions an id.

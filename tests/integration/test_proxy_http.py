@@ -440,6 +440,38 @@ async def test_hop_by_hop_headers_are_not_forwarded_either_way(start_balancer):
         await backend.stop()
 
 
+# Names past 63 bytes: past the length mask that most names are told apart by (headers.pxd).
+LONG_HOP = b"X-Hop-" + b"h" * 70
+LONG_KEPT = b"X-Kept-" + b"k" * 70
+
+
+@pytest.mark.parametrize("connection", [b"keep-alive", b"keep-alive, " + LONG_HOP])
+async def test_forwarded_fields_arrive_once_each_in_order_as_sent(start_balancer, connection):
+    """Both heads are written anew field by field: every end-to-end field arrives once, in
+    order, its name as sent; the hop-by-hop ones and what Connection names (of any length) are
+    left out, whether Connection names only keep-alive or more."""
+    fields = (b"X-A: 1\r\nConnection: " + connection + b"\r\nx-b: 2\r\nKeep-Alive: timeout=5\r\n"
+              + LONG_HOP + b": secret\r\nX-A: 3\r\n" + LONG_KEPT + b": long\r\nTE: trailers\r\n")
+    backend = await raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + fields + b"\r\nok")
+    try:
+        lb = await start_balancer(one_pool([backend]))
+        response = await exchange(lb, get("/", fields))
+        assert response.status == 200 and response.body == b"ok"
+        (seen,) = backend.seen
+        long_hop, long_kept = LONG_HOP.decode().lower(), LONG_KEPT.decode().lower()
+        dropped = ("connection", "keep-alive", "te") + ((long_hop,) if LONG_HOP in connection else ())
+        end_to_end = [(n, v) for n, v in [("x-a", "1"), ("x-b", "2"), (long_hop, "secret"), ("x-a", "3"),
+                                          (long_kept, "long")] if n not in dropped]
+        assert [(n, v) for n, v in seen.headers if n in {"x-a", "x-b", long_hop, long_kept}] == end_to_end
+        assert not set(dropped) & seen.names()
+        assert [(n, v) for n, v in response.headers if n in {"x-a", "x-b", long_hop, long_kept}] == end_to_end
+        assert not (set(dropped) - {"connection"}) & response.names()
+        assert b"\r\nX-A: 1\r\n" in response.raw_head and b"\r\nx-b: 2\r\n" in response.raw_head
+        assert b"\r\n" + LONG_KEPT + b": long\r\n" in response.raw_head
+    finally:
+        await backend.stop()
+
+
 async def test_untrusted_peer_x_forwarded_for_is_replaced(start_balancer):
     backend = await raw_backend()
     try:
