@@ -60,6 +60,8 @@ class PreparedEdits:
         self.add = add
 
     def apply(self, headers: Headers) -> None:
+        if headers is None:  # the compiled build would call a method of None
+            raise TypeError("edits apply to Headers")
         for field in self.remove:
             headers.remove_prepared(field)
         for field in self.set:
@@ -71,10 +73,14 @@ class PreparedEdits:
 # The hooks' work, as functions the compiled build types (headers.pxd): the views' fields are
 # C fields there, with no attribute lookups by name.
 def edit_request(edits: PreparedEdits, request: PluginRequest) -> None:
+    if request is None:  # the compiled build would read a field of None
+        raise TypeError("header edits need a PluginRequest")
     edits.apply(request.headers)
 
 
 def edit_response(edits: PreparedEdits, response: PluginResponse) -> None:
+    if response is None:
+        raise TypeError("header edits need a PluginResponse")
     edits.apply(response.headers)
 
 

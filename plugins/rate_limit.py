@@ -148,6 +148,8 @@ class TokenBuckets:
 
 def take_token(limiter: TokenBuckets, request: PluginRequest) -> Response | None:
     """The request hook's work: a C call to the typed buckets in the compiled build."""
+    if request is None:  # the compiled build would read a field of None
+        raise TypeError("a rate limit needs a PluginRequest")
     return limiter.take(request)
 
 

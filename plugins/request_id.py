@@ -87,6 +87,8 @@ class RequestId(Plugin):
 def answer_with_id(prepared_name: PreparedField, request: PluginRequest, response: PluginResponse) -> None:
     """The response hook's work, typed in the compiled build (request_id.pxd). The id is already
     checked (1-128 of A-Za-z0-9._-): only the name needed preparing."""
+    if request is None or response is None:  # the compiled build would read a field of None
+        raise TypeError("the request id needs a PluginRequest and a PluginResponse")
     request_id: str = request.request_id
     response.headers.set_prepared((prepared_name[0], prepared_name[1], request_id.encode("ascii")))
 

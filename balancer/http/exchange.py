@@ -350,7 +350,7 @@ class Exchange:
         conn.deadline.set_at(now + self.pool.response_timeout)  # type: ignore[union-attr]
         if self.runtime.access_log is not None:  # only the access log reads it
             self.sent_at = perf_counter()
-        conn.start(self, data, self._head_only)
+        conn.start(self, data, self._head_only, safe_to_repeat(self.head))
         if self.client.write_paused:
             # The player stopped reading during an earlier response (or while this backend
             # connection was opening): its pause_writing is not called again, so this

@@ -116,7 +116,12 @@ cdef extern from *:
         for (i = 0; i < count; i++) {
             field = PyList_GET_ITEM(fields, i);
             /* The same answer as above: nothing ran in between that could change the list. */
-            if (balancer_dropped(PyTuple_GET_ITEM(field, 0), drop, lengths, keep_upgrade))
+            dropped = balancer_dropped(PyTuple_GET_ITEM(field, 0), drop, lengths, keep_upgrade);
+            if (dropped < 0) {
+                Py_DECREF(lines);
+                return NULL;
+            }
+            if (dropped)
                 continue;
             name = PyTuple_GET_ITEM(field, 1);
             value = PyTuple_GET_ITEM(field, 2);

@@ -7,7 +7,7 @@ cimport cython
 
 from ..pool cimport Backend
 from .exchange cimport Exchange
-from .headers cimport HeaderNames
+from .headers cimport HeaderNames, join_bytes
 from .llhttp_response cimport ResponseParser
 from .timers cimport Deadline
 
@@ -51,11 +51,13 @@ cdef class UpstreamConnection:
     cdef Py_ssize_t _head_bytes, _head_size
     cdef bint _answered, _reused, _ours, _in_feed, _parked
     cdef Outbox _outbox
-    cdef bytes _held
+    cdef list _held
 
-    cpdef start(self, Exchange exchange, bytes data, bint head_only)
+    cpdef start(self, Exchange exchange, bytes data, bint head_only, bint repeatable)
     cpdef drop_http_state(self)
+    @cython.locals(held=list)
     cpdef send_held(self)
+    cpdef abort(self)
     cpdef write(self, bytes data)
     cpdef release(self, double now)
     cdef _pool_idle(self, double now)

@@ -21,6 +21,7 @@ from .. import outlier
 from ..compiled import COMPILED, fields
 from ..failures import connect_failed
 from .errors import PROTOCOL, RESET, STALE, TIMEOUT
+from .head_bytes import *  # join_bytes: C in the compiled build (headers.pxd), else Python
 from .headers import HeaderNames, length_bits
 from .timers import Deadline
 
@@ -85,7 +86,10 @@ class Outbox:
         waiting = self._waiting
         self._waiting = []
         for conn in waiting:
-            conn.send_held()
+            try:
+                conn.send_held()
+            except Exception:  # a transport that refuses the write must not hold up the rest
+                conn.abort()  # its connection_lost tells the exchange, as any failure
 
 
 # The outbox of the loop that made the latest connection. A process runs one loop at a time,
@@ -110,7 +114,9 @@ class UpstreamConnection:
         self.backend = backend
         self.loop = loop
         self._outbox = outbox_of(loop)
-        self._held: bytes | None = None  # for the backend at the end of the loop's turn
+        # Pieces for the backend at the end of the loop's turn (a list: body chunks read with
+        # the head are appended, never copied onto what is held).
+        self._held: list[bytes] | None = None
         self.transport: asyncio.Transport | None = None
         self._new_parser()
         self.exchange: Exchange | None = None
@@ -343,8 +349,10 @@ class UpstreamConnection:
 
     # -- used by the exchange -------------------------------------------------------------
 
-    def start(self, exchange: Exchange, data: bytes, head_only: bool) -> None:
-        """Begin an exchange on this connection and send the request bytes known so far."""
+    def start(self, exchange: Exchange, data: bytes, head_only: bool, repeatable: bool) -> None:
+        """Begin an exchange on this connection and send the request bytes known so far:
+        at the end of the loop's turn (`Outbox`), or at once for a request that must not
+        reach a backend twice on a pooled connection (`repeatable` false)."""
         self.exchange = exchange
         self.pool = exchange.pool.pool
         self.expect_head_only = head_only
@@ -356,18 +364,30 @@ class UpstreamConnection:
         if self._reading_paused:
             self.resume_reading()
         assert self.transport is not None
-        self._held = data  # nothing is held between exchanges: send_held ran, or close
+        if self._reused and not repeatable:
+            # The exchange has just asked `at_risk` whether the backend closed this idle
+            # connection: only a write now keeps that answer true. Held to the end of the
+            # turn, a FIN arriving meanwhile would turn a bet into a 502.
+            self.transport.write(data)
+            return
+        self._held = [data]  # nothing is held between exchanges: send_held ran, or close
         self._outbox.hold(self)
 
     def send_held(self) -> None:
         """The outbox's turn ended: what was held leaves (unless the connection closed)."""
-        data = self._held
+        held = self._held
         self._held = None
         transport = self.transport
         # A transport closing under us (the backend reset it) tells the exchange through
         # connection_lost; the retry rules decide what becomes of the request.
-        if data is not None and not self.closed and not transport.is_closing():  # type: ignore[union-attr]
-            transport.write(data)  # type: ignore[union-attr]
+        if held is not None and not self.closed and not transport.is_closing():  # type: ignore[union-attr]
+            transport.write(held[0] if len(held) == 1 else join_bytes(held))  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        """Drop the connection so that its loss reaches the exchange (connection_lost)."""
+        self._held = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def drop_http_state(self) -> None:
         """The connection became a tunnel: release what reading HTTP needed."""
@@ -382,7 +402,7 @@ class UpstreamConnection:
 
     def write(self, data: bytes) -> None:
         if self._held is not None:  # the head is still held: the body goes after it
-            self._held += data
+            self._held.append(data)
         elif not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
 
