@@ -1086,6 +1086,31 @@ def two_worker_bound(one: Target) -> dict[str, Any] | None:
             "max_vs_one_worker": cores * b / (b + o), "one_worker_cores_busy": busy}
 
 
+# wrk straight to nginx does the same work every round: when its req/s spreads by more than
+# this between rounds, the host (other VMs on it) took the time, and the run's ratios say more
+# about that than about the proxies.
+STEADY_HOST_SPREAD = 0.10
+
+
+def print_host_steadiness(by_name: dict[str, Target]) -> dict[str, Any] | None:
+    """Warns when `direct` varied between rounds more than STEADY_HOST_SPREAD; returns the spread."""
+    direct = by_name.get("direct")
+    rates = [r["rps"] for r in direct.runs] if direct is not None else []
+    if len(rates) < 2 or min(rates) <= 0:
+        return None
+    spread = max(rates) / min(rates) - 1
+    steady = spread <= STEADY_HOST_SPREAD
+    line = (f"host: direct ranged {fmt_rps(min(rates))}-{fmt_rps(max(rates))} req/s over the rounds "
+            f"({spread:.0%})")
+    if steady:
+        print(f"{line}: steady")
+    else:
+        print(f"{line}: NOT STEADY (> {STEADY_HOST_SPREAD:.0%}): something outside this run took "
+              f"the cores; its ratios are not evidence, run again on a quiet host")
+    return {"direct_rps_min": min(rates), "direct_rps_max": max(rates), "spread": spread,
+            "steady": steady}
+
+
 def print_two_workers(by_name: dict[str, Target], evaluations: dict[str, Any]) -> dict[str, Any] | None:
     """The two-workers line and the CPU bound that explains it; returns the bound for the JSON."""
     two, one = by_name.get(TWO_WORKERS), by_name.get(ONE_WORKER)
@@ -1298,6 +1323,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluations = print_table(targets, by_name, args.max_errors)
         print_cpu_table(targets)
         bound = print_two_workers(by_name, evaluations)
+        host = print_host_steadiness(by_name)
         h2_result = run_h2(args, tools, work, backends, python) if args.h2 else None
 
         env_info = {
@@ -1305,6 +1331,7 @@ def main(argv: list[str] | None = None) -> int:
             "commit": git_commit(),
             "cpus": os.cpu_count(),
             "loadavg_before": os.getloadavg(),
+            "host_steadiness": host,
             "python": platform.python_version(),
             "haproxy": tool_version([tools["haproxy"], "-v"]),
             "nginx": tool_version([tools["nginx"], "-v"]),
