@@ -42,7 +42,7 @@ cdef class Exchange:
     cdef public bint close_client, tunnel
     cdef public bytes upstream_head, early_tunnel
     cdef public object set_cookie, split_cookie, region, country
-    cdef bint _connecting, _head_only
+    cdef bint _connecting, _head_only, _safe
     cdef double _sent_at
     cdef tuple _response_hooks
     # What the access log tells beyond the above (balancer/access_log.py).

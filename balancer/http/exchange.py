@@ -104,6 +104,7 @@ class Exchange:
         self.tunnel = False
         self._connecting = False
         self._head_only = self.head.method == b"HEAD"
+        self._safe = False  # safe_to_repeat(head), read once per attempt (_attempt)
         self._response_hooks: tuple = ()
         self._sent_at = 0.0  # when the current attempt began (balance: ewma measures from it)
         self.bytes_in = self.head.size  # head, then body and WebSocket bytes from the player
@@ -299,9 +300,12 @@ class Exchange:
         assert pool is not None
         if pool.latency_aware:
             self._sent_at = monotonic()
+        # Once per attempt, after the request hooks (a plugin may add an Idempotency-Key): both
+        # the choice of a pooled connection below and _attach's way of sending read it.
+        self._safe = safe_to_repeat(self.head)
         now = self.client.loop.time()
         conn = upstream.take_idle(backend, now, pool.idle_timeout, pool.config.tls)
-        while conn is not None and not safe_to_repeat(self.head) and conn.at_risk():
+        while conn is not None and not self._safe and conn.at_risk():
             # A request that must not be lost goes only on a connection the backend has not
             # closed already (the loop may not have read its FIN yet).
             conn.close()
@@ -350,7 +354,7 @@ class Exchange:
         conn.deadline.set_at(now + self.pool.response_timeout)  # type: ignore[union-attr]
         if self.runtime.access_log is not None:  # only the access log reads it
             self.sent_at = perf_counter()
-        conn.start(self, data, self._head_only, safe_to_repeat(self.head))
+        conn.start(self, data, self._head_only, self._safe)
         if self.client.write_paused:
             # The player stopped reading during an earlier response (or while this backend
             # connection was opening): its pause_writing is not called again, so this
